@@ -1,0 +1,356 @@
+"""Pipeline definitions (DESIGN §3): pydantic models, strict parsing, JSON and YAML load and dump.
+
+Everything that can be checked without the registry is checked here, when a definition is parsed: field
+types, unknown fields, stage names, native processor configs, nesting and size limits. What needs the
+registry (pipeline targets, cycles, UDF names) is checked by :mod:`quidditch_pipeline.registry` when the
+definition is stored. Every problem is reported with its field path, e.g. ``stages[2].config.udf_name``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+import orjson
+import semver
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import DefinitionError
+from .processors import PROCESSORS
+
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_STAGES",
+    "CompositeConfig",
+    "FailurePolicy",
+    "NativeConfig",
+    "PipelineConfig",
+    "PipelineDefinition",
+    "PipelineType",
+    "PythonConfig",
+    "RetryPolicy",
+    "StageDefinition",
+    "StageType",
+    "dump_definition",
+    "iter_stages",
+    "load_definition",
+    "parse_definition",
+    "parse_semver",
+]
+
+MAX_DEPTH = 16
+MAX_STAGES = 256
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,127}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+
+
+class PipelineType(StrEnum):
+    QUERY = "query"
+    DOCUMENT = "document"
+    RESULT = "result"
+
+
+class FailurePolicy(StrEnum):
+    ABORT = "abort"
+    CONTINUE = "continue"
+    RETRY = "retry"
+
+
+class StageType(StrEnum):
+    PYTHON = "python"
+    NATIVE = "native"
+    COMPOSITE = "composite"
+    PIPELINE = "pipeline"
+
+
+def parse_semver(text: str) -> semver.Version:
+    """A semantic version; raises ``ValueError`` naming the text when it is not one."""
+    try:
+        return semver.Version.parse(text)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"[{text}] is not a semantic version (MAJOR.MINOR.PATCH, e.g. 1.2.0)") from exc
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RetryPolicy(_Strict):
+    """How the ``retry`` policy retries: attempts in all, exponential backoff, then what."""
+
+    max_attempts: int = Field(3, ge=1, le=100)
+    initial_backoff_ms: float = Field(10, ge=0)
+    multiplier: float = Field(2.0, ge=1.0)
+    max_backoff_ms: float = Field(1000, ge=0)
+    then: Literal["abort", "continue"] = "abort"
+
+    def backoff_s(self, attempt: int) -> float:
+        """Seconds to sleep after failed attempt number ``attempt`` (1-based)."""
+        ms = self.initial_backoff_ms * self.multiplier ** (attempt - 1)
+        return min(ms, self.max_backoff_ms) / 1000.0
+
+
+class PythonConfig(_Strict):
+    udf_name: str = Field(pattern=NAME_PATTERN)
+    udf_version: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    target_field: str | None = Field(None, min_length=1)
+    scope: Literal["hit", "response"] = "hit"
+    memory_limit_mb: int | None = Field(None, ge=1, le=4096)
+
+    @field_validator("udf_version")
+    @classmethod
+    def _version(cls, value: str | None) -> str | None:
+        if value is None or value == "latest":
+            return None
+        parse_semver(value)
+        return value
+
+
+class NativeConfig(BaseModel):
+    """``processor`` plus that processor's own keys, validated by the processor's config model."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    processor: str
+
+    @field_validator("processor")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if PROCESSORS.get(value) is None:
+            known = ", ".join(sorted(PROCESSORS.names()))
+            raise ValueError(f"unknown native processor [{value}] (known: {known})")
+        return value
+
+    @model_validator(mode="after")
+    def _processor_config(self) -> NativeConfig:
+        processor = PROCESSORS.get(self.processor)
+        if processor is not None:
+            processor.config_model.model_validate(self.options)
+        return self
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class CompositeConfig(_Strict):
+    stages: list[StageDefinition] = Field(min_length=1)
+
+
+class PipelineConfig(_Strict):
+    pipeline: str = Field(pattern=NAME_PATTERN)
+
+
+class _StageBase(_Strict):
+    name: str = Field(min_length=1, max_length=128)
+    description: str | None = None
+    enabled: bool = True
+    on_failure: FailurePolicy | None = None
+    timeout_ms: float | None = Field(None, gt=0)
+
+
+class PythonStage(_StageBase):
+    type: Literal[StageType.PYTHON] = StageType.PYTHON
+    config: PythonConfig
+
+
+class NativeStage(_StageBase):
+    type: Literal[StageType.NATIVE] = StageType.NATIVE
+    config: NativeConfig
+
+
+class CompositeStage(_StageBase):
+    type: Literal[StageType.COMPOSITE] = StageType.COMPOSITE
+    config: CompositeConfig
+
+
+class PipelineStage(_StageBase):
+    type: Literal[StageType.PIPELINE] = StageType.PIPELINE
+    config: PipelineConfig
+
+
+StageDefinition = Annotated[
+    PythonStage | NativeStage | CompositeStage | PipelineStage, Field(discriminator="type")
+]
+CompositeConfig.model_rebuild()
+
+
+def iter_stages(
+    stages: list[StageDefinition], path: str = "stages", depth: int = 1
+) -> Iterator[tuple[str, int, StageDefinition]]:
+    """Every stage, nested ones included, with its field path and nesting depth."""
+    for i, stage in enumerate(stages):
+        here = f"{path}[{i}]"
+        yield here, depth, stage
+        if isinstance(stage, CompositeStage):
+            yield from iter_stages(stage.config.stages, f"{here}.config.stages", depth + 1)
+
+
+class PipelineDefinition(_Strict):
+    """A pipeline as DESIGN §3 defines it."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    version: str
+    type: PipelineType
+    description: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    enabled: bool = True
+    on_failure: FailurePolicy = FailurePolicy.ABORT
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    timeout_ms: float | None = Field(None, gt=0)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    stages: list[StageDefinition]
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        parse_semver(value)
+        return value
+
+    @model_validator(mode="after")
+    def _shape(self) -> PipelineDefinition:
+        problems = _shape_problems(self.stages)
+        if problems:
+            raise DefinitionError(problems)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The definition as plain JSON data, without unset optional fields."""
+        data: dict[str, Any] = self.model_dump(mode="json", exclude_none=True)
+        return data
+
+    def pipeline_targets(self) -> list[tuple[str, str]]:
+        """``(field path, target name)`` of every ``pipeline`` stage."""
+        return [
+            (f"{path}.config.pipeline", stage.config.pipeline)
+            for path, _, stage in iter_stages(self.stages)
+            if isinstance(stage, PipelineStage)
+        ]
+
+    def udf_references(self) -> list[tuple[str, str, str | None]]:
+        """``(field path, udf name, pinned version or None)`` of every ``python`` stage."""
+        return [
+            (f"{path}.config", stage.config.udf_name, stage.config.udf_version)
+            for path, _, stage in iter_stages(self.stages)
+            if isinstance(stage, PythonStage)
+        ]
+
+
+def _shape_problems(stages: list[StageDefinition]) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    total = 0
+    seen: dict[str, set[str]] = {}
+    for path, depth, stage in iter_stages(stages):
+        total += 1
+        if depth > MAX_DEPTH:
+            problems.append((path, f"stages nest deeper than {MAX_DEPTH} levels"))
+        scope = path.rsplit("[", 1)[0]
+        names = seen.setdefault(scope, set())
+        if stage.name in names:
+            problems.append((f"{path}.name", f"duplicate stage name [{stage.name}]"))
+        names.add(stage.name)
+    if total > MAX_STAGES:
+        problems.append(("stages", f"{total} stages in all; at most {MAX_STAGES} are allowed"))
+    return problems
+
+
+_STAGE_TAGS = {t.value for t in StageType}
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    """``('stages', 2, 'python', 'config', 'udf_name')`` -> ``stages[2].config.udf_name``."""
+    out = ""
+    previous: int | str | None = None
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(previous, int) and part in _STAGE_TAGS:
+            pass  # the discriminated union's tag, not a field
+        elif part.startswith(("function-", "tagged-union")):
+            pass
+        else:
+            out += f".{part}" if out else part
+        previous = part
+    return out
+
+
+def _problems(exc: ValidationError, base: str = "") -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    for err in exc.errors(include_url=False):
+        path = _field_path(tuple(err["loc"]))
+        if base:
+            path = f"{base}.{path}" if path else base
+        ctx_error = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, DefinitionError):
+            problems.extend((f"{path}.{p}" if path and p else p or path, m) for p, m in ctx_error.problems)
+            continue
+        message = str(ctx_error) if isinstance(ctx_error, Exception) else err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif err["type"] == "missing":
+            message = "field required"
+        elif err["type"] == "union_tag_invalid":
+            tag = (err.get("ctx") or {}).get("tag")
+            message = f"unknown stage type [{tag}]; expected one of python, native, composite, pipeline"
+            path = f"{path}.type"
+        elif err["type"] == "union_tag_not_found":
+            message = "field required (python, native, composite or pipeline)"
+            path = f"{path}.type"
+        elif err["type"] == "string_pattern_mismatch":
+            message = f"{err['input']!r} is not a valid name ([a-z0-9][a-z0-9_.-]{{0,127}})"
+        elif err["type"] == "model_type":
+            message = f"expected an object, got {type(err['input']).__name__}"
+        problems.append((path, message))
+    return problems
+
+
+def parse_definition(data: Any) -> PipelineDefinition:
+    """Validate JSON data as a pipeline definition; raises :class:`DefinitionError` with field paths."""
+    if not isinstance(data, dict):
+        raise DefinitionError([("", f"a pipeline definition is an object, got {type(data).__name__}")])
+    try:
+        return PipelineDefinition.model_validate(data)
+    except ValidationError as exc:
+        raise DefinitionError(_problems(exc)) from exc
+    except DefinitionError:
+        raise
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise DefinitionError([("", str(exc))]) from exc
+
+
+def load_definition(text: str | bytes, fmt: Literal["json", "yaml"] | None = None) -> PipelineDefinition:
+    """Parse a definition written as JSON or YAML (``fmt=None`` tries JSON, then YAML)."""
+    data: Any
+    if fmt in (None, "json"):
+        try:
+            data = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            if fmt == "json":
+                raise DefinitionError([("", f"not valid JSON: {exc}")]) from exc
+            data = _load_yaml(text)
+    else:
+        data = _load_yaml(text)
+    return parse_definition(data)
+
+
+def _load_yaml(text: str | bytes) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise DefinitionError([("", f"not valid JSON or YAML: {exc}")]) from exc
+
+
+def dump_definition(definition: PipelineDefinition, fmt: Literal["json", "yaml"] = "json") -> str:
+    """The definition as JSON or YAML text that :func:`load_definition` reads back equal."""
+    data = definition.to_dict()
+    if fmt == "yaml":
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()
+
+
+def is_valid_name(name: str) -> bool:
+    return bool(_NAME_RE.match(name))

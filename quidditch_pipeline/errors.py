@@ -1,0 +1,251 @@
+"""The project's exceptions, in one place.
+
+::
+
+    QuidditchError
+     ├── DefinitionError        a pipeline definition or a request body is invalid (HTTP 400);
+     │                          ``problems`` lists ``(field path, message)`` pairs
+     ├── InputError             an input does not fit the pipeline type (HTTP 400)
+     ├── NotFoundError          an unknown pipeline, UDF, UDF version or index (HTTP 404)
+     ├── ConflictError          in use, immutable version, wrong type (HTTP 409)
+     ├── StageError             one stage failed for one input: pipeline, stage, type, input id, cause
+     │    └── StageTimeoutError the stage ran past its deadline (preempted, or checked when it returned)
+     ├── PipelineTimeoutError   the whole pipeline ran past its deadline
+     ├── QueryRejectedError     a query pipeline said no to a search request (HTTP 400)
+     ├── UdfError               raised by the UDF toolchain and runtime
+     │    ├── UdfBuildError     componentize-py refused the source (file, line, message)
+     │    ├── UdfLoadError      a component could not be compiled or instantiated
+     │    └── UdfCallError      a whole call into WASM failed; ``kind`` is ``trap``, ``timeout``,
+     │         │                ``memory`` or ``output``
+     │         ├── UdfTimeoutError
+     │         └── UdfMemoryError
+     └── StorageError           the durable store could not be read or written
+
+Errors of a dependency (wasmtime, componentize-py, tantivy, sqlite) are translated into these where they
+are caught, with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "ConflictError",
+    "DefinitionError",
+    "InputError",
+    "NotFoundError",
+    "PipelineTimeoutError",
+    "QueryRejectedError",
+    "QuidditchError",
+    "StageError",
+    "StageTimeoutError",
+    "StorageError",
+    "UdfBuildError",
+    "UdfCallError",
+    "UdfError",
+    "UdfLoadError",
+    "UdfMemoryError",
+    "UdfTimeoutError",
+]
+
+
+class QuidditchError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    #: The Elasticsearch-style ``error.type`` the HTTP layer reports.
+    error_type = "quidditch_exception"
+    #: The HTTP status the HTTP layer answers with.
+    status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+
+class DefinitionError(QuidditchError):
+    """A definition or request is invalid; ``problems`` holds ``(field path, message)`` pairs."""
+
+    error_type = "parse_exception"
+    status = 400
+
+    def __init__(self, problems: Sequence[tuple[str, str]], *, subject: str = "pipeline definition") -> None:
+        self.problems = [(path, msg) for path, msg in problems]
+        lines = [f"{path}: {msg}" if path else msg for path, msg in self.problems]
+        super().__init__(f"invalid {subject}: " + "; ".join(lines))
+        self.subject = subject
+
+    def __repr__(self) -> str:
+        return f"DefinitionError(subject={self.subject!r}, problems={self.problems!r})"
+
+
+class InputError(QuidditchError):
+    """An input does not fit what the pipeline type accepts."""
+
+    error_type = "illegal_argument_exception"
+    status = 400
+
+
+class NotFoundError(QuidditchError):
+    """Something named does not exist."""
+
+    error_type = "resource_not_found_exception"
+    status = 404
+
+    def __init__(self, kind: str, name: str, detail: str = "") -> None:
+        self.kind = kind
+        self.name = name
+        super().__init__(f"{kind} [{name}] not found" + (f": {detail}" if detail else ""))
+
+    def __repr__(self) -> str:
+        return f"NotFoundError(kind={self.kind!r}, name={self.name!r})"
+
+
+class ConflictError(QuidditchError):
+    """The change conflicts with what is stored (in use, immutable, wrong type)."""
+
+    error_type = "illegal_state_exception"
+    status = 409
+
+
+class StageError(QuidditchError):
+    """One stage failed for one input. Wrapped once, at the innermost stage; outer layers pass it on."""
+
+    error_type = "pipeline_execution_exception"
+    status = 400
+    kind = "error"
+
+    def __init__(
+        self,
+        cause: str,
+        *,
+        pipeline: str = "",
+        stage: str = "",
+        stage_type: str = "",
+        input_id: str | None = None,
+        cause_type: str = "error",
+    ) -> None:
+        self.cause = cause
+        self.pipeline = pipeline
+        self.stage = stage
+        self.stage_type = stage_type
+        self.input_id = input_id
+        self.cause_type = cause_type
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = f"pipeline [{self.pipeline}] stage [{self.stage}] ({self.stage_type})"
+        on = f" on input [{self.input_id}]" if self.input_id is not None else ""
+        return f"{where} failed{on}: {self.cause}"
+
+    def located(self, *, pipeline: str, stage: str, stage_type: str, input_id: str | None) -> StageError:
+        """This error with its location filled in (only where it is still blank: innermost wins)."""
+        err = type(self)(
+            self.cause,
+            pipeline=self.pipeline or pipeline,
+            stage=self.stage or stage,
+            stage_type=self.stage_type or stage_type,
+            input_id=self.input_id if self.input_id is not None else input_id,
+            cause_type=self.cause_type,
+        )
+        return err
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "type": self.cause_type,
+            "reason": self.message,
+            "pipeline": self.pipeline,
+            "stage": self.stage,
+            "stage_type": self.stage_type,
+            "input_id": self.input_id,
+            "cause": self.cause,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(pipeline={self.pipeline!r}, stage={self.stage!r}, "
+            f"input_id={self.input_id!r}, cause={self.cause!r})"
+        )
+
+
+class StageTimeoutError(StageError):
+    """The stage ran past its deadline."""
+
+    kind = "timeout"
+
+
+class PipelineTimeoutError(StageError):
+    """The pipeline's own deadline passed before or while a stage ran."""
+
+    kind = "timeout"
+
+
+class QueryRejectedError(QuidditchError):
+    """A query pipeline rejected the search request."""
+
+    error_type = "query_rejected_exception"
+    status = 400
+
+    def __init__(self, message: str, *, pipeline: str = "", stage: str = "") -> None:
+        super().__init__(message)
+        self.pipeline = pipeline
+        self.stage = stage
+
+
+class UdfError(QuidditchError):
+    """Base of the UDF toolchain's and runtime's errors."""
+
+    error_type = "udf_exception"
+    status = 400
+
+
+class UdfBuildError(UdfError):
+    """Building a UDF failed; names the file and line when the compiler said them."""
+
+    error_type = "udf_build_exception"
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None) -> None:
+        self.file = file
+        self.line = line
+        where = ""
+        if file:
+            where = f"{file}:{line}: " if line else f"{file}: "
+        super().__init__(where + message)
+
+
+class UdfLoadError(UdfError):
+    """A component could not be compiled, deserialised or instantiated."""
+
+    error_type = "udf_load_exception"
+
+
+class UdfCallError(UdfError):
+    """A whole call into WASM failed (the instance is discarded)."""
+
+    kind = "trap"
+
+    def __init__(self, message: str, *, kind: str | None = None) -> None:
+        super().__init__(message)
+        if kind is not None:
+            self.kind = kind
+
+
+class UdfTimeoutError(UdfCallError):
+    """The call was preempted at its deadline (epoch interruption)."""
+
+    kind = "timeout"
+
+
+class UdfMemoryError(UdfCallError):
+    """The instance hit its linear-memory limit."""
+
+    kind = "memory"
+
+
+class StorageError(QuidditchError):
+    """The durable store failed."""
+
+    error_type = "storage_exception"
+    status = 500

@@ -1,0 +1,352 @@
+"""The sequential executor (DESIGN §4): one execution path for every stage type.
+
+:func:`run_stages` runs stages in order over a batch of items; each stage is called once per attempt for all
+the units still pending, so a WASM stage crosses into the guest once per batch. Failure policies apply per
+unit: ``abort`` fails the unit's item, ``continue`` records the error and passes the unit on unchanged,
+``retry`` calls the stage again for just the failed units after an exponential backoff that never runs past
+the pipeline deadline, then does what ``retry.then`` says.
+
+A pipeline is itself a compound stage (:class:`CompiledPipeline`); ``composite`` and ``pipeline`` stages run
+their children through :func:`run_stages` too.
+
+Deadlines: ``timeout_ms`` of a stage and of a pipeline are per input. A batch of *n* items gets *n* times
+the budget, and a stage's budget is never more than what is left of the pipeline's. A stage that returns
+after its deadline has timed out even if it could not be preempted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from ._outcome import DROP
+from .definitions import FailurePolicy, PipelineDefinition, PipelineType
+from .errors import InputError, PipelineTimeoutError, StageError, StageTimeoutError
+from .stages.base import Item, Run, Stage, Status, Unit
+from .stats import PipelineMetrics
+
+__all__ = ["CompiledPipeline", "run_stages", "validate_input"]
+
+
+def validate_input(pipeline_type: PipelineType, value: Any, where: str = "input") -> None:
+    """Refuse, before any stage runs, an input that the pipeline type cannot take."""
+    if not isinstance(value, dict):
+        raise InputError(f"{where}: a {pipeline_type} pipeline takes a JSON object, got {_json_kind(value)}")
+    if pipeline_type is not PipelineType.RESULT:
+        return
+    hits = value.get("hits")
+    if not isinstance(hits, list):
+        raise InputError(f"{where}.hits: a result pipeline's input needs a [hits] list")
+    for i, hit in enumerate(hits):
+        if not isinstance(hit, dict):
+            raise InputError(f"{where}.hits[{i}]: a hit is an object, got {_json_kind(hit)}")
+        for key, kinds in (("_id", (str,)), ("_score", (int, float)), ("_source", (dict,))):
+            if key not in hit:
+                raise InputError(f"{where}.hits[{i}].{key}: field required")
+            if not isinstance(hit[key], kinds) or isinstance(hit[key], bool):
+                raise InputError(f"{where}.hits[{i}].{key}: wrong type {_json_kind(hit[key])}")
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(type(value), "a number")
+
+
+def snapshot(value: Any) -> Any:
+    """A deep, independent copy of JSON data (for verbose traces)."""
+    return orjson.loads(orjson.dumps(value))
+
+
+def run_stages(stages: Sequence[Stage], items: list[Item], run: Run) -> None:
+    """Run ``stages`` in order over ``items``; each item ends active, dropped, rejected or failed."""
+    for stage in stages:
+        active = [item for item in items if item.active]
+        if not active:
+            return
+        _StageCall(stage, active, run).execute()
+
+
+class _StageCall:
+    """One stage over the active items of a batch: attempts, policies, stats and trace."""
+
+    __slots__ = (
+        "attempts",
+        "copied",
+        "errors",
+        "ignored",
+        "items",
+        "run",
+        "stage",
+        "took",
+        "units",
+    )
+
+    def __init__(self, stage: Stage, items: list[Item], run: Run) -> None:
+        self.stage = stage
+        self.items = items
+        self.run = run
+        if stage.per_hit:
+            self.units = [Unit(item, i) for item in items for i in range(len(item.value["hits"]))]
+        else:
+            self.units = [Unit(item) for item in items]
+        n = len(self.units)
+        self.attempts = [0] * n
+        self.took = [0.0] * n
+        self.errors: list[StageError | None] = [None] * n
+        self.ignored: dict[int, StageError] = {}
+        self.copied: set[int] = set()
+
+    def execute(self) -> None:
+        stage, run, clock = self.stage, self.run, self.run.clock
+        if not stage.enabled:
+            stage.metric.skip(len(self.units))
+            self._trace(skipped=True)
+            return
+        start = clock.now()
+        if run.deadline is not None and start >= run.deadline:
+            cause = PipelineTimeoutError("the pipeline's deadline passed before this stage started")
+            for i, unit in enumerate(self.units):
+                self._fail(i, unit, cause)
+            stage.metric.finish(0, 0, timeouts=len(self.units), error=cause.cause)
+            self._trace()
+            return
+        n = len(self.units)
+        stage.metric.begin(n)
+        counts = {"retries": 0, "timeouts": 0, "dropped": 0, "failed": 0}
+        pending = list(range(n))
+        attempt = 0
+        while pending:
+            attempt += 1
+            pending = self._attempt(pending, attempt, counts)
+            if not pending:
+                break
+            backoff = stage.retry.backoff_s(attempt)
+            if run.deadline is not None and clock.now() + backoff >= run.deadline:
+                for i in pending:
+                    self._give_up(i, self._error(i), stage.retry.then)
+                    counts["failed"] += 1
+                break
+            clock.sleep(backoff)
+            counts["retries"] += len(pending)
+        self._finish_hits()
+        last = next((e for e in reversed(self.errors) if e is not None), None)
+        stage.metric.finish(
+            n,
+            (clock.now() - start) * 1e6,
+            succeeded=n - counts["failed"] - counts["dropped"],
+            failed=counts["failed"],
+            dropped=counts["dropped"],
+            retries=counts["retries"],
+            timeouts=counts["timeouts"],
+            error=last.message if last is not None else None,
+        )
+        self._trace()
+
+    def _error(self, i: int) -> StageError:
+        error = self.errors[i]
+        assert error is not None
+        return error
+
+    def _attempt(self, pending: list[int], attempt: int, counts: dict[str, int]) -> list[int]:
+        stage, clock = self.stage, self.run.clock
+        pending = [i for i in pending if self.units[i].item.active]
+        if not pending:
+            return []
+        units = [self.units[i] for i in pending]
+        t0 = clock.now()
+        deadline = self.run.deadline
+        if stage.timeout_s is not None:
+            own = t0 + stage.timeout_s * len(units)
+            deadline = own if deadline is None else min(deadline, own)
+        try:
+            outcomes = stage.invoke(units, self.run, deadline)
+        except StageError as exc:
+            outcomes = [exc] * len(units)
+        except Exception as exc:  # a bug in a stage fails that stage, never the caller
+            outcomes = [StageError(f"{type(exc).__name__}: {exc}")] * len(units)
+        t1 = clock.now()
+        overran = deadline is not None and t1 > deadline
+        share = (t1 - t0) / len(units)
+        retry: list[int] = []
+        for i, unit, outcome in zip(pending, units, outcomes, strict=True):
+            self.attempts[i] = attempt
+            self.took[i] += share
+            if overran and not isinstance(outcome, StageError):
+                budget_ms = (deadline - t0) * 1000 / len(units) if deadline is not None else 0.0
+                outcome = StageTimeoutError(
+                    f"ran {(t1 - t0) * 1000 / len(units):.1f} ms per input, past its budget of {budget_ms:.1f} ms"
+                )
+            if isinstance(outcome, StageError):
+                located = self._locate(unit, outcome)
+                self.errors[i] = located
+                if located.kind == "timeout":
+                    counts["timeouts"] += 1
+                if not unit.item.active:
+                    continue
+                if stage.policy is FailurePolicy.RETRY and attempt < stage.retry.max_attempts:
+                    retry.append(i)
+                    continue
+                policy = stage.retry.then if stage.policy is FailurePolicy.RETRY else stage.policy
+                self._give_up(i, located, policy)
+                counts["failed"] += 1
+            elif outcome is DROP:
+                counts["dropped"] += 1
+                self._drop(unit)
+            else:
+                self._apply(unit, outcome)
+        return retry
+
+    def _locate(self, unit: Unit, error: StageError) -> StageError:
+        stage = self.stage
+        return error.located(
+            pipeline=stage.pipeline, stage=stage.path, stage_type=stage.type, input_id=unit.item.label
+        )
+
+    def _give_up(self, i: int, error: StageError, policy: FailurePolicy | str) -> None:
+        unit = self.units[i]
+        if policy == FailurePolicy.CONTINUE:
+            self.ignored.setdefault(id(unit.item), error)
+        else:
+            self._fail(i, unit, error)
+
+    def _fail(self, i: int, unit: Unit, error: StageError) -> None:
+        located = self._locate(unit, error)
+        self.errors[i] = located
+        if unit.item.active:
+            unit.item.status = Status.FAILED
+            unit.item.error = located
+
+    def _drop(self, unit: Unit) -> None:
+        item = unit.item
+        if unit.hit is not None:
+            self._hits(item)[unit.hit] = None
+        elif self.stage.pipeline_type is PipelineType.QUERY:
+            item.status = Status.REJECTED
+        else:
+            item.status = Status.DROPPED
+
+    def _apply(self, unit: Unit, value: Any) -> None:
+        item = unit.item
+        if unit.hit is None:
+            item.value = value
+            return
+        hits = self._hits(item)
+        old = hits[unit.hit]
+        if old is not None and value.get("_score") != old.get("_score"):
+            item.resort = True
+        hits[unit.hit] = value
+
+    def _hits(self, item: Item) -> list[Any]:
+        """The item's hit list, copied once per stage so the stage's input is never changed."""
+        if id(item) not in self.copied:
+            self.copied.add(id(item))
+            item.value = {**item.value, "hits": list(item.value["hits"])}
+        hits: list[Any] = item.value["hits"]
+        return hits
+
+    def _finish_hits(self) -> None:
+        if not self.stage.per_hit:
+            return
+        for item in self.items:
+            if id(item) not in self.copied:
+                continue
+            hits = [hit for hit in item.value["hits"] if hit is not None]
+            if item.resort:
+                hits.sort(key=lambda hit: -float(hit.get("_score") or 0.0))
+                item.resort = False
+            item.value["hits"] = hits
+
+    def _trace(self, *, skipped: bool = False) -> None:
+        if not self.run.verbose:
+            return
+        stage = self.stage
+        per_item: dict[int, list[int]] = {}
+        for i, unit in enumerate(self.units):
+            per_item.setdefault(id(unit.item), []).append(i)
+        for item in self.items:
+            if item.trace is None:
+                continue
+            idx = per_item.get(id(item), [])
+            entry: dict[str, Any] = {
+                "name": stage.name,
+                "type": stage.type,
+                "status": "skipped",
+                "attempts": max((self.attempts[i] for i in idx), default=0),
+                "took_us": round(sum(self.took[i] for i in idx) * 1e6, 1),
+                "error": None,
+                "output": None,
+            }
+            if not skipped:
+                entry["status"], error = self._item_status(item, idx)
+                entry["error"] = error.message if error is not None else None
+                if item.active:
+                    entry["output"] = snapshot(item.value)
+            children = [self.units[i].children for i in idx if self.units[i].children is not None]
+            if children:
+                entry["stages"] = children[0]
+            item.trace.append(entry)
+
+    def _item_status(self, item: Item, idx: list[int]) -> tuple[str, StageError | None]:
+        if item.status is Status.FAILED and any(self.errors[i] is item.error for i in idx):
+            return "error", item.error
+        if item.status in (Status.DROPPED, Status.REJECTED):
+            return "dropped", None
+        ignored = self.ignored.get(id(item))
+        if ignored is not None:
+            return "error_ignored", ignored
+        if any(self.attempts[i] > 1 for i in idx):
+            return "retried", None
+        return "success", None
+
+
+class CompiledPipeline:
+    """A stored pipeline, built: its stages resolved and their metrics attached. Thread-safe to run."""
+
+    def __init__(
+        self,
+        definition: PipelineDefinition,
+        revision: int,
+        stages: list[Stage],
+        metrics: PipelineMetrics,
+    ) -> None:
+        self.definition = definition
+        self.name = definition.name
+        self.type = definition.type
+        self.revision = revision
+        self.stages = stages
+        self.metrics = metrics
+        self.timeout_s = definition.timeout_ms / 1000.0 if definition.timeout_ms else None
+
+    def run(self, items: list[Item], run: Run) -> None:
+        """Run the pipeline over ``items`` (already validated), recording its stats."""
+        metric = self.metrics.pipeline
+        n = len(items)
+        if not self.definition.enabled:
+            for item in items:
+                item.status = Status.SKIPPED
+            metric.skip(n)
+            return
+        clock = run.clock
+        start = clock.now()
+        deadline = run.deadline
+        if self.timeout_s is not None:
+            own = start + self.timeout_s * n
+            deadline = own if deadline is None else min(deadline, own)
+        metric.begin(n)
+        try:
+            run_stages(self.stages, items, dataclasses.replace(run, deadline=deadline))
+        finally:
+            failed = [item for item in items if item.status is Status.FAILED]
+            metric.finish(
+                n,
+                (clock.now() - start) * 1e6,
+                succeeded=sum(1 for item in items if item.status is Status.SUCCESS),
+                failed=len(failed),
+                dropped=sum(1 for item in items if item.status in (Status.DROPPED, Status.REJECTED)),
+                timeouts=sum(1 for item in failed if item.error is not None and item.error.kind == "timeout"),
+                error=failed[-1].error.message if failed and failed[-1].error is not None else None,
+            )

@@ -1,0 +1,56 @@
+"""What a UDF's return value does to the item it was called for (the mapping table of DESIGN §4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from . import _paths
+from ._outcome import DROP, Drop
+from .definitions import PipelineType
+
+__all__ = ["UnmappableResult", "map_udf_result"]
+
+
+class UnmappableResult(ValueError):
+    """The UDF returned something the mapping cannot apply; the stage fails for that item."""
+
+
+def map_udf_result(
+    raw: Any, value: Any, *, pipeline_type: PipelineType, hit_scope: bool, target_field: str | None
+) -> Any | Drop:
+    """The item's new value (or ``DROP``) after the UDF returned ``raw`` for ``value``.
+
+    ``hit_scope`` is true when ``value`` is one hit of a result pipeline (``{"_id", "_score", "_source"}``).
+    """
+    if raw is None or raw is True:
+        return value
+    if raw is False:
+        if pipeline_type is PipelineType.RESULT and not hit_scope:
+            raise UnmappableResult("a response-scope UDF returned False; only a hit can be removed")
+        return DROP
+    if isinstance(raw, str):
+        try:
+            raw = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise UnmappableResult("returned a string that is not a JSON object") from None
+        if not isinstance(raw, dict):
+            raise UnmappableResult(f"returned a JSON string holding a {type(raw).__name__}, not an object")
+    if isinstance(raw, dict):
+        if hit_scope:
+            source = value.get("_source")
+            return {**value, "_source": {**(source if isinstance(source, dict) else {}), **raw}}
+        return {**value, **raw}
+    if isinstance(raw, (int, float)):
+        if hit_scope:
+            return {**value, "_score": float(raw)}
+        if target_field is None:
+            raise UnmappableResult(f"returned the number {raw!r} but the stage has no config.target_field")
+        try:
+            return _paths.set_(value, _paths.split_path(target_field), raw)
+        except ValueError as exc:
+            raise UnmappableResult(str(exc)) from exc
+    raise UnmappableResult(
+        f"returned a {type(raw).__name__}; expected None, a bool, an object, a JSON-object string or a number"
+    )

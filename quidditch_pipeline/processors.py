@@ -1,0 +1,416 @@
+"""Native processors: trusted built-ins (DESIGN §3) and the registration API for an embedding host.
+
+A processor is a function ``(value, config) -> new value | DROP`` with a pydantic config model that parses its
+keys strictly (unknown keys are refused). The built-ins never change the value they are given (see
+:mod:`quidditch_pipeline._paths`); a host processor receives a deep copy, so it may change it in place.
+
+Register your own::
+
+    from pydantic import BaseModel
+    from quidditch_pipeline import register_processor
+
+    class Stamp(BaseModel, extra="forbid"):
+        field: str = "ingested_by"
+
+    @register_processor("stamp", config=Stamp)
+    def stamp(doc: dict, config: Stamp) -> dict:
+        doc[config.field] = "quidditch"
+        return doc
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from . import _paths
+from ._outcome import DROP, Drop
+
+__all__ = ["PROCESSORS", "Processor", "ProcessorError", "ProcessorRegistry", "register_processor"]
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+ProcessorFn = Callable[[dict[str, Any], Any], "dict[str, Any] | Drop"]
+
+
+class ProcessorError(Exception):
+    """A processor could not do its work on this value (the stage fails under its policy)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Processor:
+    name: str
+    config_model: type[BaseModel]
+    fn: ProcessorFn
+    copy_input: bool
+
+    def bind(self, options: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any] | Drop]:
+        """The processor with its config parsed once, ready to run on values."""
+        config = self.config_model.model_validate(options)
+        fn = self.fn
+        if self.copy_input:
+            return lambda value: fn(copy.deepcopy(value), config)
+        return lambda value: fn(value, config)
+
+
+class ProcessorRegistry:
+    """Name -> processor; thread-safe, so a host may register while pipelines run."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._processors: dict[str, Processor] = {}
+
+    def register(self, name: str, config: type[BaseModel], fn: ProcessorFn, *, copy_input: bool = True) -> None:
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", name):
+            raise ValueError(f"invalid processor name [{name}]")
+        with self._lock:
+            if name in self._processors:
+                raise ValueError(f"native processor [{name}] is already registered")
+            self._processors[name] = Processor(name, config, fn, copy_input)
+
+    def unregister(self, name: str) -> None:
+        with self._lock:
+            self._processors.pop(name, None)
+
+    def get(self, name: str) -> Processor | None:
+        return self._processors.get(name)
+
+    def names(self) -> Iterator[str]:
+        return iter(list(self._processors))
+
+
+PROCESSORS = ProcessorRegistry()
+
+
+def register_processor(
+    name: str, *, config: type[ConfigT]
+) -> Callable[[Callable[[dict[str, Any], ConfigT], dict[str, Any] | Drop]], Callable[..., Any]]:
+    """Decorator: make ``fn(value, config)`` available as native processor ``name``.
+
+    ``config`` is a pydantic model for the processor's keys (give it ``extra="forbid"`` to refuse unknown
+    keys). ``fn`` receives a deep copy of the value and returns the new value, or ``DROP``; it raises
+    :class:`ProcessorError` (or any exception) to fail the stage.
+    """
+
+    def decorate(fn: Callable[[dict[str, Any], ConfigT], dict[str, Any] | Drop]) -> Callable[..., Any]:
+        PROCESSORS.register(name, config, fn)
+        return fn
+
+    return decorate
+
+
+def _builtin(
+    name: str, config: type[ConfigT]
+) -> Callable[[Callable[[dict[str, Any], ConfigT], dict[str, Any] | Drop]], Callable[..., Any]]:
+    def decorate(fn: Callable[[dict[str, Any], ConfigT], dict[str, Any] | Drop]) -> Callable[..., Any]:
+        PROCESSORS.register(name, config, fn, copy_input=False)
+        return fn
+
+    return decorate
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _path(text: str) -> tuple[str, ...]:
+    if not text or any(not part for part in text.split(".")):
+        raise ValueError(f"[{text}] is not a field path (dot-separated names, e.g. user.name)")
+    return _paths.split_path(text)
+
+
+class _FieldConfig(_Config):
+    field: str
+
+    @field_validator("field")
+    @classmethod
+    def _field(cls, value: str) -> str:
+        _path(value)
+        return value
+
+    @property
+    def path(self) -> tuple[str, ...]:
+        return _paths.split_path(self.field)
+
+
+class _OptionalTarget(_FieldConfig):
+    target_field: str | None = None
+    ignore_missing: bool = False
+
+    @property
+    def target(self) -> tuple[str, ...]:
+        return _path(self.target_field) if self.target_field else self.path
+
+
+def _read(value: dict[str, Any], config: _FieldConfig, ignore_missing: bool) -> Any:
+    found = _paths.get(value, config.path)
+    if found is _paths.MISSING and not ignore_missing:
+        raise ProcessorError(f"field [{config.field}] not present")
+    return found
+
+
+# --- set, remove, rename, copy -----------------------------------------------------------------------------
+
+
+class SetConfig(_FieldConfig):
+    value: Any
+    override: bool = True
+
+
+@_builtin("set", SetConfig)
+def _set(value: dict[str, Any], config: SetConfig) -> dict[str, Any]:
+    if not config.override and _paths.get(value, config.path, None) is not None:
+        return value
+    return _set_path(value, config.path, copy.deepcopy(config.value))
+
+
+def _set_path(value: dict[str, Any], path: tuple[str, ...], new: Any) -> dict[str, Any]:
+    try:
+        return _paths.set_(value, path, new)
+    except ValueError as exc:
+        raise ProcessorError(str(exc)) from exc
+
+
+class RemoveConfig(_Config):
+    field: str | list[str] = Field(min_length=1)
+    ignore_missing: bool = False
+
+    @field_validator("field")
+    @classmethod
+    def _fields(cls, value: str | list[str]) -> str | list[str]:
+        for item in [value] if isinstance(value, str) else value:
+            _path(item)
+        return value
+
+
+@_builtin("remove", RemoveConfig)
+def _remove(value: dict[str, Any], config: RemoveConfig) -> dict[str, Any]:
+    for field in [config.field] if isinstance(config.field, str) else config.field:
+        path = _paths.split_path(field)
+        if not _paths.has(value, path):
+            if config.ignore_missing:
+                continue
+            raise ProcessorError(f"field [{field}] not present")
+        value = _paths.remove(value, path)
+    return value
+
+
+class MoveConfig(_FieldConfig):
+    target_field: str
+    ignore_missing: bool = False
+    override: bool = False
+
+    @field_validator("target_field")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        _path(value)
+        return value
+
+
+@_builtin("rename", MoveConfig)
+def _rename(value: dict[str, Any], config: MoveConfig) -> dict[str, Any]:
+    return _move(value, config, keep_source=False)
+
+
+@_builtin("copy", MoveConfig)
+def _copy(value: dict[str, Any], config: MoveConfig) -> dict[str, Any]:
+    return _move(value, config, keep_source=True)
+
+
+def _move(value: dict[str, Any], config: MoveConfig, *, keep_source: bool) -> dict[str, Any]:
+    found = _read(value, config, config.ignore_missing)
+    if found is _paths.MISSING:
+        return value
+    target = _paths.split_path(config.target_field)
+    if not config.override and _paths.has(value, target):
+        raise ProcessorError(f"field [{config.target_field}] already exists")
+    if not keep_source:
+        value = _paths.remove(value, config.path)
+    return _set_path(value, target, copy.deepcopy(found) if keep_source else found)
+
+
+# --- strings -------------------------------------------------------------------------------------------------
+
+
+def _string_processor(name: str, op: Callable[[str], str]) -> None:
+    def run(value: dict[str, Any], config: _OptionalTarget) -> dict[str, Any]:
+        found = _read(value, config, config.ignore_missing)
+        if found is _paths.MISSING:
+            return value
+        if isinstance(found, str):
+            return _set_path(value, config.target, op(found))
+        if isinstance(found, list) and all(isinstance(x, str) for x in found):
+            return _set_path(value, config.target, [op(x) for x in found])
+        raise ProcessorError(f"field [{config.field}] is a {_kind(found)}, not a string")
+
+    PROCESSORS.register(name, _OptionalTarget, run, copy_input=False)
+
+
+_string_processor("lowercase", str.lower)
+_string_processor("uppercase", str.upper)
+_string_processor("trim", str.strip)
+
+
+def _kind(value: Any) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number"
+    )
+
+
+class SplitConfig(_OptionalTarget):
+    separator: str = Field(min_length=1)
+    preserve_trailing: bool = False
+
+    @field_validator("separator")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"separator [{value}] is not a valid regular expression: {exc}") from exc
+        return value
+
+
+@_builtin("split", SplitConfig)
+def _split(value: dict[str, Any], config: SplitConfig) -> dict[str, Any]:
+    found = _read(value, config, config.ignore_missing)
+    if found is _paths.MISSING:
+        return value
+    if not isinstance(found, str):
+        raise ProcessorError(f"field [{config.field}] is a {_kind(found)}, not a string")
+    parts = re.split(config.separator, found)
+    if not config.preserve_trailing:
+        while parts and parts[-1] == "":
+            parts.pop()
+    return _set_path(value, config.target, parts)
+
+
+class JoinConfig(_OptionalTarget):
+    separator: str
+
+
+@_builtin("join", JoinConfig)
+def _join(value: dict[str, Any], config: JoinConfig) -> dict[str, Any]:
+    found = _read(value, config, config.ignore_missing)
+    if found is _paths.MISSING:
+        return value
+    if not isinstance(found, list):
+        raise ProcessorError(f"field [{config.field}] is a {_kind(found)}, not a list")
+    return _set_path(value, config.target, config.separator.join(_text(x) for x in found))
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else str(value)
+
+
+# --- convert -------------------------------------------------------------------------------------------------
+
+_TYPE_ALIASES = {"integer": "int", "long": "int", "double": "float", "boolean": "bool"}
+
+
+class ConvertConfig(_OptionalTarget):
+    type: Literal["int", "float", "bool", "string", "integer", "long", "double", "boolean"]
+
+    @property
+    def canonical_type(self) -> str:
+        return _TYPE_ALIASES.get(self.type, self.type)
+
+
+def _convert_one(raw: Any, to: str, field: str) -> Any:
+    try:
+        if to == "string":
+            return _text(raw)
+        if to == "bool":
+            if isinstance(raw, bool):
+                return raw
+            text = _text(raw).strip().lower()
+            if text in ("true", "false"):
+                return text == "true"
+            raise ValueError
+        if isinstance(raw, bool) or raw is None or isinstance(raw, (dict, list)):
+            raise ValueError
+        if to == "int":
+            if isinstance(raw, float):
+                if not raw.is_integer():
+                    raise ValueError
+                return int(raw)
+            return int(str(raw).strip(), 0) if str(raw).strip().lower().startswith("0x") else int(str(raw).strip())
+        number = float(raw)
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ValueError
+        return number
+    except ValueError:
+        raise ProcessorError(f"field [{field}]: cannot convert {raw!r} to {to}") from None
+
+
+@_builtin("convert", ConvertConfig)
+def _convert(value: dict[str, Any], config: ConvertConfig) -> dict[str, Any]:
+    found = _read(value, config, config.ignore_missing)
+    if found is _paths.MISSING:
+        return value
+    to = config.canonical_type
+    if isinstance(found, list):
+        converted: Any = [_convert_one(x, to, config.field) for x in found]
+    else:
+        converted = _convert_one(found, to, config.field)
+    return _set_path(value, config.target, converted)
+
+
+# --- append, drop, fail --------------------------------------------------------------------------------------
+
+
+class AppendConfig(_FieldConfig):
+    value: Any
+    allow_duplicates: bool = True
+
+
+@_builtin("append", AppendConfig)
+def _append(value: dict[str, Any], config: AppendConfig) -> dict[str, Any]:
+    found = _paths.get(value, config.path)
+    current: list[Any]
+    if found is _paths.MISSING or found is None:
+        current = []
+    elif isinstance(found, list):
+        current = list(found)
+    else:
+        current = [found]
+    for item in config.value if isinstance(config.value, list) else [config.value]:
+        if config.allow_duplicates or item not in current:
+            current.append(copy.deepcopy(item))
+    return _set_path(value, config.path, current)
+
+
+class DropConfig(_Config):
+    field: str | None = None
+    value: Any = None
+
+    @field_validator("field")
+    @classmethod
+    def _field(cls, value: str | None) -> str | None:
+        if value is not None:
+            _path(value)
+        return value
+
+
+@_builtin("drop", DropConfig)
+def _drop(value: dict[str, Any], config: DropConfig) -> dict[str, Any] | Drop:
+    if config.field is None:
+        return DROP
+    found = _paths.get(value, _paths.split_path(config.field))
+    return DROP if found is not _paths.MISSING and found == config.value else value
+
+
+class FailConfig(_Config):
+    message: str = Field(min_length=1)
+
+
+@_builtin("fail", FailConfig)
+def _fail(value: dict[str, Any], config: FailConfig) -> dict[str, Any]:
+    raise ProcessorError(config.message)

@@ -1,0 +1,302 @@
+"""The registry: pipelines with their revision history, index associations and UDF versions.
+
+Thread-safe: one lock orders every change, and each change is written to :mod:`storage` (one transaction)
+before it becomes visible in memory. Everything a definition refers to is resolved when it is stored:
+``pipeline`` stage targets exist and are of the same type, no cycle is closed (the message prints it:
+``a -> b -> a``), and every ``python`` stage names a registered UDF (and version, when pinned).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .definitions import PipelineDefinition, PipelineType, parse_definition, parse_semver
+from .errors import ConflictError, DefinitionError, NotFoundError
+from .storage import Revision, Storage, UdfRecord
+
+__all__ = ["PutResult", "Registry", "StoredPipeline"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPipeline:
+    definition: PipelineDefinition
+    revision: int
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    name: str
+    version: str
+    revision: int
+    created: bool
+
+
+class Registry:
+    def __init__(self, storage: Storage, *, now: Callable[[], float] = time.time) -> None:
+        self._storage = storage
+        self._now = now
+        self._lock = threading.RLock()
+        state = storage.load()
+        self._history: dict[str, list[Revision]] = state.revisions
+        self._parsed: dict[tuple[str, int], PipelineDefinition] = {}
+        self._associations = state.associations
+        self._udfs = state.udfs
+
+    # --- pipelines ------------------------------------------------------------------------------------------
+
+    def put(self, definition: PipelineDefinition) -> PutResult:
+        """Store ``definition`` as the pipeline's next revision (creating the pipeline if it is new)."""
+        with self._lock:
+            self.check_references(definition)
+            name = definition.name
+            history = self._history.get(name, [])
+            if history:
+                self._check_retype(name, definition.type)
+            revision = Revision(name, (history[-1].revision + 1) if history else 1, definition.to_dict(), self._now())
+            self._storage.add_revision(revision)
+            self._history[name] = [*history, revision]
+            self._parsed[(name, revision.revision)] = definition
+            return PutResult(name, definition.version, revision.revision, not history)
+
+    def check_references(self, definition: PipelineDefinition) -> None:
+        """Refuse a definition whose ``pipeline`` targets or UDFs do not resolve, or that closes a cycle."""
+        with self._lock:
+            problems: list[tuple[str, str]] = []
+            for path, target in definition.pipeline_targets():
+                if target == definition.name:
+                    problems.append((path, f"pipeline cycle: {target} -> {target}"))
+                    continue
+                stored = self._latest(target)
+                if stored is None:
+                    problems.append((path, f"pipeline [{target}] does not exist"))
+                elif stored.type is not definition.type:
+                    problems.append(
+                        (path, f"pipeline [{target}] is a {stored.type} pipeline, not a {definition.type} pipeline")
+                    )
+            if not problems:
+                cycle = self._cycle(definition)
+                if cycle:
+                    problems.append(("stages", "pipeline cycle: " + " -> ".join(cycle)))
+            for path, udf, version in definition.udf_references():
+                versions = self.udf_versions(udf)
+                if not versions:
+                    problems.append((f"{path}.udf_name", f"UDF [{udf}] is not registered"))
+                elif version is not None and version not in versions:
+                    problems.append((f"{path}.udf_version", f"UDF [{udf}] has no version [{version}]"))
+            if problems:
+                raise DefinitionError(problems)
+
+    def _cycle(self, definition: PipelineDefinition) -> list[str] | None:
+        start = definition.name
+
+        def targets(name: str) -> list[str]:
+            d = definition if name == start else self._latest(name)
+            return [t for _, t in d.pipeline_targets()] if d is not None else []
+
+        path = [start]
+        on_path = {start}
+        done: set[str] = set()
+
+        def visit(name: str) -> list[str] | None:
+            for nxt in targets(name):
+                if nxt == start or nxt in on_path:
+                    return [*path, nxt]
+                if nxt in done:
+                    continue
+                path.append(nxt)
+                on_path.add(nxt)
+                found = visit(nxt)
+                if found:
+                    return found
+                path.pop()
+                on_path.discard(nxt)
+                done.add(nxt)
+            return None
+
+        return visit(start)
+
+    def _check_retype(self, name: str, new_type: PipelineType) -> None:
+        old = self._latest(name)
+        if old is None or old.type is new_type:
+            return
+        users = self._users(name)
+        if users:
+            raise ConflictError(
+                f"pipeline [{name}] cannot change type from {old.type} to {new_type} while used by {', '.join(users)}"
+            )
+
+    def _definition(self, revision: Revision) -> PipelineDefinition:
+        key = (revision.name, revision.revision)
+        parsed = self._parsed.get(key)
+        if parsed is None:
+            parsed = self._parsed[key] = parse_definition(revision.definition)
+        return parsed
+
+    def _latest(self, name: str) -> PipelineDefinition | None:
+        history = self._history.get(name)
+        return self._definition(history[-1]) if history else None
+
+    def get(self, name: str, revision: int | None = None) -> StoredPipeline:
+        with self._lock:
+            history = self._history.get(name)
+            if not history:
+                raise NotFoundError("pipeline", name)
+            if revision is None:
+                chosen = history[-1]
+            else:
+                found = [r for r in history if r.revision == revision]
+                if not found:
+                    raise NotFoundError("pipeline", name, f"no revision {revision}")
+                chosen = found[0]
+            return StoredPipeline(self._definition(chosen), chosen.revision, history[0].created_at, chosen.created_at)
+
+    def exists(self, name: str) -> bool:
+        with self._lock:
+            return name in self._history
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._history)
+
+    def list(self, pipeline_type: PipelineType | None = None) -> list[StoredPipeline]:
+        with self._lock:
+            out = [self.get(name) for name in sorted(self._history)]
+        return [p for p in out if pipeline_type is None or p.definition.type is pipeline_type]
+
+    def history(self, name: str) -> list[Revision]:
+        with self._lock:
+            history = self._history.get(name)
+            if not history:
+                raise NotFoundError("pipeline", name)
+            return list(history)
+
+    def delete(self, name: str) -> None:
+        with self._lock:
+            if name not in self._history:
+                raise NotFoundError("pipeline", name)
+            users = self._users(name)
+            if users:
+                raise ConflictError(f"pipeline [{name}] is in use by {', '.join(users)}")
+            self._storage.delete_pipeline(name)
+            for revision in self._history.pop(name):
+                self._parsed.pop((name, revision.revision), None)
+
+    def _users(self, name: str) -> list[str]:
+        users = [f"index [{index}] ({kind})" for (index, kind), p in sorted(self._associations.items()) if p == name]
+        for other in sorted(self._history):
+            d = self._latest(other)
+            if other != name and d is not None and any(t == name for _, t in d.pipeline_targets()):
+                users.append(f"pipeline [{other}]")
+        return users
+
+    # --- index associations ---------------------------------------------------------------------------------
+
+    def associate(self, index: str, pipeline_type: PipelineType, name: str) -> None:
+        with self._lock:
+            stored = self._latest(name)
+            if stored is None:
+                raise NotFoundError("pipeline", name)
+            if stored.type is not pipeline_type:
+                raise ConflictError(
+                    f"pipeline [{name}] is a {stored.type} pipeline; index [{index}] needs a {pipeline_type} pipeline"
+                )
+            if self._associations.get((index, pipeline_type.value)) == name:
+                return
+            self._storage.set_association(index, pipeline_type.value, name)
+            self._associations[(index, pipeline_type.value)] = name
+
+    def disassociate(self, index: str, pipeline_type: PipelineType) -> None:
+        with self._lock:
+            if (index, pipeline_type.value) not in self._associations:
+                return
+            self._storage.set_association(index, pipeline_type.value, None)
+            del self._associations[(index, pipeline_type.value)]
+
+    def pipeline_for(self, index: str, pipeline_type: PipelineType) -> str | None:
+        return self._associations.get((index, pipeline_type.value))
+
+    def associations(self, index: str) -> dict[str, str]:
+        with self._lock:
+            return {kind: name for (i, kind), name in sorted(self._associations.items()) if i == index}
+
+    # --- UDF versions ---------------------------------------------------------------------------------------
+
+    def put_udf(self, record: UdfRecord) -> bool:
+        """Record a UDF version; ``False`` when the same bytes are already there. Versions are immutable."""
+        with self._lock:
+            existing = self._udfs.get((record.name, record.version))
+            if existing is not None:
+                same_source = record.source_sha256 is not None and existing.source_sha256 == record.source_sha256
+                if existing.sha256 != record.sha256 and not same_source:
+                    raise ConflictError(
+                        f"UDF [{record.name}] version [{record.version}] already exists with other content "
+                        f"(sha256 {existing.sha256[:12]}…); versions are immutable, register a new version"
+                    )
+                return False
+            self._storage.put_udf(record)
+            self._udfs[(record.name, record.version)] = record
+            return True
+
+    def udf(self, name: str, version: str | None) -> UdfRecord:
+        """``version`` of ``name``, or its highest semantic version when ``version`` is ``None``."""
+        with self._lock:
+            if version is None:
+                versions = self.udf_versions(name)
+                if not versions:
+                    raise NotFoundError("udf", name)
+                version = versions[-1]
+            record = self._udfs.get((name, version))
+            if record is None:
+                if not self.udf_versions(name):
+                    raise NotFoundError("udf", name)
+                raise NotFoundError("udf", f"{name}@{version}")
+            return record
+
+    def udf_versions(self, name: str) -> list[str]:
+        """Versions of ``name``, lowest to highest by semantic version (1.9.0 < 1.10.0)."""
+        with self._lock:
+            versions = [v for (n, v) in self._udfs if n == name]
+        return sorted(versions, key=parse_semver)
+
+    def udf_record(self, name: str, version: str) -> UdfRecord | None:
+        with self._lock:
+            return self._udfs.get((name, version))
+
+    def udf_names(self) -> list[str]:
+        with self._lock:
+            return sorted({n for n, _ in self._udfs})
+
+    def delete_udf(self, name: str, version: str) -> UdfRecord:
+        with self._lock:
+            record = self._udfs.get((name, version))
+            if record is None:
+                raise NotFoundError("udf", f"{name}@{version}")
+            last = self.udf_versions(name) == [version]
+            users = []
+            for pname in sorted(self._history):
+                d = self._latest(pname)
+                if d is None:
+                    continue
+                for _, udf, pinned in d.udf_references():
+                    if udf == name and (pinned == version or (pinned is None and last)):
+                        users.append(pname)
+                        break
+            if users:
+                raise ConflictError(
+                    f"UDF [{name}] version [{version}] is used by pipeline(s) {', '.join(f'[{u}]' for u in users)}"
+                )
+            self._storage.delete_udf(name, version)
+            del self._udfs[(name, version)]
+            return record
+
+    def sha_in_use(self, sha256: str) -> bool:
+        with self._lock:
+            return any(r.sha256 == sha256 for r in self._udfs.values())
+
+    def close(self) -> None:
+        self._storage.close()

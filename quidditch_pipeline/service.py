@@ -1,0 +1,480 @@
+"""``PipelineService``: the one object an embedding search engine talks to (DESIGN §7).
+
+It ties the registry (durable definitions, associations, UDF versions), the UDF store and WASM runtime,
+the stats and the executor together, and runs the three hooks: :meth:`process_documents` before documents
+are written, :meth:`process_query` before a search, :meth:`process_results` after it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ._clock import SYSTEM_CLOCK, Clock
+from .definitions import PipelineDefinition, PipelineType, parse_definition
+from .errors import (
+    DefinitionError,
+    InputError,
+    NotFoundError,
+    QueryRejectedError,
+    QuidditchError,
+    StageError,
+    UdfCallError,
+)
+from .executor import CompiledPipeline, snapshot, validate_input
+from .mapping import UnmappableResult, map_udf_result
+from .registry import Registry, StoredPipeline
+from .stages import BuildContext, Item, Run, Status, build_pipeline
+from .stats import PipelineMetrics, StatsRegistry
+from .storage import MemoryStorage, SqliteStorage, Storage
+from .udf.artifacts import ArtifactStore
+from .udf.runtime import UdfRuntime
+from .udf.store import UdfStore
+
+__all__ = ["DocumentOutcome", "PipelineService"]
+
+_UNSET: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentOutcome:
+    """What the document pipeline made of one document of a batch."""
+
+    id: str | None
+    status: str  # "success" | "dropped" | "failed"
+    source: dict[str, Any] | None
+    error: QuidditchError | None
+
+
+class PipelineService:
+    """Registry + UDF store + runtime + executor + stats. Thread-safe; close it (or use ``with``)."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        artifacts_dir: Path,
+        *,
+        runtime: UdfRuntime | None = None,
+        compiled_cache_dir: Path | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        default_udf_timeout_ms: float = 1000.0,
+        memory_limit_mb: int = 128,
+        pool_size: int = 4,
+    ) -> None:
+        self.registry = Registry(storage)
+        self.runtime = runtime or UdfRuntime(
+            compiled_cache_dir, pool_size=pool_size, memory_limit_mb=memory_limit_mb
+        )
+        self.udfs = UdfStore(self.registry, ArtifactStore(artifacts_dir))
+        self.stats_registry = StatsRegistry()
+        self._clock = clock
+        self._build_ctx = BuildContext(self.udfs, self.runtime, default_udf_timeout_ms)
+        self._lock = threading.Lock()
+        self._compiled: dict[str, CompiledPipeline] = {}
+        self._tempdir: tempfile.TemporaryDirectory[str] | None = None
+
+    @classmethod
+    def open(cls, data_dir: str | Path, **options: Any) -> PipelineService:
+        """A durable service under ``data_dir``: ``registry.sqlite``, ``udfs/`` (components) and
+        ``compiled/`` (wasmtime's compiled artifacts, keyed by sha256 and wasmtime version)."""
+        root = Path(data_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        return cls(
+            SqliteStorage(root / "registry.sqlite"),
+            root / "udfs",
+            compiled_cache_dir=root / "compiled",
+            **options,
+        )
+
+    @classmethod
+    def in_memory(cls, **options: Any) -> PipelineService:
+        """A service that keeps nothing after :meth:`close` (components go to a temporary folder)."""
+        tmp = tempfile.TemporaryDirectory(prefix="quidditch-")
+        options.setdefault("compiled_cache_dir", Path(tmp.name) / "compiled")
+        service = cls(MemoryStorage(), Path(tmp.name) / "udfs", **options)
+        service._tempdir = tmp
+        return service
+
+    def close(self) -> None:
+        self.runtime.close()
+        self.registry.close()
+        if self._tempdir is not None:
+            self._tempdir.cleanup()
+
+    def __enter__(self) -> PipelineService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- pipelines ------------------------------------------------------------------------------------------
+
+    def put_pipeline(self, definition: dict[str, Any] | PipelineDefinition, name: str | None = None) -> dict[str, Any]:
+        """Create or replace a pipeline; every put stores a new revision."""
+        if isinstance(definition, dict):
+            if name is not None and "name" not in definition:
+                definition = {**definition, "name": name}
+            definition = parse_definition(definition)
+        if name is not None and definition.name != name:
+            raise DefinitionError([("name", f"[{definition.name}] differs from the pipeline name [{name}] in the URL")])
+        result = self.registry.put(definition)
+        with self._lock:
+            self._compiled.pop(result.name, None)
+        return {
+            "acknowledged": True,
+            "name": result.name,
+            "version": result.version,
+            "revision": result.revision,
+            "created": result.created,
+        }
+
+    def get_pipeline(self, name: str, revision: int | None = None) -> dict[str, Any]:
+        return _stored_dict(self.registry.get(name, revision))
+
+    def list_pipelines(self, type: str | None = None) -> dict[str, Any]:
+        kind = _pipeline_type(type) if type is not None else None
+        pipelines = [_stored_dict(p) for p in self.registry.list(kind)]
+        return {"total": len(pipelines), "pipelines": pipelines}
+
+    def pipeline_history(self, name: str) -> dict[str, Any]:
+        revisions = [
+            {
+                "revision": r.revision,
+                "version": r.definition.get("version"),
+                "created_at": _iso(r.created_at),
+            }
+            for r in self.registry.history(name)
+        ]
+        return {"name": name, "revisions": revisions}
+
+    def delete_pipeline(self, name: str) -> dict[str, Any]:
+        self.registry.delete(name)
+        with self._lock:
+            self._compiled.pop(name, None)
+        self.stats_registry.discard(name)
+        return {"acknowledged": True}
+
+    def associate(self, index: str, type: str, name: str) -> None:
+        self.registry.associate(index, _pipeline_type(type), name)
+
+    def disassociate(self, index: str, type: str) -> None:
+        self.registry.disassociate(index, _pipeline_type(type))
+
+    def associations(self, index: str) -> dict[str, str]:
+        return self.registry.associations(index)
+
+    def compiled(self, name: str) -> CompiledPipeline:
+        """The runnable form of the latest revision of ``name`` (built once per revision)."""
+        stored = self.registry.get(name)
+        with self._lock:
+            found = self._compiled.get(name)
+            if found is not None and found.revision == stored.revision:
+                return found
+        built = build_pipeline(
+            stored.definition, stored.revision, self.stats_registry.for_pipeline(name), self._build_ctx
+        )
+        with self._lock:
+            current = self._compiled.get(name)
+            if current is None or current.revision < built.revision:
+                self._compiled[name] = built
+        return built
+
+    # --- running ----------------------------------------------------------------------------------------------
+
+    def _run(
+        self, pipeline: CompiledPipeline, items: list[Item], params: dict[str, Any] | None = None, verbose: bool = False
+    ) -> float:
+        run = Run(params or {}, None, verbose, self._clock, self.compiled)
+        start = self._clock.now()
+        pipeline.run(items, run)
+        return self._clock.now() - start
+
+    def execute(
+        self,
+        pipeline: str | dict[str, Any],
+        input: Any = _UNSET,
+        *,
+        inputs: Sequence[Any] | None = None,
+        params: dict[str, Any] | None = None,
+        verbose: bool = True,
+    ) -> dict[str, Any]:
+        """Run a stored (by name) or inline (a definition) pipeline on sample input(s): the ``_execute`` API."""
+        compiled = self.compiled(pipeline) if isinstance(pipeline, str) else self._inline(pipeline)
+        if (input is _UNSET) == (inputs is None):
+            raise InputError("give exactly one of [input] and [inputs]")
+        if params is not None and not isinstance(params, dict):
+            raise InputError("params: expected an object")
+        batch = [input] if inputs is None else list(inputs)
+        if inputs is not None and not batch:
+            raise InputError("inputs: give at least one input")
+        for i, value in enumerate(batch):
+            validate_input(compiled.type, value, "input" if inputs is None else f"inputs[{i}]")
+        items = [
+            Item(i, None, value, {"index": None}, trace=[] if verbose else None) for i, value in enumerate(batch)
+        ]
+        took = self._run(compiled, items, params, verbose)
+        results = [_execute_result(item, took / len(items), verbose) for item in items]
+        if inputs is None:
+            return results[0]
+        return {"took_us": round(took * 1e6, 1), "results": results}
+
+    def _inline(self, data: dict[str, Any]) -> CompiledPipeline:
+        if not isinstance(data, dict):
+            raise DefinitionError([("pipeline", "expected a pipeline definition object")])
+        data = {"name": "inline", "version": "0.0.0", **data}
+        definition = parse_definition(data)
+        self.registry.check_references(definition)
+        return build_pipeline(definition, 0, PipelineMetrics(definition.name), self._build_ctx)
+
+    def _pick(self, index: str, kind: PipelineType, override: str | None) -> CompiledPipeline | None:
+        if override == "_none":
+            return None
+        name = override if override is not None else self.registry.pipeline_for(index, kind)
+        if name is None:
+            return None
+        compiled = self.compiled(name)
+        if compiled.type is not kind:
+            raise InputError(f"pipeline [{name}] is a {compiled.type} pipeline, not a {kind} pipeline")
+        return compiled
+
+    def process_document(
+        self, index: str, doc_id: str | None, source: dict[str, Any], *, pipeline: str | None = None
+    ) -> dict[str, Any] | None:
+        """The document as it should be written, ``None`` when dropped; raises the error when it aborts."""
+        outcome = self.process_documents(index, [(doc_id, source)], pipeline=pipeline)[0]
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.source
+
+    def process_documents(
+        self,
+        index: str,
+        items: Sequence[tuple[str | None, dict[str, Any]]],
+        *,
+        pipeline: str | None = None,
+    ) -> list[DocumentOutcome]:
+        """Run the index's document pipeline over a batch; one outcome per document, in order."""
+        compiled = self._pick(index, PipelineType.DOCUMENT, pipeline)
+        if compiled is None:
+            return [DocumentOutcome(doc_id, "success", source, None) for doc_id, source in items]
+        run_items: list[Item] = []
+        outcomes: list[DocumentOutcome | None] = []
+        for i, (doc_id, source) in enumerate(items):
+            if not isinstance(source, dict):
+                error = InputError(f"document [{doc_id}]: the source must be a JSON object")
+                outcomes.append(DocumentOutcome(doc_id, "failed", None, error))
+                continue
+            run_items.append(Item(i, doc_id, source, {"index": index, "id": doc_id}))
+            outcomes.append(None)
+        if run_items:
+            self._run(compiled, run_items)
+        for item in run_items:
+            outcomes[item.position] = _document_outcome(item)
+        return [o for o in outcomes if o is not None]
+
+    def process_query(self, index: str, body: dict[str, Any], *, pipeline: str | None = None) -> dict[str, Any]:
+        """The search body as the query pipeline rewrote it; raises ``QueryRejectedError`` on a reject."""
+        compiled = self._pick(index, PipelineType.QUERY, pipeline)
+        if compiled is None:
+            return body
+        validate_input(PipelineType.QUERY, body, "body")
+        item = Item(0, None, body, {"index": index})
+        self._run(compiled, [item])
+        if item.status is Status.REJECTED:
+            raise QueryRejectedError(
+                f"query pipeline [{compiled.name}] rejected the search request", pipeline=compiled.name
+            )
+        if item.status is Status.FAILED and item.error is not None:
+            raise item.error
+        return body if item.status is Status.SKIPPED else dict(item.value)
+
+    def process_results(
+        self,
+        index: str,
+        body: dict[str, Any],
+        response: dict[str, Any],
+        *,
+        pipeline: str | None = None,
+    ) -> dict[str, Any]:
+        """An Elasticsearch-shaped search response after the result pipeline (hits re-scored, re-sorted, removed)."""
+        compiled = self._pick(index, PipelineType.RESULT, pipeline)
+        if compiled is None:
+            return response
+        outer = response.get("hits") or {}
+        hits = [
+            {**hit, "_score": float(hit.get("_score") or 0.0), "_source": hit.get("_source") or {}}
+            for hit in outer.get("hits", [])
+        ]
+        value = {"hits": hits, "total": outer.get("total"), "query": body}
+        validate_input(PipelineType.RESULT, value, "response")
+        item = Item(0, None, value, {"index": index})
+        self._run(compiled, [item])
+        if item.status is Status.FAILED and item.error is not None:
+            raise item.error
+        new_hits: list[dict[str, Any]] = [] if item.status is Status.DROPPED else item.value["hits"]
+        scores = [h["_score"] for h in new_hits if isinstance(h.get("_score"), (int, float))]
+        extra = {k: v for k, v in item.value.items() if k not in ("hits", "total", "query")}
+        return {
+            **response,
+            **extra,
+            "hits": {**outer, "hits": new_hits, "max_score": max(scores) if scores else None},
+        }
+
+    # --- stats ----------------------------------------------------------------------------------------------
+
+    def stats(self, name: str | None = None) -> dict[str, Any]:
+        """The ``_stats`` response: one pipeline's snapshot, or ``{"pipelines": {name: snapshot}}``."""
+        if name is not None:
+            if not self.registry.exists(name):
+                raise NotFoundError("pipeline", name)
+            self.compiled(name)  # attaches the stage layout even before the first run
+            return self.stats_registry.snapshot(name)
+        for stored in self.registry.names():
+            self.compiled(stored)
+        return self.stats_registry.snapshot()
+
+    def reset_stats(self, name: str | None = None) -> None:
+        if name is not None and not self.registry.exists(name):
+            raise NotFoundError("pipeline", name)
+        self.stats_registry.reset(name)
+
+    # --- UDFs -----------------------------------------------------------------------------------------------
+
+    def put_udf(self, name: str, version: str, source_or_wasm: str | bytes) -> dict[str, Any]:
+        """Register a UDF version from Python source (built with componentize-py) or component bytes."""
+        result = self.udfs.put(name, version, source_or_wasm)
+        record = result.record
+        return {
+            "acknowledged": True,
+            "name": record.name,
+            "version": record.version,
+            "sha256": record.sha256,
+            "size": record.size,
+            "created": result.created,
+        }
+
+    def udf_versions(self, name: str) -> list[str]:
+        versions = self.udfs.versions(name)
+        if not versions:
+            raise NotFoundError("udf", name)
+        return versions
+
+    def udf_info(self, name: str) -> dict[str, Any]:
+        versions = []
+        for version in self.udf_versions(name):
+            record = self.registry.udf(name, version)
+            versions.append(
+                {"version": version, "sha256": record.sha256, "size": record.size, "created_at": _iso(record.created_at)}
+            )
+        return {"name": name, "latest": versions[-1]["version"], "versions": versions}
+
+    def list_udfs(self) -> dict[str, Any]:
+        udfs = [
+            {"name": name, "versions": versions, "latest": versions[-1]}
+            for name in self.registry.udf_names()
+            if (versions := self.udfs.versions(name))
+        ]
+        return {"total": len(udfs), "udfs": udfs}
+
+    def delete_udf(self, name: str, version: str) -> dict[str, Any]:
+        self.udfs.delete(name, version)
+        return {"acknowledged": True}
+
+    def execute_udf(
+        self,
+        name: str,
+        input: Any,
+        *,
+        version: str | None = None,
+        params: dict[str, Any] | None = None,
+        type: str = "document",
+        scope: str = "hit",
+        target_field: str | None = None,
+    ) -> dict[str, Any]:
+        """Run one UDF on one input: the raw value it returned and what the mapping makes of it."""
+        kind = _pipeline_type(type)
+        ref = self.udfs.resolve(name, None if version in (None, "latest") else version)
+        hit_scope = kind is PipelineType.RESULT and scope == "hit"
+        if hit_scope:
+            if not isinstance(input, dict) or not {"_id", "_score", "_source"} <= input.keys():
+                raise InputError("input: a hit-scoped result UDF takes one hit {_id, _score, _source}")
+        else:
+            validate_input(kind, input)
+        meta = {"index": None, "id": None, "pipeline": None, "stage": None, "type": kind.value}
+        start = self._clock.now()
+        out: dict[str, Any] = {"udf": name, "version": ref.version, "raw": None, "mapped": None, "error": None}
+        try:
+            result = self.runtime.call_batch(
+                ref.sha256, ref.path, [input], params or {}, [meta], timeout_s=self._build_ctx.default_udf_timeout_ms / 1000
+            )[0]
+        except UdfCallError as exc:
+            out.update(status="failed", error={"type": exc.kind, "reason": exc.message})
+        else:
+            if not result.ok:
+                err = result.error
+                out.update(
+                    status="failed",
+                    error={"type": err.type, "reason": err.message, "line": err.line} if err else None,
+                )
+            else:
+                out["raw"] = result.value
+                try:
+                    mapped = map_udf_result(
+                        result.value, input, pipeline_type=kind, hit_scope=hit_scope, target_field=target_field
+                    )
+                except UnmappableResult as exc:
+                    out.update(status="failed", error={"type": "unmappable_result", "reason": str(exc)})
+                else:
+                    if mapped is not input and not isinstance(mapped, dict):
+                        out["status"] = "rejected" if kind is PipelineType.QUERY else "dropped"
+                    else:
+                        out.update(status="success", mapped=snapshot(mapped))
+        out["took_us"] = round((self._clock.now() - start) * 1e6, 1)
+        return out
+
+
+def _pipeline_type(value: str) -> PipelineType:
+    try:
+        return PipelineType(value)
+    except ValueError:
+        raise InputError(f"type: [{value}] is not a pipeline type (query, document or result)") from None
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def _stored_dict(stored: StoredPipeline) -> dict[str, Any]:
+    return {
+        **stored.definition.to_dict(),
+        "revision": stored.revision,
+        "created_at": _iso(stored.created_at),
+        "updated_at": _iso(stored.updated_at),
+    }
+
+
+def _execute_result(item: Item, took_s: float, verbose: bool) -> dict[str, Any]:
+    status = item.status.value
+    output = snapshot(item.value) if item.status in (Status.SUCCESS, Status.SKIPPED) else None
+    result: dict[str, Any] = {
+        "status": status,
+        "output": output,
+        "error": item.error.to_dict() if item.error is not None else None,
+        "took_us": round(took_s * 1e6, 1),
+    }
+    if verbose:
+        result["stages"] = item.trace or []
+    return result
+
+
+def _document_outcome(item: Item) -> DocumentOutcome:
+    if item.status is Status.FAILED:
+        return DocumentOutcome(item.id, "failed", None, item.error or StageError("failed"))
+    if item.status is Status.DROPPED:
+        return DocumentOutcome(item.id, "dropped", None, None)
+    return DocumentOutcome(item.id, "success", item.value, None)

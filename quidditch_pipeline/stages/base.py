@@ -1,0 +1,124 @@
+"""What every stage shares: the items a run carries, the units a stage is called on, and the Stage base.
+
+An :class:`Item` is one input travelling through a pipeline (a document, a search body, a result set). A
+stage is called on :class:`Unit` s: the item itself, or for a hit-scoped stage of a result pipeline each of the
+item's hits. :meth:`Stage.invoke` answers one outcome per unit, in order: the unit's new value, ``DROP``, or
+a :class:`~quidditch_pipeline.errors.StageError`. Everything else (policies, retries, deadlines, stats,
+the verbose trace) is the executor's, the same for every stage type.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from .._clock import Clock
+from ..definitions import FailurePolicy, PipelineType, RetryPolicy
+from ..errors import StageError
+from ..stats import Metric
+
+if TYPE_CHECKING:
+    from ..executor import CompiledPipeline
+
+__all__ = ["Item", "Run", "Stage", "Status", "Unit"]
+
+
+class Status(StrEnum):
+    SUCCESS = "success"
+    FAILED = "failed"
+    DROPPED = "dropped"
+    REJECTED = "rejected"
+    SKIPPED = "skipped"
+
+
+@dataclass(slots=True, eq=False)
+class Item:
+    """One input on its way through a pipeline."""
+
+    position: int
+    id: str | None
+    value: Any
+    meta: dict[str, Any]
+    status: Status = Status.SUCCESS
+    error: StageError | None = None
+    trace: list[dict[str, Any]] | None = None
+    resort: bool = False
+
+    @property
+    def label(self) -> str:
+        """How errors name this input: its id, else its position in the batch."""
+        return self.id if self.id is not None else f"#{self.position}"
+
+    @property
+    def active(self) -> bool:
+        return self.status is Status.SUCCESS
+
+
+@dataclass(slots=True, eq=False)
+class Unit:
+    """What one stage call sees: an item, or one hit of a result item (``hit`` is its index)."""
+
+    item: Item
+    hit: int | None = None
+    #: A compound stage's nested trace for this unit (verbose runs only).
+    children: list[dict[str, Any]] | None = None
+
+    @property
+    def value(self) -> Any:
+        if self.hit is None:
+            return self.item.value
+        return self.item.value["hits"][self.hit]
+
+
+@dataclass(slots=True)
+class Run:
+    """One execution of a pipeline over a batch: what every stage call in it shares."""
+
+    params: dict[str, Any]
+    deadline: float | None
+    verbose: bool
+    clock: Clock
+    resolve: Callable[[str], CompiledPipeline]
+    depth: int = 0
+
+
+class Stage(ABC):
+    """A built stage: its definition resolved, its metric attached."""
+
+    #: Units are hits rather than whole items (hit-scoped stages of result pipelines).
+    per_hit: bool = False
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        path: str,
+        stage_type: str,
+        pipeline: str,
+        pipeline_type: PipelineType,
+        enabled: bool,
+        policy: FailurePolicy,
+        retry: RetryPolicy,
+        timeout_s: float | None,
+        metric: Metric,
+    ) -> None:
+        self.name = name
+        self.path = path
+        self.type = stage_type
+        self.pipeline = pipeline
+        self.pipeline_type = pipeline_type
+        self.enabled = enabled
+        self.policy = policy
+        self.retry = retry
+        self.timeout_s = timeout_s
+        self.metric = metric
+
+    @abstractmethod
+    def invoke(self, units: list[Unit], run: Run, deadline: float | None) -> list[Any]:
+        """One outcome per unit: a new value, ``DROP`` or a ``StageError``. Must not change the inputs."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.pipeline}/{self.path}>"

@@ -1,0 +1,155 @@
+"""The ``python`` stage: a UDF compiled to a WebAssembly component, one call into the guest per batch.
+
+The batch's values cross in one call; what comes back is one small raw result per unit, which
+:func:`~quidditch_pipeline.mapping.map_udf_result` applies to the unit on the host. When the whole call fails
+(a trap, a timeout, running out of memory) and it carried more than one unit, each unit is called again on
+its own with its own budget, so one runaway document fails alone and its neighbours go on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+from ..definitions import PipelineType, PythonConfig
+from ..errors import QuidditchError, StageError, StageTimeoutError, UdfCallError
+from ..mapping import UnmappableResult, map_udf_result
+from .base import Run, Stage, Unit
+
+__all__ = ["PythonStage", "UdfRef", "UdfResolver", "UdfRunner"]
+
+
+class UdfRef(NamedTuple):
+    name: str
+    version: str
+    sha256: str
+    path: Path
+
+
+class UdfResolver(Protocol):
+    def resolve(self, name: str, version: str | None) -> UdfRef:
+        """The artifact of ``name`` at ``version`` (``None``: the highest version registered now)."""
+        ...
+
+
+class _ItemError(Protocol):
+    type: str
+    message: str
+    line: int | None
+
+
+class _ItemResult(Protocol):
+    ok: bool
+    value: Any
+    error: _ItemError | None
+
+
+class UdfRunner(Protocol):
+    def call_batch(
+        self,
+        sha256: str,
+        wasm_path: Path,
+        values: Sequence[Any],
+        params: Mapping[str, Any],
+        metas: Sequence[Mapping[str, Any]],
+        *,
+        timeout_s: float | None,
+        memory_limit_mb: int | None = None,
+    ) -> Sequence[_ItemResult]: ...
+
+
+class PythonStage(Stage):
+    def __init__(
+        self,
+        config: PythonConfig,
+        *,
+        udfs: UdfResolver,
+        runtime: UdfRunner,
+        pipeline_params: Mapping[str, Any],
+        **common: Any,
+    ) -> None:
+        super().__init__(**common)
+        self.config = config
+        self._udfs = udfs
+        self._runtime = runtime
+        self._pipeline_params = dict(pipeline_params)
+        self._params = {**pipeline_params, **config.parameters}
+        self.per_hit = self.pipeline_type is PipelineType.RESULT and config.scope == "hit"
+
+    def params(self, run: Run) -> dict[str, Any]:
+        """``pipeline.parameters < execute-time params < stage.config.parameters``."""
+        if not run.params:
+            return self._params
+        return {**self._pipeline_params, **run.params, **self.config.parameters}
+
+    def invoke(self, units: list[Unit], run: Run, deadline: float | None) -> list[Any]:
+        try:
+            ref = self._udfs.resolve(self.config.udf_name, self.config.udf_version)
+        except QuidditchError as exc:
+            return [StageError(exc.message)] * len(units)
+        params = self.params(run)
+        try:
+            return self._call(ref, units, params, run, deadline)
+        except UdfCallError as exc:
+            if len(units) == 1:
+                return [self._call_error(exc, ref)]
+        # The batch failed as a whole: find the unit(s) to blame by calling each alone.
+        out: list[Any] = []
+        for unit in units:
+            own = None if self.timeout_s is None else run.clock.now() + self.timeout_s
+            budget = deadline if own is None else own if deadline is None else min(own, deadline)
+            try:
+                out.extend(self._call(ref, [unit], params, run, budget))
+            except UdfCallError as exc:
+                out.append(self._call_error(exc, ref))
+        return out
+
+    def _call(
+        self, ref: UdfRef, units: list[Unit], params: dict[str, Any], run: Run, deadline: float | None
+    ) -> list[Any]:
+        metas = [
+            {
+                "index": unit.item.meta.get("index"),
+                "id": unit.item.id if unit.hit is None else unit.value.get("_id"),
+                "pipeline": self.pipeline,
+                "stage": self.name,
+                "type": self.pipeline_type.value,
+            }
+            for unit in units
+        ]
+        timeout_s = None if deadline is None else max(deadline - run.clock.now(), 0.0)
+        results = self._runtime.call_batch(
+            ref.sha256,
+            ref.path,
+            [unit.value for unit in units],
+            params,
+            metas,
+            timeout_s=timeout_s,
+            memory_limit_mb=self.config.memory_limit_mb,
+        )
+        return [self._map(unit, result, ref) for unit, result in zip(units, results, strict=True)]
+
+    def _map(self, unit: Unit, result: _ItemResult, ref: UdfRef) -> Any:
+        if not result.ok:
+            err = result.error
+            if err is None:
+                return StageError(f"UDF [{ref.name}@{ref.version}] failed")
+            line = f" (line {err.line})" if err.line else ""
+            return StageError(f"UDF [{ref.name}@{ref.version}] raised {err.type}: {err.message}{line}",
+                              cause_type=err.type)
+        try:
+            return map_udf_result(
+                result.value,
+                unit.value,
+                pipeline_type=self.pipeline_type,
+                hit_scope=unit.hit is not None,
+                target_field=self.config.target_field,
+            )
+        except UnmappableResult as exc:
+            return StageError(f"UDF [{ref.name}@{ref.version}] {exc}", cause_type="unmappable_result")
+
+    def _call_error(self, exc: UdfCallError, ref: UdfRef) -> StageError:
+        if exc.kind == "timeout":
+            return StageTimeoutError(f"UDF [{ref.name}@{ref.version}] preempted: {exc.message}", cause_type="timeout")
+        return StageError(f"UDF [{ref.name}@{ref.version}] {exc.kind}: {exc.message}", cause_type=exc.kind)

@@ -1,0 +1,203 @@
+"""Execution statistics per pipeline and per stage (DESIGN §4), on HDR histograms.
+
+A :class:`Metric` holds live counters behind a lock and is attached to its stage when the pipeline is built,
+so the hot path never looks one up by name. :meth:`Metric.snapshot` produces the immutable dict that
+``_stats`` serialises::
+
+    {"count": int, "succeeded": int, "failed": int, "dropped": int, "skipped": int, "retries": int,
+     "timeouts": int, "current": int,
+     "duration_us": {"p50": int, "p95": int, "p99": int, "max": int, "mean": float},
+     "last_error": {"message": str, "time": "2026-11-22T10:00:00.000000+00:00"} | None}
+
+A pipeline's snapshot adds ``"name"`` and ``"stages": [{"name", "type", ...the same keys}]``; a stage inside
+a composite is named by its path, ``group/inner``. Counts are per input (per hit for a hit-scoped stage).
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+
+__all__ = ["Metric", "PipelineMetrics", "StatsRegistry"]
+
+_MAX_US = 3_600_000_000  # an hour; longer durations are clamped rather than lost
+
+
+class Metric:
+    """Counters and a latency histogram for one pipeline or one stage; thread-safe."""
+
+    __slots__ = (
+        "_hist",
+        "_lock",
+        "count",
+        "current",
+        "dropped",
+        "failed",
+        "last_error",
+        "last_error_time",
+        "retries",
+        "skipped",
+        "succeeded",
+        "timeouts",
+    )
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._hist = HdrHistogram(1, _MAX_US, 3)
+        self._zero()
+
+    def _zero(self) -> None:
+        self.count = self.succeeded = self.failed = self.dropped = self.skipped = 0
+        self.retries = self.timeouts = self.current = 0
+        self.last_error: str | None = None
+        self.last_error_time: float | None = None
+
+    def begin(self, n: int = 1) -> None:
+        with self._lock:
+            self.current += n
+
+    def finish(
+        self,
+        n: int,
+        total_us: float,
+        *,
+        succeeded: int = 0,
+        failed: int = 0,
+        dropped: int = 0,
+        retries: int = 0,
+        timeouts: int = 0,
+        error: str | None = None,
+    ) -> None:
+        """Record ``n`` inputs that took ``total_us`` together (each is recorded as ``total_us / n``)."""
+        per_item = min(max(int(total_us / n), 1), _MAX_US) if n else 0
+        with self._lock:
+            self.current -= n
+            self.count += n
+            self.succeeded += succeeded
+            self.failed += failed
+            self.dropped += dropped
+            self.retries += retries
+            self.timeouts += timeouts
+            if n:
+                self._hist.record_value(per_item, n)
+            if error is not None:
+                self.last_error = error
+                self.last_error_time = datetime.now(UTC).timestamp()
+
+    def skip(self, n: int = 1) -> None:
+        with self._lock:
+            self.skipped += n
+
+    def reset(self) -> None:
+        with self._lock:
+            current = self.current
+            self._hist.reset()
+            self._zero()
+            self.current = current  # in-flight work still finishes and must not go negative
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            hist = self._hist
+            total = hist.get_total_count()
+            return {
+                "count": self.count,
+                "succeeded": self.succeeded,
+                "failed": self.failed,
+                "dropped": self.dropped,
+                "skipped": self.skipped,
+                "retries": self.retries,
+                "timeouts": self.timeouts,
+                "current": self.current,
+                "duration_us": {
+                    "p50": hist.get_value_at_percentile(50) if total else 0,
+                    "p95": hist.get_value_at_percentile(95) if total else 0,
+                    "p99": hist.get_value_at_percentile(99) if total else 0,
+                    "max": hist.get_max_value() if total else 0,
+                    "mean": round(hist.get_mean_value(), 1) if total else 0.0,
+                },
+                "last_error": None
+                if self.last_error is None or self.last_error_time is None
+                else {
+                    "message": self.last_error,
+                    "time": datetime.fromtimestamp(self.last_error_time, UTC).isoformat(),
+                },
+            }
+
+
+class PipelineMetrics:
+    """The metric of one pipeline and of each of its stages (by stage path)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.pipeline = Metric()
+        self._lock = threading.Lock()
+        self._stages: dict[str, tuple[str, Metric]] = {}
+        self._order: list[str] = []
+
+    def stage(self, path: str, stage_type: str) -> Metric:
+        """The metric for the stage at ``path``; kept across re-puts while a stage of that name exists."""
+        with self._lock:
+            found = self._stages.get(path)
+            if found is None or found[0] != stage_type:
+                found = (stage_type, found[1] if found else Metric())
+                self._stages[path] = found
+            return found[1]
+
+    def set_layout(self, paths: list[str]) -> None:
+        """The stage paths of the current definition, in order; stats of removed stages are dropped."""
+        with self._lock:
+            self._order = list(paths)
+            self._stages = {p: m for p, m in self._stages.items() if p in set(paths)}
+
+    def reset(self) -> None:
+        self.pipeline.reset()
+        with self._lock:
+            metrics = [m for _, m in self._stages.values()]
+        for metric in metrics:
+            metric.reset()
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            stages = [(p, self._stages[p]) for p in self._order if p in self._stages]
+        out: dict[str, Any] = {"name": self.name, **self.pipeline.snapshot()}
+        out["stages"] = [{"name": p, "type": t, **m.snapshot()} for p, (t, m) in stages]
+        return out
+
+
+class StatsRegistry:
+    """Pipeline name -> :class:`PipelineMetrics`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pipelines: dict[str, PipelineMetrics] = {}
+
+    def for_pipeline(self, name: str) -> PipelineMetrics:
+        with self._lock:
+            return self._get(name)
+
+    def _get(self, name: str) -> PipelineMetrics:
+        metrics = self._pipelines.get(name)
+        if metrics is None:
+            metrics = self._pipelines[name] = PipelineMetrics(name)
+        return metrics
+
+    def discard(self, name: str) -> None:
+        with self._lock:
+            self._pipelines.pop(name, None)
+
+    def snapshot(self, name: str | None = None) -> dict[str, Any]:
+        if name is not None:
+            return self.for_pipeline(name).snapshot()
+        with self._lock:
+            pipelines = sorted(self._pipelines.items())
+        return {"pipelines": {n: m.snapshot() for n, m in pipelines}}
+
+    def reset(self, name: str | None = None) -> None:
+        with self._lock:
+            targets = list(self._pipelines.values()) if name is None else [self._get(name)]
+        for metrics in targets:
+            metrics.reset()
+

@@ -173,9 +173,7 @@ class PipelineStage(_StageBase):
     config: PipelineConfig
 
 
-StageDefinition = Annotated[
-    PythonStage | NativeStage | CompositeStage | PipelineStage, Field(discriminator="type")
-]
+StageDefinition = Annotated[PythonStage | NativeStage | CompositeStage | PipelineStage, Field(discriminator="type")]
 CompositeConfig.model_rebuild()
 
 
@@ -200,7 +198,7 @@ class PipelineDefinition(_Strict):
     metadata: dict[str, Any] = Field(default_factory=dict)
     enabled: bool = True
     on_failure: FailurePolicy = FailurePolicy.ABORT
-    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    retry: RetryPolicy = RetryPolicy()
     timeout_ms: float | None = Field(None, gt=0)
     parameters: dict[str, Any] = Field(default_factory=dict)
     stages: list[StageDefinition]

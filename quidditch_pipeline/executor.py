@@ -202,9 +202,7 @@ class _StageCall:
 
     def _locate(self, unit: Unit, error: StageError) -> StageError:
         stage = self.stage
-        return error.located(
-            pipeline=stage.pipeline, stage=stage.path, stage_type=stage.type, input_id=unit.item.label
-        )
+        return error.located(pipeline=stage.pipeline, stage=stage.path, stage_type=stage.type, input_id=unit.item.label)
 
     def _give_up(self, i: int, error: StageError, policy: FailurePolicy | str) -> None:
         unit = self.units[i]

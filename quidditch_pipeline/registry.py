@@ -76,7 +76,10 @@ class Registry:
                     problems.append((path, f"pipeline [{target}] does not exist"))
                 elif stored.type is not definition.type:
                     problems.append(
-                        (path, f"pipeline [{target}] is a {stored.type} pipeline, not a {definition.type} pipeline")
+                        (
+                            path,
+                            f"pipeline [{target}] is a {stored.type} pipeline, not a {definition.type} pipeline",
+                        )
                     )
             if not problems:
                 cycle = self._cycle(definition)
@@ -163,7 +166,7 @@ class Registry:
         with self._lock:
             return sorted(self._history)
 
-    def list(self, pipeline_type: PipelineType | None = None) -> list[StoredPipeline]:
+    def pipelines(self, pipeline_type: PipelineType | None = None) -> list[StoredPipeline]:
         with self._lock:
             out = [self.get(name) for name in sorted(self._history)]
         return [p for p in out if pipeline_type is None or p.definition.type is pipeline_type]

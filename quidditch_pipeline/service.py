@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ._clock import SYSTEM_CLOCK, Clock
+from .builder import BuildContext, build_pipeline
 from .definitions import PipelineDefinition, PipelineType, parse_definition
 from .errors import (
     DefinitionError,
@@ -29,7 +30,7 @@ from .errors import (
 from .executor import CompiledPipeline, snapshot, validate_input
 from .mapping import UnmappableResult, map_udf_result
 from .registry import Registry, StoredPipeline
-from .stages import BuildContext, Item, Run, Status, build_pipeline
+from .stages import Item, Run, Status
 from .stats import PipelineMetrics, StatsRegistry
 from .storage import MemoryStorage, SqliteStorage, Storage
 from .udf.artifacts import ArtifactStore
@@ -67,9 +68,7 @@ class PipelineService:
         pool_size: int = 4,
     ) -> None:
         self.registry = Registry(storage)
-        self.runtime = runtime or UdfRuntime(
-            compiled_cache_dir, pool_size=pool_size, memory_limit_mb=memory_limit_mb
-        )
+        self.runtime = runtime or UdfRuntime(compiled_cache_dir, pool_size=pool_size, memory_limit_mb=memory_limit_mb)
         self.udfs = UdfStore(self.registry, ArtifactStore(artifacts_dir))
         self.stats_registry = StatsRegistry()
         self._clock = clock
@@ -138,7 +137,7 @@ class PipelineService:
 
     def list_pipelines(self, type: str | None = None) -> dict[str, Any]:
         kind = _pipeline_type(type) if type is not None else None
-        pipelines = [_stored_dict(p) for p in self.registry.list(kind)]
+        pipelines = [_stored_dict(p) for p in self.registry.pipelines(kind)]
         return {"total": len(pipelines), "pipelines": pipelines}
 
     def pipeline_history(self, name: str) -> dict[str, Any]:
@@ -187,7 +186,11 @@ class PipelineService:
     # --- running ----------------------------------------------------------------------------------------------
 
     def _run(
-        self, pipeline: CompiledPipeline, items: list[Item], params: dict[str, Any] | None = None, verbose: bool = False
+        self,
+        pipeline: CompiledPipeline,
+        items: list[Item],
+        params: dict[str, Any] | None = None,
+        verbose: bool = False,
     ) -> float:
         run = Run(params or {}, None, verbose, self._clock, self.compiled)
         start = self._clock.now()
@@ -214,9 +217,7 @@ class PipelineService:
             raise InputError("inputs: give at least one input")
         for i, value in enumerate(batch):
             validate_input(compiled.type, value, "input" if inputs is None else f"inputs[{i}]")
-        items = [
-            Item(i, None, value, {"index": None}, trace=[] if verbose else None) for i, value in enumerate(batch)
-        ]
+        items = [Item(i, None, value, {"index": None}, trace=[] if verbose else None) for i, value in enumerate(batch)]
         took = self._run(compiled, items, params, verbose)
         results = [_execute_result(item, took / len(items), verbose) for item in items]
         if inputs is None:
@@ -369,7 +370,12 @@ class PipelineService:
         for version in self.udf_versions(name):
             record = self.registry.udf(name, version)
             versions.append(
-                {"version": version, "sha256": record.sha256, "size": record.size, "created_at": _iso(record.created_at)}
+                {
+                    "version": version,
+                    "sha256": record.sha256,
+                    "size": record.size,
+                    "created_at": _iso(record.created_at),
+                }
             )
         return {"name": name, "latest": versions[-1]["version"], "versions": versions}
 
@@ -407,10 +413,21 @@ class PipelineService:
             validate_input(kind, input)
         meta = {"index": None, "id": None, "pipeline": None, "stage": None, "type": kind.value}
         start = self._clock.now()
-        out: dict[str, Any] = {"udf": name, "version": ref.version, "raw": None, "mapped": None, "error": None}
+        out: dict[str, Any] = {
+            "udf": name,
+            "version": ref.version,
+            "raw": None,
+            "mapped": None,
+            "error": None,
+        }
         try:
             result = self.runtime.call_batch(
-                ref.sha256, ref.path, [input], params or {}, [meta], timeout_s=self._build_ctx.default_udf_timeout_ms / 1000
+                ref.sha256,
+                ref.path,
+                [input],
+                params or {},
+                [meta],
+                timeout_s=self._build_ctx.default_udf_timeout_ms / 1000,
             )[0]
         except UdfCallError as exc:
             out.update(status="failed", error={"type": exc.kind, "reason": exc.message})
@@ -425,7 +442,11 @@ class PipelineService:
                 out["raw"] = result.value
                 try:
                     mapped = map_udf_result(
-                        result.value, input, pipeline_type=kind, hit_scope=hit_scope, target_field=target_field
+                        result.value,
+                        input,
+                        pipeline_type=kind,
+                        hit_scope=hit_scope,
+                        target_field=target_field,
                     )
                 except UnmappableResult as exc:
                     out.update(status="failed", error={"type": "unmappable_result", "reason": str(exc)})

@@ -200,4 +200,3 @@ class StatsRegistry:
             targets = list(self._pipelines.values()) if name is None else [self._get(name)]
         for metrics in targets:
             metrics.reset()
-

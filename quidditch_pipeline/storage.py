@@ -155,13 +155,13 @@ class SqliteStorage:
                     "SELECT name, revision, definition, created_at FROM pipeline_revisions ORDER BY name, revision"
                 ).fetchall()
                 assoc = self._db.execute("SELECT index_name, pipeline_type, pipeline FROM associations").fetchall()
-                udfs = self._db.execute("SELECT name, version, sha256, size, created_at, source_sha256 FROM udfs").fetchall()
+                udfs = self._db.execute(
+                    "SELECT name, version, sha256, size, created_at, source_sha256 FROM udfs"
+                ).fetchall()
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot read the registry database: {exc}") from exc
         for name, revision, definition, created_at in rows:
-            state.revisions.setdefault(name, []).append(
-                Revision(name, revision, orjson.loads(definition), created_at)
-            )
+            state.revisions.setdefault(name, []).append(Revision(name, revision, orjson.loads(definition), created_at))
         state.associations = {(index, kind): name for index, kind, name in assoc}
         state.udfs = {(row[0], row[1]): UdfRecord(*row) for row in udfs}
         return state
@@ -177,9 +177,7 @@ class SqliteStorage:
 
     def set_association(self, index: str, pipeline_type: str, name: str | None) -> None:
         if name is None:
-            self._write(
-                "DELETE FROM associations WHERE index_name = ? AND pipeline_type = ?", (index, pipeline_type)
-            )
+            self._write("DELETE FROM associations WHERE index_name = ? AND pipeline_type = ?", (index, pipeline_type))
         else:
             self._write(
                 "INSERT OR REPLACE INTO associations (index_name, pipeline_type, pipeline) VALUES (?, ?, ?)",
@@ -189,7 +187,14 @@ class SqliteStorage:
     def put_udf(self, record: UdfRecord) -> None:
         self._write(
             "INSERT INTO udfs (name, version, sha256, size, created_at, source_sha256) VALUES (?, ?, ?, ?, ?, ?)",
-            (record.name, record.version, record.sha256, record.size, record.created_at, record.source_sha256),
+            (
+                record.name,
+                record.version,
+                record.sha256,
+                record.size,
+                record.created_at,
+                record.source_sha256,
+            ),
         )
 
     def delete_udf(self, name: str, version: str) -> None:

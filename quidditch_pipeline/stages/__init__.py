@@ -1,45 +1,14 @@
-"""Stage types (DESIGN §1) and the builder that turns a definition into runnable stages.
-
-``python`` (:mod:`.python`), ``native`` (:mod:`.native`), ``composite`` and ``pipeline``
-(:mod:`.composite`) all share :class:`~.base.Stage`; :func:`build_pipeline` resolves each stage's policy,
-timeout and parameters once, and attaches its metric, when the pipeline is built.
-"""
+"""Stage types (DESIGN §1): ``python`` (:mod:`.python`), ``native`` (:mod:`.native`), ``composite`` and
+``pipeline`` (:mod:`.composite`), all sharing :class:`~.base.Stage` and run by the executor."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
-from ..definitions import (
-    CompositeStage as CompositeDef,
-)
-from ..definitions import (
-    FailurePolicy,
-    PipelineDefinition,
-    PipelineType,
-    StageDefinition,
-    StageType,
-)
-from ..definitions import (
-    NativeStage as NativeDef,
-)
-from ..definitions import (
-    PipelineStage as PipelineDef,
-)
-from ..definitions import (
-    PythonStage as PythonDef,
-)
-from ..errors import DefinitionError
-from ..executor import CompiledPipeline
-from ..processors import PROCESSORS
-from ..stats import PipelineMetrics
 from .base import Item, Run, Stage, Status, Unit
 from .composite import CompositeStage, PipelineCallStage
 from .native import NativeStage
 from .python import PythonStage, UdfRef, UdfResolver, UdfRunner
 
 __all__ = [
-    "BuildContext",
     "CompositeStage",
     "Item",
     "NativeStage",
@@ -52,73 +21,4 @@ __all__ = [
     "UdfResolver",
     "UdfRunner",
     "Unit",
-    "build_pipeline",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class BuildContext:
-    """What building a ``python`` stage needs; ``None`` where the host runs without UDFs."""
-
-    udfs: UdfResolver | None = None
-    runtime: UdfRunner | None = None
-    #: Per-input time limit of a python stage when neither it nor its pipeline sets one.
-    default_udf_timeout_ms: float = 1000.0
-
-
-def build_pipeline(
-    definition: PipelineDefinition, revision: int, metrics: PipelineMetrics, ctx: BuildContext
-) -> CompiledPipeline:
-    """Build ``definition`` into a :class:`CompiledPipeline` with its stage metrics attached."""
-    paths: list[str] = []
-    stages = [_build(s, "", False, definition, metrics, ctx, paths) for s in definition.stages]
-    metrics.set_layout(paths)
-    return CompiledPipeline(definition, revision, stages, metrics)
-
-
-def _build(
-    sdef: StageDefinition,
-    prefix: str,
-    nested: bool,
-    pdef: PipelineDefinition,
-    metrics: PipelineMetrics,
-    ctx: BuildContext,
-    paths: list[str],
-) -> Stage:
-    path = f"{prefix}{sdef.name}"
-    paths.append(path)
-    # Inside a composite, a stage without its own policy hands its failure to the composite.
-    default = FailurePolicy.ABORT if nested else pdef.on_failure
-    timeout_ms = sdef.timeout_ms
-    if timeout_ms is None and isinstance(sdef, PythonDef) and pdef.timeout_ms is None:
-        timeout_ms = ctx.default_udf_timeout_ms
-    common: dict[str, Any] = {
-        "name": sdef.name,
-        "path": path,
-        "stage_type": sdef.type.value,
-        "pipeline": pdef.name,
-        "pipeline_type": pdef.type,
-        "enabled": sdef.enabled,
-        "policy": sdef.on_failure or default,
-        "retry": pdef.retry,
-        "timeout_s": timeout_ms / 1000.0 if timeout_ms else None,
-        "metric": metrics.stage(path, sdef.type.value),
-    }
-    if isinstance(sdef, NativeDef):
-        processor = PROCESSORS.get(sdef.config.processor)
-        if processor is None:
-            raise DefinitionError([(f"{path}.config.processor", "unknown native processor")])
-        return NativeStage(
-            processor.bind(sdef.config.options), per_hit=pdef.type is PipelineType.RESULT, **common
-        )
-    if isinstance(sdef, CompositeDef):
-        children = [_build(c, f"{path}/", True, pdef, metrics, ctx, paths) for c in sdef.config.stages]
-        return CompositeStage(children, **common)
-    if isinstance(sdef, PipelineDef):
-        return PipelineCallStage(sdef.config.pipeline, **common)
-    assert isinstance(sdef, PythonDef) and sdef.type is StageType.PYTHON
-    if ctx.udfs is None or ctx.runtime is None:
-        raise DefinitionError([(path, "python stages need a UDF runtime, and this service has none")])
-    return PythonStage(
-        sdef.config, udfs=ctx.udfs, runtime=ctx.runtime, pipeline_params=pdef.parameters, **common
-    )

@@ -136,8 +136,9 @@ class PythonStage(Stage):
             if err is None:
                 return StageError(f"UDF [{ref.name}@{ref.version}] failed")
             line = f" (line {err.line})" if err.line else ""
-            return StageError(f"UDF [{ref.name}@{ref.version}] raised {err.type}: {err.message}{line}",
-                              cause_type=err.type)
+            return StageError(
+                f"UDF [{ref.name}@{ref.version}] raised {err.type}: {err.message}{line}", cause_type=err.type
+            )
         try:
             return map_udf_result(
                 result.value,

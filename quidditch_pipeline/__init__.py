@@ -1,0 +1,71 @@
+"""quidditch-pipeline: document, query and result pipelines for a search engine, whose stages are Python UDFs
+compiled to WebAssembly and run sandboxed in wasmtime, native processors, composites and pipeline calls."""
+
+from __future__ import annotations
+
+from ._outcome import DROP, Drop
+from .definitions import (
+    FailurePolicy,
+    PipelineDefinition,
+    PipelineType,
+    RetryPolicy,
+    StageType,
+    dump_definition,
+    load_definition,
+    parse_definition,
+)
+from .errors import (
+    ConflictError,
+    DefinitionError,
+    InputError,
+    NotFoundError,
+    PipelineTimeoutError,
+    QueryRejectedError,
+    QuidditchError,
+    StageError,
+    StageTimeoutError,
+    StorageError,
+    UdfBuildError,
+    UdfCallError,
+    UdfError,
+    UdfLoadError,
+    UdfMemoryError,
+    UdfTimeoutError,
+)
+from .processors import ProcessorError, register_processor
+from .service import DocumentOutcome, PipelineService
+
+__all__ = [
+    "DROP",
+    "ConflictError",
+    "DefinitionError",
+    "DocumentOutcome",
+    "Drop",
+    "FailurePolicy",
+    "InputError",
+    "NotFoundError",
+    "PipelineDefinition",
+    "PipelineService",
+    "PipelineTimeoutError",
+    "PipelineType",
+    "ProcessorError",
+    "QueryRejectedError",
+    "QuidditchError",
+    "RetryPolicy",
+    "StageError",
+    "StageTimeoutError",
+    "StageType",
+    "StorageError",
+    "UdfBuildError",
+    "UdfCallError",
+    "UdfError",
+    "UdfLoadError",
+    "UdfMemoryError",
+    "UdfTimeoutError",
+    "dump_definition",
+    "load_definition",
+    "parse_definition",
+    "register_processor",
+]
+
+__version__ = "0.1.0"

@@ -63,8 +63,9 @@ def snapshot(value: Any) -> Any:
 
 def run_stages(stages: Sequence[Stage], items: list[Item], run: Run) -> None:
     """Run ``stages`` in order over ``items``; each item ends active, dropped, rejected or failed."""
+    success = Status.SUCCESS
     for stage in stages:
-        active = [item for item in items if item.active]
+        active = [item for item in items if item.status is success]
         if not active:
             return
         _StageCall(stage, active, run).execute()
@@ -76,11 +77,16 @@ class _StageCall:
     __slots__ = (
         "attempts",
         "copied",
+        "dropped",
         "errors",
+        "failed",
         "ignored",
         "items",
+        "last_error",
+        "retries",
         "run",
         "stage",
+        "timeouts",
         "took",
         "units",
     )
@@ -99,11 +105,14 @@ class _StageCall:
         self.errors: list[StageError | None] = [None] * n
         self.ignored: dict[int, StageError] = {}
         self.copied: set[int] = set()
+        self.failed = self.dropped = self.retries = self.timeouts = 0
+        self.last_error: StageError | None = None
 
     def execute(self) -> None:
         stage, run, clock = self.stage, self.run, self.run.clock
+        n = len(self.units)
         if not stage.enabled:
-            stage.metric.skip(len(self.units))
+            stage.metric.skip(n)
             self._trace(skipped=True)
             return
         start = clock.now()
@@ -111,52 +120,54 @@ class _StageCall:
             cause = PipelineTimeoutError("the pipeline's deadline passed before this stage started")
             for i, unit in enumerate(self.units):
                 self._fail(i, unit, cause)
-            stage.metric.finish(0, 0, timeouts=len(self.units), error=cause.cause)
+            stage.metric.finish(0, 0, timeouts=n, error=cause.cause)
             self._trace()
             return
-        n = len(self.units)
         stage.metric.begin(n)
-        counts = {"retries": 0, "timeouts": 0, "dropped": 0, "failed": 0}
-        pending = list(range(n))
-        attempt = 0
+        pending = self._attempt(None, 1)
+        attempt = 1
         while pending:
-            attempt += 1
-            pending = self._attempt(pending, attempt, counts)
-            if not pending:
-                break
             backoff = stage.retry.backoff_s(attempt)
             if run.deadline is not None and clock.now() + backoff >= run.deadline:
                 for i in pending:
                     self._give_up(i, self._error(i), stage.retry.then)
-                    counts["failed"] += 1
                 break
             clock.sleep(backoff)
-            counts["retries"] += len(pending)
-        self._finish_hits()
-        last = next((e for e in reversed(self.errors) if e is not None), None)
+            self.retries += len(pending)
+            attempt += 1
+            pending = self._attempt(pending, attempt)
+        if self.copied:
+            self._finish_hits()
+        last = self.last_error
         stage.metric.finish(
             n,
             (clock.now() - start) * 1e6,
-            succeeded=n - counts["failed"] - counts["dropped"],
-            failed=counts["failed"],
-            dropped=counts["dropped"],
-            retries=counts["retries"],
-            timeouts=counts["timeouts"],
+            succeeded=n - self.failed - self.dropped,
+            failed=self.failed,
+            dropped=self.dropped,
+            retries=self.retries,
+            timeouts=self.timeouts,
             error=last.message if last is not None else None,
         )
-        self._trace()
+        if run.verbose:
+            self._trace()
 
     def _error(self, i: int) -> StageError:
         error = self.errors[i]
         assert error is not None
         return error
 
-    def _attempt(self, pending: list[int], attempt: int, counts: dict[str, int]) -> list[int]:
+    def _attempt(self, pending: list[int] | None, attempt: int) -> list[int]:
+        """Call the stage for the pending units (``None``: all); the units to retry."""
         stage, clock = self.stage, self.run.clock
-        pending = [i for i in pending if self.units[i].item.active]
-        if not pending:
-            return []
-        units = [self.units[i] for i in pending]
+        if pending is None:
+            indexes: Sequence[int] = range(len(self.units))
+            units = self.units
+        else:
+            indexes = [i for i in pending if self.units[i].item.status is Status.SUCCESS]
+            units = [self.units[i] for i in indexes]
+            if not units:
+                return []
         t0 = clock.now()
         deadline = self.run.deadline
         if stage.timeout_s is not None:
@@ -172,32 +183,34 @@ class _StageCall:
         overran = deadline is not None and t1 > deadline
         share = (t1 - t0) / len(units)
         retry: list[int] = []
-        for i, unit, outcome in zip(pending, units, outcomes, strict=True):
-            self.attempts[i] = attempt
-            self.took[i] += share
+        attempts, took = self.attempts, self.took
+        for i, unit, outcome in zip(indexes, units, outcomes, strict=True):
+            attempts[i] = attempt
+            took[i] += share
             if overran and not isinstance(outcome, StageError):
                 budget_ms = (deadline - t0) * 1000 / len(units) if deadline is not None else 0.0
                 outcome = StageTimeoutError(
                     f"ran {(t1 - t0) * 1000 / len(units):.1f} ms per input, past its budget of {budget_ms:.1f} ms"
                 )
-            if isinstance(outcome, StageError):
+            if outcome is DROP:
+                self.dropped += 1
+                self._drop(unit)
+            elif isinstance(outcome, StageError):
                 located = self._locate(unit, outcome)
-                self.errors[i] = located
+                self.errors[i] = self.last_error = located
                 if located.kind == "timeout":
-                    counts["timeouts"] += 1
-                if not unit.item.active:
+                    self.timeouts += 1
+                if unit.item.status is not Status.SUCCESS:
                     continue
                 if stage.policy is FailurePolicy.RETRY and attempt < stage.retry.max_attempts:
                     retry.append(i)
                     continue
                 policy = stage.retry.then if stage.policy is FailurePolicy.RETRY else stage.policy
                 self._give_up(i, located, policy)
-                counts["failed"] += 1
-            elif outcome is DROP:
-                counts["dropped"] += 1
-                self._drop(unit)
+            elif unit.hit is None:
+                unit.item.value = outcome
             else:
-                self._apply(unit, outcome)
+                self._apply_hit(unit, outcome)
         return retry
 
     def _locate(self, unit: Unit, error: StageError) -> StageError:
@@ -206,6 +219,7 @@ class _StageCall:
 
     def _give_up(self, i: int, error: StageError, policy: FailurePolicy | str) -> None:
         unit = self.units[i]
+        self.failed += 1
         if policy == FailurePolicy.CONTINUE:
             self.ignored.setdefault(id(unit.item), error)
         else:
@@ -227,11 +241,9 @@ class _StageCall:
         else:
             item.status = Status.DROPPED
 
-    def _apply(self, unit: Unit, value: Any) -> None:
+    def _apply_hit(self, unit: Unit, value: Any) -> None:
+        assert unit.hit is not None
         item = unit.item
-        if unit.hit is None:
-            item.value = value
-            return
         hits = self._hits(item)
         old = hits[unit.hit]
         if old is not None and value.get("_score") != old.get("_score"):
@@ -247,8 +259,6 @@ class _StageCall:
         return hits
 
     def _finish_hits(self) -> None:
-        if not self.stage.per_hit:
-            return
         for item in self.items:
             if id(item) not in self.copied:
                 continue
@@ -336,7 +346,9 @@ class CompiledPipeline:
             deadline = own if deadline is None else min(deadline, own)
         metric.begin(n)
         try:
-            run_stages(self.stages, items, dataclasses.replace(run, deadline=deadline))
+            run_stages(
+                self.stages, items, run if deadline is run.deadline else dataclasses.replace(run, deadline=deadline)
+            )
         finally:
             failed = [item for item in items if item.status is Status.FAILED]
             metric.finish(

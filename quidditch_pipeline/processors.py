@@ -25,6 +25,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -133,7 +134,7 @@ class _FieldConfig(_Config):
         _path(value)
         return value
 
-    @property
+    @cached_property
     def path(self) -> tuple[str, ...]:
         return _paths.split_path(self.field)
 
@@ -142,7 +143,7 @@ class _OptionalTarget(_FieldConfig):
     target_field: str | None = None
     ignore_missing: bool = False
 
-    @property
+    @cached_property
     def target(self) -> tuple[str, ...]:
         return _path(self.target_field) if self.target_field else self.path
 
@@ -166,7 +167,8 @@ class SetConfig(_FieldConfig):
 def _set(value: dict[str, Any], config: SetConfig) -> dict[str, Any]:
     if not config.override and _paths.get(value, config.path, None) is not None:
         return value
-    return _set_path(value, config.path, copy.deepcopy(config.value))
+    new = config.value
+    return _set_path(value, config.path, copy.deepcopy(new) if isinstance(new, (dict, list)) else new)
 
 
 def _set_path(value: dict[str, Any], path: tuple[str, ...], new: Any) -> dict[str, Any]:

@@ -16,6 +16,8 @@ a composite is named by its path, ``group/inner``. Counts are per input (per hit
 from __future__ import annotations
 
 import threading
+import time
+from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,14 +26,23 @@ from hdrh.histogram import HdrHistogram
 __all__ = ["Metric", "PipelineMetrics", "StatsRegistry"]
 
 _MAX_US = 3_600_000_000  # an hour; longer durations are clamped rather than lost
+_LOG_MAX = 4096
+_BEGIN: Any = object()
+_SKIP: Any = object()
 
 
 class Metric:
-    """Counters and a latency histogram for one pipeline or one stage; thread-safe."""
+    """Counters and a latency histogram for one pipeline or one stage; thread-safe.
+
+    The hot path only appends an event to a deque (atomic, no lock: a lock round trip costs more than the
+    whole recording); events are folded into the counters and the HDR histogram, under the lock, when a
+    snapshot is taken or the log grows past a bound.
+    """
 
     __slots__ = (
         "_hist",
         "_lock",
+        "_log",
         "count",
         "current",
         "dropped",
@@ -42,22 +53,26 @@ class Metric:
         "skipped",
         "succeeded",
         "timeouts",
+        "total_us",
     )
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._hist = HdrHistogram(1, _MAX_US, 3)
+        self._log: deque[tuple[Any, ...]] = deque()
+        self.current = 0
         self._zero()
 
     def _zero(self) -> None:
         self.count = self.succeeded = self.failed = self.dropped = self.skipped = 0
-        self.retries = self.timeouts = self.current = 0
+        self.retries = self.timeouts = 0
+        self.total_us = 0.0
         self.last_error: str | None = None
         self.last_error_time: float | None = None
 
     def begin(self, n: int = 1) -> None:
-        with self._lock:
-            self.current += n
+        """``n`` inputs are now in flight."""
+        self._log.append((_BEGIN, n))
 
     def finish(
         self,
@@ -72,36 +87,62 @@ class Metric:
         error: str | None = None,
     ) -> None:
         """Record ``n`` inputs that took ``total_us`` together (each is recorded as ``total_us / n``)."""
-        per_item = min(max(int(total_us / n), 1), _MAX_US) if n else 0
-        with self._lock:
-            self.current -= n
-            self.count += n
-            self.succeeded += succeeded
-            self.failed += failed
-            self.dropped += dropped
-            self.retries += retries
-            self.timeouts += timeouts
-            if n:
-                self._hist.record_value(per_item, n)
-            if error is not None:
-                self.last_error = error
-                self.last_error_time = datetime.now(UTC).timestamp()
+        log = self._log
+        log.append((n, total_us, succeeded, failed, dropped, retries, timeouts, error, time.time() if error else 0))
+        if len(log) > _LOG_MAX:
+            self._drain()
 
     def skip(self, n: int = 1) -> None:
+        self._log.append((_SKIP, n))
+
+    def _drain(self) -> None:
         with self._lock:
-            self.skipped += n
+            self._fold()
+
+    def _fold(self) -> None:
+        """Fold the logged events into the counters; the caller holds the lock."""
+        log = self._log
+        durations: dict[int, int] = {}
+        while log:
+            event = log.popleft()
+            kind = event[0]
+            if kind is _BEGIN:
+                self.current += event[1]
+            elif kind is _SKIP:
+                self.skipped += event[1]
+            else:
+                n, total_us, succeeded, failed, dropped, retries, timeouts, error, at = event
+                self.current -= n
+                self.count += n
+                self.succeeded += succeeded
+                self.failed += failed
+                self.dropped += dropped
+                self.retries += retries
+                self.timeouts += timeouts
+                if n:
+                    self.total_us += total_us
+                    per_item = min(max(int(total_us / n), 1), _MAX_US)
+                    durations[per_item] = durations.get(per_item, 0) + n
+                if error is not None:
+                    self.last_error = error
+                    self.last_error_time = at
+        record = self._hist.record_value
+        for value, count in durations.items():
+            record(value, count)
 
     def reset(self) -> None:
         with self._lock:
-            current = self.current
+            self._fold()  # in-flight work still finishes: ``current`` survives the reset
             self._hist.reset()
             self._zero()
-            self.current = current  # in-flight work still finishes and must not go negative
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
+            self._fold()
             hist = self._hist
             total = hist.get_total_count()
+            # One pass over the buckets for all three (each get_value_at_percentile is a pass of its own).
+            pct = hist.get_percentile_to_value_dict([50, 95, 99]) if total else {}
             return {
                 "count": self.count,
                 "succeeded": self.succeeded,
@@ -112,11 +153,11 @@ class Metric:
                 "timeouts": self.timeouts,
                 "current": self.current,
                 "duration_us": {
-                    "p50": hist.get_value_at_percentile(50) if total else 0,
-                    "p95": hist.get_value_at_percentile(95) if total else 0,
-                    "p99": hist.get_value_at_percentile(99) if total else 0,
+                    "p50": pct.get(50, 0),
+                    "p95": pct.get(95, 0),
+                    "p99": pct.get(99, 0),
                     "max": hist.get_max_value() if total else 0,
-                    "mean": round(hist.get_mean_value(), 1) if total else 0.0,
+                    "mean": round(self.total_us / self.count, 1) if self.count else 0.0,
                 },
                 "last_error": None
                 if self.last_error is None or self.last_error_time is None

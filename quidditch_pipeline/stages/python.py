@@ -34,15 +34,21 @@ class UdfResolver(Protocol):
 
 
 class _ItemError(Protocol):
-    type: str
-    message: str
-    line: int | None
+    @property
+    def type(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def line(self) -> int | None: ...
 
 
 class _ItemResult(Protocol):
-    ok: bool
-    value: Any
-    error: _ItemError | None
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def value(self) -> Any: ...
+    @property
+    def error(self) -> _ItemError | None: ...
 
 
 class UdfRunner(Protocol):

@@ -125,14 +125,14 @@ class StageError(QuidditchError):
         stage: str = "",
         stage_type: str = "",
         input_id: str | None = None,
-        cause_type: str = "error",
+        cause_type: str | None = None,
     ) -> None:
         self.cause = cause
         self.pipeline = pipeline
         self.stage = stage
         self.stage_type = stage_type
         self.input_id = input_id
-        self.cause_type = cause_type
+        self.cause_type = cause_type or self.kind
         super().__init__(self._render())
 
     def _render(self) -> str:

@@ -168,17 +168,25 @@ class _StageCall:
             units = [self.units[i] for i in indexes]
             if not units:
                 return []
+        try:
+            stage.prepare(self.run)
+        except Exception as exc:
+            error = exc if isinstance(exc, StageError) else StageError(str(exc))
+            outcomes: list[Any] = [error] * len(units)
+        else:
+            outcomes = []
         t0 = clock.now()
         deadline = self.run.deadline
         if stage.timeout_s is not None:
             own = t0 + stage.timeout_s * len(units)
             deadline = own if deadline is None else min(deadline, own)
-        try:
-            outcomes = stage.invoke(units, self.run, deadline)
-        except StageError as exc:
-            outcomes = [exc] * len(units)
-        except Exception as exc:  # a bug in a stage fails that stage, never the caller
-            outcomes = [StageError(f"{type(exc).__name__}: {exc}")] * len(units)
+        if not outcomes:
+            try:
+                outcomes = stage.invoke(units, self.run, deadline)
+            except StageError as exc:
+                outcomes = [exc] * len(units)
+            except Exception as exc:  # a bug in a stage fails that stage, never the caller
+                outcomes = [StageError(f"{type(exc).__name__}: {exc}")] * len(units)
         t1 = clock.now()
         overran = deadline is not None and t1 > deadline
         share = (t1 - t0) / len(units)

@@ -350,6 +350,9 @@ class PipelineService:
         """Register a UDF version from Python source (built with componentize-py) or component bytes."""
         result = self.udfs.put(name, version, source_or_wasm)
         record = result.record
+        # Compile now, so the first document does not wait seconds for it (and a broken component is
+        # refused at upload rather than on first use).
+        self.runtime.load(record.sha256, self.udfs.resolve(name, version).path)
         return {
             "acknowledged": True,
             "name": record.name,

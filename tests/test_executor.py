@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from quidditch_pipeline._clock import SYSTEM_CLOCK
 from quidditch_pipeline.builder import BuildContext, build_pipeline
 from quidditch_pipeline.definitions import PipelineType, parse_definition
-from quidditch_pipeline.errors import InputError, UdfCallError, UdfTimeoutError
+from quidditch_pipeline.errors import InputError, NotFoundError, UdfCallError, UdfTimeoutError
 from quidditch_pipeline.executor import CompiledPipeline, validate_input
 from quidditch_pipeline.processors import PROCESSORS, ProcessorError, register_processor
 from quidditch_pipeline.stages import Item, Run, Status, UdfRef
@@ -86,6 +86,10 @@ class FakeRuntime:
 
     def resolve(self, name: str, version: str | None) -> UdfRef:
         return UdfRef(name, version or "1.0.0", name, Path("/nonexistent"))
+
+    def load(self, sha256: str, wasm_path: Path) -> None:
+        if sha256 not in self.udfs:
+            raise NotFoundError("udf", sha256)
 
     def call_batch(
         self,

@@ -116,6 +116,10 @@ class Stage(ABC):
         self.timeout_s = timeout_s
         self.metric = metric
 
+    def prepare(self, run: Run) -> None:
+        """Get ready to be called (e.g. load a UDF); the time it takes does not count against the deadline."""
+        return None
+
     @abstractmethod
     def invoke(self, units: list[Unit], run: Run, deadline: float | None) -> list[Any]:
         """One outcome per unit: a new value, ``DROP`` or a ``StageError``. Must not change the inputs."""

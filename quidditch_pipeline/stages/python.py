@@ -52,6 +52,10 @@ class _ItemResult(Protocol):
 
 
 class UdfRunner(Protocol):
+    def load(self, sha256: str, wasm_path: Path) -> None:
+        """Compile (or load from cache) the component once per process."""
+        ...
+
     def call_batch(
         self,
         sha256: str,
@@ -88,6 +92,14 @@ class PythonStage(Stage):
         if not run.params:
             return self._params
         return {**self._pipeline_params, **run.params, **self.config.parameters}
+
+    def prepare(self, run: Run) -> None:
+        """Resolve the UDF version and load its component (compiling it on first use) before the clock starts."""
+        try:
+            ref = self._udfs.resolve(self.config.udf_name, self.config.udf_version)
+            self._runtime.load(ref.sha256, ref.path)
+        except QuidditchError as exc:
+            raise StageError(exc.message) from exc
 
     def invoke(self, units: list[Unit], run: Run, deadline: float | None) -> list[Any]:
         try:

@@ -1,0 +1,26 @@
+"""Python UDFs as WebAssembly components: build them, store them, run them sandboxed.
+
+* :mod:`.build` — check a UDF's source and build it into a component with componentize-py;
+* :mod:`.artifacts` — the content-addressed folder of ``.wasm`` files;
+* :mod:`.runtime` — wasmtime: compile once, cache on disk, pool instances, bound time and memory;
+* ``wit/udf.wit`` and ``guest/udf_guest.py`` — the versioned contract between host and guest, and the shim
+  built into every component.
+"""
+
+from .artifacts import ArtifactStore
+from .build import WIT_WORLD, CheckedSource, build_component, check_source, is_wasm
+from .runtime import ABI, UdfItemError, UdfItemResult, UdfRuntime, UdfRuntimeStats
+
+__all__ = [
+    "ABI",
+    "WIT_WORLD",
+    "ArtifactStore",
+    "CheckedSource",
+    "UdfItemError",
+    "UdfItemResult",
+    "UdfRuntime",
+    "UdfRuntimeStats",
+    "build_component",
+    "check_source",
+    "is_wasm",
+]

@@ -1,0 +1,633 @@
+"""Run UDF components in wasmtime: compile once, cache on disk, pool instances, bound time and memory.
+
+One :class:`UdfRuntime` owns one ``wasmtime.Engine`` (epoch interruption on) and the thread that ticks its
+epoch. For each component (keyed by sha256) it keeps the compiled form, serialised to
+``cache_dir/<sha256>-<wasmtime version>.cwasm`` so a restart maps it back in milliseconds, and a bounded pool
+of instances: a ``Store`` is not thread-safe, so an instance serves one thread at a time, and threads calling
+the same UDF run in parallel on separate instances (WASM calls release the GIL).
+
+A call crosses into the guest once per batch (see ``wit/udf.wit``). Every instance has a memory limit
+(``Store.set_limits``) and every call an epoch deadline; a call that traps, is preempted at its deadline,
+runs out of memory or answers garbage costs its instance, which is closed and replaced on demand.
+
+The sandbox is a WASI context that grants nothing: no preopened directory (no files), no environment, no
+arguments, no network, output streams that go nowhere. Clocks and randomness stay available, and a UDF that
+tries a file gets an ``OSError`` it can handle instead of a trap that would kill its instance.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib.metadata
+import marshal
+import math
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from wasmtime import Config, Engine, Store, WasiConfig, WasmtimeError
+from wasmtime import _ffi as ffi
+from wasmtime.component import Component, ExportIndex, Func, Linker
+
+from ..errors import InputError, UdfCallError, UdfLoadError, UdfMemoryError, UdfTimeoutError
+
+__all__ = ["ABI", "UdfItemError", "UdfItemResult", "UdfRuntime", "UdfRuntimeStats"]
+
+#: The guest ABI this runtime speaks: the version of ``wit/udf.wit``, which guest/udf_guest.py reports too.
+ABI = "1.0.0"
+WASMTIME_VERSION = importlib.metadata.version("wasmtime")
+
+_RUN_EXPORT = "run-batch"
+_DESCRIBE_EXPORT = "describe"
+_MIB = 1 << 20
+# Instantiating runs the component's start code; it is quick, but must not run unbounded either.
+_INSTANTIATE_S = 10.0
+# What a batch's failed items may add to the output limit (type + message + line, JSON-escaped).
+_ERROR_ALLOWANCE = 4096
+# marshal format 4 is what every CPython from 3.4 on reads, the guest's 3.14 included.
+_MARSHAL_VERSION = 4
+# A deadline no call reaches: for calls without a time limit.
+_NO_DEADLINE = 1 << 62
+
+
+@dataclass(frozen=True, slots=True)
+class UdfItemError:
+    """Why one item failed inside the guest.
+
+    ``type`` is the exception's class name (``ValueError``), or ``unmappable_return_value`` (``process``
+    returned something that is not JSON) or ``output_too_large`` (it did not fit the call's output limit).
+    ``line`` is the line in the UDF's file where it was raised, when known.
+    """
+
+    type: str
+    message: str
+    line: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class UdfItemResult:
+    """What ``process`` returned for one item (``value``, decoded from JSON), or why it failed."""
+
+    ok: bool
+    value: Any = None
+    error: UdfItemError | None = None
+
+
+_NONE = UdfItemResult(True, None)
+_TRUE = UdfItemResult(True, True)
+_FALSE = UdfItemResult(True, False)
+
+
+@dataclass(frozen=True, slots=True)
+class UdfRuntimeStats:
+    """Counters since the runtime started (for tests, benchmarks and operators)."""
+
+    compiles: int
+    cache_loads: int
+    instances_created: int
+    instances_discarded: int
+    loaded: int
+
+
+class _Trap(Exception):
+    """A call into the guest failed inside wasmtime (trap, interrupt, exit)."""
+
+
+class _Component:
+    """A compiled component: its exported function's index, its arity, and its instance pool."""
+
+    def __init__(self, runtime: UdfRuntime, sha256: str, component: Component) -> None:
+        self.sha256 = sha256
+        self.component = component
+        run_index = component.get_export_index(_RUN_EXPORT)
+        describe_index = component.get_export_index(_DESCRIBE_EXPORT)
+        if run_index is None or describe_index is None:
+            raise UdfLoadError(
+                f"component {sha256[:12]} is not a UDF: it does not export `{_RUN_EXPORT}` and "
+                f"`{_DESCRIBE_EXPORT}` (world quidditch:udf/udf@{ABI})"
+            )
+        self.run_index = run_index
+        self.describe_index = describe_index
+        self.arity = 0
+        self.pool = _Pool(runtime, self)
+        # Instantiate once now: a component that cannot run fails at load, not on its first document.
+        first = self.pool.acquire(runtime.memory_limit_bytes, None)
+        try:
+            self.arity = first.describe(describe_index)
+        except BaseException:
+            self.pool.discard(first)
+            raise
+        self.pool.release(first)
+
+
+class _Instance:
+    """One store and one instance of a component; serves one thread at a time.
+
+    The call path goes through wasmtime's C API directly (``wasmtime._ffi``) instead of
+    ``component.Func.__call__``, which looks up the function's type and converts arguments through
+    Python objects on every call: that cost ~40 us of a ~70 us call. The argument and result buffers are
+    allocated once, here; a call only points the argument at the payload, calls, and copies the answer out.
+    """
+
+    __slots__ = (
+        "_args",
+        "_ctx",
+        "_func",
+        "_func_ref",
+        "_instance",
+        "_result",
+        "_result_ref",
+        "memory_limit",
+        "store",
+    )
+
+    def __init__(self, runtime: UdfRuntime, component: _Component, memory_limit: int) -> None:
+        store = Store(runtime.engine)
+        # An empty WASI context: nothing preopened, no environment, no arguments, stdio to nowhere.
+        store.set_wasi(WasiConfig())
+        store.set_limits(memory_size=memory_limit)
+        store.set_epoch_deadline(_ticks(_INSTANTIATE_S, runtime.tick_s))
+        try:
+            instance = runtime.linker.instantiate(store, component.component)
+        except WasmtimeError as exc:
+            store.close()
+            raise UdfLoadError(
+                f"cannot instantiate UDF component {component.sha256[:12]} with a "
+                f"{memory_limit // _MIB} MiB memory limit: {_summary(str(exc))}"
+            ) from exc
+        func = instance.get_func(store, component.run_index)
+        if func is None:
+            store.close()
+            raise UdfLoadError(f"component {component.sha256[:12]}: `{_RUN_EXPORT}` is not a function")
+        self.store = store
+        self.memory_limit = memory_limit
+        self._instance = instance
+        self._ctx = store._context()
+        self._func = func
+        self._func_ref = ctypes.byref(func._func)
+        self._args = (ffi.wasmtime_component_val_t * 1)()
+        self._args[0].kind = ffi.WASMTIME_COMPONENT_STRING
+        self._result = ffi.wasmtime_component_val_t()
+        self._result_ref = ctypes.byref(self._result)
+        _check_signature(func, store, component.sha256)
+
+    def describe(self, index: ExportIndex) -> int:
+        """Ask the guest shim which ABI it speaks and the UDF's arity; refuse a mismatch."""
+        # Once per component, so wasmtime-py's own (slower) call path is fine here.
+        func = self._instance.get_func(self.store, index)
+        if func is None:
+            raise UdfLoadError(f"`{_DESCRIBE_EXPORT}` is not a function")
+        try:
+            answer = orjson.loads(func(self.store))
+            abi, arity = answer["abi"], answer["arity"]
+        except (WasmtimeError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise UdfLoadError(f"the component's `{_DESCRIBE_EXPORT}` failed: {exc}") from exc
+        if abi != ABI:
+            raise UdfLoadError(
+                f"the component speaks UDF ABI {abi}, this runtime speaks {ABI}: rebuild it with "
+                "`quidditch-pipeline udf build`"
+            )
+        if arity not in (2, 3):
+            raise UdfLoadError(f"the component reports an arity of {arity!r}; expected 2 or 3")
+        return int(arity)
+
+    def call(self, payload: bytes, ticks: int) -> bytes:
+        """One call of ``run-batch``; raise :class:`_Trap` when wasmtime reports an error."""
+        arg = self._args[0].of.string
+        # Point the argument at the payload's own buffer: the C API copies it into the guest and does not
+        # keep it, and `payload` outlives the call.
+        arg.size = len(payload)
+        arg.data = ctypes.cast(ctypes.c_char_p(payload), _U8_PTR)
+        _set_epoch_deadline(self._ctx, ticks)
+        error = _func_call(self._func_ref, self._ctx, self._args, 1, self._result_ref, 1)
+        if error:
+            raise _Trap(str(WasmtimeError._from_ptr(error)))
+        out = self._result.of.string
+        try:
+            return ctypes.string_at(out.data, out.size)
+        finally:
+            _byte_vec_delete(ctypes.byref(out))
+
+    def close(self) -> None:
+        self.store.close()
+
+
+_U8_PTR = ctypes.POINTER(ctypes.c_uint8)
+# The call itself, as wasmtime-py declares it (argtypes set), minus one Python wrapper frame. Loaded through
+# ctypes.CDLL, it releases the GIL while the guest runs.
+_func_call = ffi.dll.wasmtime_component_func_call
+# The same library through ctypes.PyDLL, whose calls keep the GIL, for C functions that only set a field,
+# free a buffer or bump a counter. Releasing the GIL around them costs more than they do, and each release
+# lets the epoch ticker take the GIL in between (measured: ~+12 us per call with a 1 ms tick).
+_GIL_DLL = ctypes.PyDLL(ffi.dll._name)
+_set_epoch_deadline = _GIL_DLL.wasmtime_context_set_epoch_deadline
+_set_epoch_deadline.restype = None
+_set_epoch_deadline.argtypes = [ctypes.POINTER(ffi.wasmtime_context_t), ctypes.c_uint64]
+_byte_vec_delete = _GIL_DLL.wasm_byte_vec_delete
+_byte_vec_delete.restype = None
+_byte_vec_delete.argtypes = [ctypes.POINTER(ffi.wasm_byte_vec_t)]
+_increment_epoch = _GIL_DLL.wasmtime_engine_increment_epoch
+_increment_epoch.restype = None
+_increment_epoch.argtypes = [ctypes.POINTER(ffi.wasm_engine_t)]
+
+
+def _check_signature(func: Func, store: Store, sha256: str) -> None:
+    ty = func.type(store)
+    params = [type(t).__name__ for _, t in ty.params]
+    result = type(ty.result).__name__ if ty.result is not None else None
+    if params != ["String"] or result != "String":
+        raise UdfLoadError(
+            f"component {sha256[:12]}: `{_RUN_EXPORT}` has type ({', '.join(params)}) -> {result}; "
+            "expected (string) -> string"
+        )
+
+
+class _Pool:
+    """Instances of one component, at most ``runtime.pool_size`` alive; callers wait when all are busy.
+
+    An idle instance is reused only for its own memory limit; when the pool is at its bound and only
+    instances with another limit are idle, one of those is closed to make room.
+    """
+
+    def __init__(self, runtime: UdfRuntime, component: _Component) -> None:
+        self._runtime = runtime
+        self._component = component
+        self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)
+        # Notifying costs a few microseconds even with nobody waiting: count the waiters, skip it then.
+        self._waiting = 0
+        self._idle: list[_Instance] = []
+        self._live = 0
+        self._closed = False
+
+    def acquire(self, memory_limit: int, timeout_s: float | None) -> _Instance:
+        """An idle instance with ``memory_limit``, or a new one; wait at most ``timeout_s`` for a slot."""
+        deadline = None
+        with self._lock:
+            while True:
+                if self._closed:
+                    raise UdfLoadError("the UDF runtime is closed")
+                idle = self._idle
+                for i in range(len(idle) - 1, -1, -1):
+                    if idle[i].memory_limit == memory_limit:
+                        return idle.pop(i)
+                if self._live >= self._runtime.pool_size and idle:
+                    self._retire(idle.pop(0))
+                if self._live < self._runtime.pool_size:
+                    self._live += 1
+                    break
+                if timeout_s is not None:
+                    deadline = deadline or time.monotonic() + timeout_s
+                    timeout_s = deadline - time.monotonic()
+                    if timeout_s <= 0:
+                        raise UdfTimeoutError(
+                            f"all {self._runtime.pool_size} instances of the UDF stayed busy past the deadline"
+                        )
+                self._waiting += 1
+                try:
+                    self._freed.wait(timeout_s)
+                finally:
+                    self._waiting -= 1
+        # Instantiating takes a millisecond or so: do it outside the lock, in the slot reserved above.
+        try:
+            instance = _Instance(self._runtime, self._component, memory_limit)
+        except BaseException:
+            with self._lock:
+                self._live -= 1
+                self._wake()
+            raise
+        self._runtime._count("instances_created")
+        return instance
+
+    def release(self, instance: _Instance) -> None:
+        with self._lock:
+            if self._closed:
+                self._retire(instance)
+            else:
+                self._idle.append(instance)
+            self._wake()
+
+    def discard(self, instance: _Instance) -> None:
+        """Close an instance that failed; its slot frees up for a fresh one."""
+        with self._lock:
+            self._retire(instance)
+            self._wake()
+        self._runtime._count("instances_discarded")
+
+    def _wake(self) -> None:
+        if self._waiting:
+            self._freed.notify()
+
+    def _retire(self, instance: _Instance) -> None:
+        instance.close()
+        self._live -= 1
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            while self._idle:
+                self._retire(self._idle.pop())
+            self._freed.notify_all()
+
+
+class UdfRuntime:
+    """Loads UDF components and calls them in batches, sandboxed and bounded in time and memory.
+
+    ``cache_dir`` keeps compiled components across restarts (None: compile in every process).
+    ``pool_size`` bounds the instances of each UDF; ``memory_limit_mb`` is each instance's linear-memory
+    limit unless a call asks for another; ``max_output_bytes`` bounds what one call may return;
+    ``epoch_tick_ms`` is the resolution of deadlines.
+    """
+
+    def __init__(
+        self,
+        cache_dir: Path | None = None,
+        *,
+        pool_size: int = 4,
+        memory_limit_mb: int = 128,
+        max_output_bytes: int = 1 << 20,
+        epoch_tick_ms: int = 1,
+    ) -> None:
+        if pool_size < 1 or memory_limit_mb < 1 or max_output_bytes < 1 or epoch_tick_ms < 1:
+            raise ValueError("pool_size, memory_limit_mb, max_output_bytes and epoch_tick_ms must be >= 1")
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        if self.cache_dir is not None:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.pool_size = pool_size
+        self.memory_limit_bytes = memory_limit_mb * _MIB
+        self.max_output_bytes = max_output_bytes
+        self.tick_s = epoch_tick_ms / 1000.0
+        config = Config()
+        config.epoch_interruption = True
+        self.engine = Engine(config)
+        self.linker = Linker(self.engine)
+        self.linker.add_wasip2()
+        self._lock = threading.Lock()
+        self._components: dict[str, _Component] = {}
+        self._loading: dict[str, Future[_Component]] = {}
+        self._counters = {"compiles": 0, "cache_loads": 0, "instances_created": 0, "instances_discarded": 0}
+        self._closed = False
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, name="udf-epoch-ticker", daemon=True)
+        self._ticker.start()
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def __enter__(self) -> UdfRuntime:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the ticker and close every idle instance (busy ones close when their call returns)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            components = list(self._components.values())
+            self._components.clear()
+        self._stop.set()
+        self._ticker.join()
+        for component in components:
+            component.pool.close()
+
+    def _tick(self) -> None:
+        # Deadlines are counted in epochs: a call's deadline is `ticks` increments after it starts. One
+        # GIL acquisition per tick (after the sleep): the increment itself keeps the GIL.
+        engine = self.engine.ptr()
+        while not self._stop.is_set():
+            time.sleep(self.tick_s)
+            _increment_epoch(engine)
+
+    def stats(self) -> UdfRuntimeStats:
+        with self._lock:
+            return UdfRuntimeStats(loaded=len(self._components), **self._counters)
+
+    def _count(self, counter: str) -> None:
+        with self._lock:
+            self._counters[counter] += 1
+
+    # -- loading ---------------------------------------------------------------------------------------
+
+    def load(self, sha256: str, wasm_path: Path) -> None:
+        """Compile (or map back from the cache) the component ``sha256`` read from ``wasm_path``.
+
+        Single-flight: when several threads ask for the same component at once, one loads it and the others
+        wait for that result. Raises :class:`UdfLoadError`.
+        """
+        self._component(sha256, wasm_path)
+
+    def _component(self, sha256: str, wasm_path: Path) -> _Component:
+        component = self._components.get(sha256)
+        if component is not None:
+            return component
+        with self._lock:
+            if self._closed:
+                raise UdfLoadError("the UDF runtime is closed")
+            component = self._components.get(sha256)
+            if component is not None:
+                return component
+            future = self._loading.get(sha256)
+            owner = future is None
+            if future is None:
+                future = self._loading[sha256] = Future()
+        if not owner:
+            return future.result()
+        try:
+            component = _Component(self, sha256, self._compiled(sha256, Path(wasm_path)))
+        except BaseException as exc:
+            with self._lock:
+                del self._loading[sha256]
+            future.set_exception(exc)
+            raise
+        with self._lock:
+            del self._loading[sha256]
+            self._components[sha256] = component
+        future.set_result(component)
+        return component
+
+    def _compiled(self, sha256: str, wasm_path: Path) -> Component:
+        cache = None if self.cache_dir is None else self.cache_dir / f"{sha256}-{WASMTIME_VERSION}.cwasm"
+        if cache is not None and cache.is_file():
+            try:
+                component = Component.deserialize_file(self.engine, str(cache))
+            except WasmtimeError:
+                pass  # corrupt, or written by another engine configuration: compile it again below
+            else:
+                self._count("cache_loads")
+                return component
+        try:
+            wasm = wasm_path.read_bytes()
+        except OSError as exc:
+            raise UdfLoadError(f"cannot read UDF component {wasm_path}: {exc}") from exc
+        actual = hashlib.sha256(wasm).hexdigest()
+        if actual != sha256:
+            raise UdfLoadError(f"{wasm_path} has sha256 {actual}, expected {sha256}")
+        try:
+            component = Component(self.engine, wasm)
+        except WasmtimeError as exc:
+            raise UdfLoadError(f"cannot compile UDF component {sha256[:12]}: {_summary(str(exc))}") from exc
+        self._count("compiles")
+        if cache is None:
+            return component
+        _write_atomically(cache, component.serialize())
+        # Map the compiled code back from the file: its pages are then shared and evictable, not heap.
+        return Component.deserialize_file(self.engine, str(cache))
+
+    # -- calling ---------------------------------------------------------------------------------------
+
+    def call_batch(
+        self,
+        sha256: str,
+        wasm_path: Path,
+        values: Sequence[Any],
+        params: Mapping[str, Any],
+        metas: Sequence[Mapping[str, Any]],
+        *,
+        timeout_s: float | None,
+        memory_limit_mb: int | None = None,
+    ) -> list[UdfItemResult]:
+        """Run ``process`` on every value in one call into the guest; one result per value, in order.
+
+        ``metas[i]`` goes with ``values[i]`` (passed only to a ``process`` that takes ``meta``). Raises
+        :class:`UdfTimeoutError` (preempted at ``timeout_s``), :class:`UdfMemoryError` (hit the memory
+        limit), :class:`UdfCallError` (trap, malformed or oversized output) and :class:`UdfLoadError`;
+        the instance is discarded after any of these but a load error.
+        """
+        started = time.monotonic()
+        component = self._component(sha256, wasm_path)
+        if not values:
+            return []
+        limit = self.memory_limit_bytes if memory_limit_mb is None else memory_limit_mb * _MIB
+        payload = _encode_request(params, values, metas if component.arity == 3 else None, self.max_output_bytes)
+        instance = component.pool.acquire(limit, timeout_s)
+        remaining = None if timeout_s is None else max(timeout_s - (time.monotonic() - started), 0.0)
+        ticks = _NO_DEADLINE if remaining is None else _ticks(remaining, self.tick_s)
+        try:
+            raw = instance.call(payload, ticks)
+            if len(raw) > self.max_output_bytes + _ERROR_ALLOWANCE * (len(values) + 1):
+                raise UdfCallError(
+                    f"the UDF returned {len(raw)} bytes, over the output limit of {self.max_output_bytes}",
+                    kind="output",
+                )
+            results = _decode_response(raw, len(values))
+        except _Trap as trap:
+            component.pool.discard(instance)
+            raise _classify(str(trap), timeout_s, limit) from trap
+        except UdfCallError:
+            component.pool.discard(instance)
+            raise
+        component.pool.release(instance)
+        return results
+
+
+def _ticks(seconds: float, tick_s: float) -> int:
+    # The first increment comes anywhere within one tick of the call's start, so one tick more than the
+    # budget: never preempt before the deadline, at most one tick after it.
+    return max(1, math.ceil(seconds / tick_s)) + 1
+
+
+def _encode_request(
+    params: Mapping[str, Any], values: Sequence[Any], metas: Sequence[Mapping[str, Any]] | None, limit: int
+) -> bytes:
+    request: Any = (params, values, metas, limit)
+    try:
+        packed = marshal.dumps(request, _MARSHAL_VERSION)
+    except ValueError:
+        # Not plain dicts, lists and scalars (a Mapping view, a datetime, a tuple subclass): give the guest
+        # what JSON would make of them, which is what it would see from an HTTP client anyway.
+        try:
+            plain = orjson.loads(orjson.dumps(request, default=_plain))
+        except (orjson.JSONEncodeError, TypeError) as exc:
+            raise InputError(f"a UDF's input must be JSON-serialisable: {exc}") from exc
+        packed = marshal.dumps(plain, _MARSHAL_VERSION)
+    # The WIT string must be UTF-8: carry each byte as one latin-1 character (the guest reverses this).
+    return packed.decode("latin-1").encode("utf-8")
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if isinstance(obj, Sequence) and not isinstance(obj, str | bytes):
+        return list(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+
+
+def _decode_response(raw: bytes, count: int) -> list[UdfItemResult]:
+    """Parse the guest's JSON answer; anything but the expected shape is a failed call."""
+    try:
+        answer = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise UdfCallError(f"the UDF returned output that is not JSON: {exc}", kind="output") from exc
+    if isinstance(answer, dict) and "fatal" in answer:
+        kind, message = _fatal(answer["fatal"])
+        if kind == "MemoryError":
+            raise UdfMemoryError(f"the UDF ran out of memory: {message}")
+        raise UdfCallError(f"the UDF's call failed with {kind}: {message}", kind="trap")
+    try:
+        values, errors = answer
+        if len(values) != count:
+            raise ValueError(f"{len(values)} results for {count} inputs")
+        results = [
+            _NONE if v is None else _TRUE if v is True else _FALSE if v is False else UdfItemResult(True, v)
+            for v in values
+        ]
+        for index, kind, message, line in errors:
+            if not (
+                isinstance(index, int)
+                and 0 <= index < count
+                and isinstance(kind, str)
+                and isinstance(message, str)
+                and (line is None or isinstance(line, int))
+            ):
+                raise ValueError(f"malformed item error {[index, kind, message, line]!r}")
+            results[index] = UdfItemResult(False, None, UdfItemError(kind, message, line))
+    except (ValueError, TypeError) as exc:
+        raise UdfCallError(f"the UDF returned malformed output: {exc}", kind="output") from exc
+    return results
+
+
+def _fatal(fatal: Any) -> tuple[str, str]:
+    if isinstance(fatal, list) and len(fatal) == 2 and all(isinstance(part, str) for part in fatal):
+        return fatal[0], fatal[1]
+    return "error", repr(fatal)[:200]
+
+
+def _classify(message: str, timeout_s: float | None, memory_limit: int) -> UdfCallError:
+    """Translate wasmtime's report of a failed call into the project's error."""
+    summary = _summary(message)
+    if "wasm trap: interrupt" in message:
+        budget = "" if timeout_s is None else f" of {timeout_s * 1000:.0f} ms"
+        return UdfTimeoutError(f"the UDF was preempted at its deadline{budget}")
+    if "out of memory" in message.lower() or "memory limit" in message.lower():
+        return UdfMemoryError(f"the UDF hit its memory limit of {memory_limit // _MIB} MiB: {summary}")
+    return UdfCallError(f"the UDF trapped: {summary}", kind="trap")
+
+
+def _summary(message: str) -> str:
+    """The cause of a wasmtime error, without its wasm backtrace."""
+    _, _, cause = message.rpartition("Caused by:")
+    lines = [text.strip() for text in (cause or message).splitlines() if text.strip()]
+    return "; ".join(lines[:3]) if lines else message
+
+
+def _write_atomically(path: Path, data: bytes | bytearray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise UdfLoadError(f"cannot write the compiled component to {path}: {exc}") from exc

@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import orjson
@@ -26,12 +25,15 @@ import yaml
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .. import __version__
 from ..definitions import PipelineDefinition
 from ..errors import (
     DefinitionError,
@@ -382,7 +384,7 @@ def create_app(
     """
     app = FastAPI(
         title="quidditch-pipeline",
-        version=_version(),
+        version=__version__,
         description=__doc__,
         default_response_class=JsonResponse,
         openapi_url="/openapi.json",
@@ -404,27 +406,25 @@ def create_app(
     return app
 
 
-def _version() -> str:
-    try:
-        return metadata.version("quidditch-pipeline")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
+_BEARER: Final = HTTPBearer(auto_error=False, description="the server's admin token")
+
+
+class _AdminGuard:
+    """The dependency of admin routes: ``Authorization: Bearer <token>`` or 401."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = token.encode()
+
+    def __call__(self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]) -> None:
+        given = credentials.credentials.encode() if credentials is not None else b""
+        # compare_digest: the time taken says nothing about how much of the token was right.
+        if not hmac.compare_digest(given, self._expected):
+            raise AuthenticationError("this route needs the admin token: Authorization: Bearer <token>")
 
 
 def _admin_dependency(token: str | None) -> list[Any]:
     """The dependency list an admin route carries (empty without a token)."""
-    if not token:
-        return []
-    expected = token.encode()
-    bearer = HTTPBearer(auto_error=False, description="the server's admin token")
-
-    def require_admin(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
-        given = credentials.credentials.encode() if credentials is not None else b""
-        # compare_digest: the time taken says nothing about how much of the token was right.
-        if not hmac.compare_digest(given, expected):
-            raise AuthenticationError("this route needs the admin token: Authorization: Bearer <token>")
-
-    return [Depends(require_admin)]
+    return [Depends(_AdminGuard(token))] if token else []
 
 
 def _route(
@@ -467,13 +467,14 @@ def _install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         uri, method = request.url.path, request.method
         if exc.status_code == 405:
-            allowed = exc.headers.get("Allow", "") if exc.headers else ""
+            # Starlette names the methods of one route; every route is one method here, so collect them all.
+            allowed = ", ".join(_allowed_methods(request))
             body = error_body(
                 "method_not_allowed_exception",
                 f"Incorrect HTTP method for uri [{uri}] and method [{method}], allowed: [{allowed}]",
                 405,
             )
-            return JsonResponse(body, status_code=405, headers=exc.headers)
+            return JsonResponse(body, status_code=405, headers={"Allow": allowed})
         if exc.status_code == 404:
             # Elasticsearch answers an unknown route 400.
             body = error_body(
@@ -493,6 +494,15 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(QuidditchError, quidditch_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE and isinstance(route, APIRoute):
+            methods |= route.methods
+    return sorted(methods)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

@@ -1,0 +1,136 @@
+"""``quidditch-pipeline serve``: the reference server (uvicorn) on a data directory.
+
+Everything lives under ``--data-dir``: the registry and UDF components of the service, wasmtime's compiled
+artifacts, and the tantivy indexes with their settings and translogs, so a restart keeps all of it.
+SIGTERM or Ctrl-C shut down gracefully: the listener closes, in-flight requests finish, every index is
+committed and the service closed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+from rich.console import Console
+
+from ..errors import QuidditchError
+from ..service import PipelineService
+from .app import create_app
+from .search import TantivyBackend
+
+__all__ = ["main", "register", "run"]
+
+TOKEN_ENV = "QUIDDITCH_ADMIN_TOKEN"
+#: How long a shutdown waits for in-flight requests (a UDF build takes ~10 s).
+GRACEFUL_SHUTDOWN_S = 30
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``serve`` subcommand."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the HTTP server (pipelines, UDFs and tantivy indexes)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=9200, help="port to listen on (default: 9200)")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="where everything is kept (./data)")
+    parser.add_argument(
+        "--admin-token",
+        default=None,
+        help=f"require 'Authorization: Bearer TOKEN' on admin routes (default: ${TOKEN_ENV})",
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="register the example UDFs, demo pipelines and a sample 'products' index first",
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="(info)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM or Ctrl-C; 0 after a clean shutdown, 1 when the data directory cannot be opened."""
+    console = Console(stderr=True)
+    token = args.admin_token or os.environ.get(TOKEN_ENV) or None
+    data_dir: Path = args.data_dir
+    try:
+        service = PipelineService.open(data_dir)
+    except QuidditchError as exc:
+        console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        return 1
+    with service:
+        try:
+            backend = TantivyBackend(data_dir)
+        except QuidditchError as exc:
+            console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+            return 1
+        with backend:
+            examples: list[str] = []
+            if args.demo:
+                from .demo import setup_demo
+
+                examples = setup_demo(service, backend, console=console, token=token, port=args.port)
+            app = create_app(service, backend, admin_token=token)
+            config = uvicorn.Config(
+                app,
+                host=args.host,
+                port=args.port,
+                log_level=args.log_level,
+                lifespan="off",
+                ws="none",
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            )
+            console.print(
+                f"quidditch-pipeline on [bold]http://{args.host}:{args.port}[/] · data in {data_dir.resolve()} · "
+                f"admin token {'required' if token else 'not set'}",
+                highlight=False,
+            )
+            for example in examples:
+                console.print(example, highlight=False, soft_wrap=True)
+            _serve(uvicorn.Server(config))
+    console.print("indexes committed, service closed: bye", highlight=False)
+    return 0
+
+
+def _serve(server: uvicorn.Server) -> None:
+    """Run uvicorn; once it has shut down gracefully, let the caller close the backend and the service.
+
+    uvicorn re-raises the signal that stopped it after restoring the previous handlers; with the default
+    SIGTERM handler that would end the process before the indexes are committed. These handlers make the
+    re-raised signal a no-op, so the ``with`` blocks around this call run.
+    """
+
+    def after_shutdown(signum: int, frame: FrameType | None) -> None:
+        """The signal has done its work: uvicorn has stopped."""
+
+    previous = {sig: signal.signal(sig, after_shutdown) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m quidditch_pipeline.server.serve [options]``: the ``serve`` command on its own."""
+    parser = argparse.ArgumentParser(prog="quidditch-pipeline serve", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

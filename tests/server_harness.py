@@ -1,0 +1,133 @@
+"""What the server tests share: the app on a live loopback port (uvicorn in a thread), the ``serve`` command in
+a subprocess, and one test UDF built once per session."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from quidditch_pipeline.udf.build import build_component
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: One UDF whose behaviour the stage parameters choose, so one build serves every pipeline the tests need.
+TEST_UDF_SOURCE = """
+def process(value, params, meta):
+    mode = params.get("mode")
+    if mode == "score":
+        return float(value["_source"].get("rank", 0))
+    if mode == "flag":
+        return {params.get("field", "flagged"): True}
+    if mode == "keep_unless":
+        node = value
+        for part in params["path"].split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return not node
+    if mode == "fail":
+        raise ValueError("failing on purpose")
+    return None
+"""
+
+
+@functools.cache
+def probe_udf_wasm() -> bytes:
+    """The probe UDF as a component (built on first use: ~6 s)."""
+    return build_component(TEST_UDF_SOURCE, filename="test_udf.py")
+
+
+def _loopback_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def free_port() -> int:
+    with contextlib.closing(_loopback_socket()) as sock:
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve_app(app: FastAPI) -> Iterator[str]:
+    """Serve ``app`` on a free loopback port in a thread; yields its base URL."""
+    sock = _loopback_socket()
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", ws="none")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+class ServerProcess:
+    """``quidditch-pipeline serve`` in a subprocess on a loopback port."""
+
+    def __init__(self, data_dir: Path, *, token: str | None = None, extra: tuple[str, ...] = ()) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = data_dir.parent / f"server-{self.port}.log"
+        env = {k: v for k, v in os.environ.items() if k != "QUIDDITCH_ADMIN_TOKEN"}
+        env["PYTHONPATH"] = str(ROOT)
+        if token is not None:
+            env["QUIDDITCH_ADMIN_TOKEN"] = token
+        command = [
+            sys.executable, "-m", "quidditch_pipeline.server.serve",
+            "--port", str(self.port), "--data-dir", str(data_dir), "--log-level", "warning", *extra,
+        ]  # fmt: skip
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.output()}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(self.url + "/", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"the server did not answer within {timeout} s:\n{self.output()}")
+
+    def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM, then wait for the graceful shutdown; the exit code."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def __enter__(self) -> ServerProcess:
+        self.wait_ready()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.poll() is None:
+            self.kill()

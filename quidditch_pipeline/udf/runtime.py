@@ -401,12 +401,19 @@ class UdfRuntime:
             component.pool.close()
 
     def _tick(self) -> None:
-        # Deadlines are counted in epochs: a call's deadline is `ticks` increments after it starts. One
-        # GIL acquisition per tick (after the sleep): the increment itself keeps the GIL.
+        # Deadlines are counted in epochs: a call's deadline is `ticks` increments after it starts. The
+        # epoch follows the clock, not the number of sleeps (each oversleeps a little, which would add up
+        # over a long deadline), and catches up after the thread was kept from running. The increment
+        # keeps the GIL: one acquisition per tick.
         engine = self.engine.ptr()
+        start = time.monotonic()
+        epoch = 0
         while not self._stop.is_set():
             time.sleep(self.tick_s)
-            _increment_epoch(engine)
+            due = int((time.monotonic() - start) / self.tick_s)
+            while epoch < due:
+                _increment_epoch(engine)
+                epoch += 1
 
     def stats(self) -> UdfRuntimeStats:
         with self._lock:
@@ -519,7 +526,7 @@ class UdfRuntime:
                     f"the UDF returned {len(raw)} bytes, over the output limit of {self.max_output_bytes}",
                     kind="output",
                 )
-            results = _decode_response(raw, len(values))
+            results = _decode_response(raw, len(values), limit)
         except _Trap as trap:
             component.pool.discard(instance)
             raise _classify(str(trap), timeout_s, limit) from trap
@@ -562,7 +569,7 @@ def _plain(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
 
 
-def _decode_response(raw: bytes, count: int) -> list[UdfItemResult]:
+def _decode_response(raw: bytes, count: int, memory_limit: int) -> list[UdfItemResult]:
     """Parse the guest's JSON answer; anything but the expected shape is a failed call."""
     try:
         answer = orjson.loads(raw)
@@ -571,7 +578,7 @@ def _decode_response(raw: bytes, count: int) -> list[UdfItemResult]:
     if isinstance(answer, dict) and "fatal" in answer:
         kind, message = _fatal(answer["fatal"])
         if kind == "MemoryError":
-            raise UdfMemoryError(f"the UDF ran out of memory: {message}")
+            raise UdfMemoryError(f"the UDF ran out of memory (its limit is {memory_limit // _MIB} MiB)")
         raise UdfCallError(f"the UDF's call failed with {kind}: {message}", kind="trap")
     try:
         values, errors = answer

@@ -1,0 +1,225 @@
+"""Building UDFs: the host-side source check, componentize-py builds and their errors, and ``udf build``.
+
+The source checks take milliseconds; each test that really builds costs a componentize-py run (seconds),
+so those are few: one that succeeds twice at once (and runs), and the failures only a build can find.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+
+import pytest
+
+from quidditch_pipeline.cli import main as cli_main
+from quidditch_pipeline.errors import UdfBuildError
+from quidditch_pipeline.udf import UdfRuntime, build_component, check_source, is_wasm
+
+# -- the source check (no build) ------------------------------------------------------------------------
+
+
+def test_syntax_error_names_file_and_line() -> None:
+    with pytest.raises(UdfBuildError) as info:
+        check_source("def process(value, params):\n    return (\n\nx = 1 +\n", filename="broken.py")
+    assert info.value.file == "broken.py"
+    assert info.value.line is not None
+    assert str(info.value).startswith("broken.py:")
+    assert "syntax error" in info.value.message
+
+
+def test_missing_process_is_refused() -> None:
+    with pytest.raises(UdfBuildError, match="no top-level function process") as info:
+        check_source("def handle(value, params):\n    return value\n", filename="u.py")
+    assert info.value.file == "u.py"
+
+
+def test_process_nested_in_a_class_is_not_top_level() -> None:
+    with pytest.raises(UdfBuildError, match="no top-level function process"):
+        check_source("class U:\n    def process(self, value, params):\n        return value\n")
+
+
+@pytest.mark.parametrize(
+    ("signature", "line"),
+    [
+        ("def process(value):", 2),
+        ("def process(value, params, meta, extra):", 2),
+        ("def process(value, params, *, flag):", 2),
+        ("def process():", 2),
+    ],
+)
+def test_wrong_arity_names_the_def_line(signature: str, line: int) -> None:
+    source = f"import json\n{signature}\n    return None\n"
+    with pytest.raises(UdfBuildError, match=r"process must take \(value, params\)") as info:
+        check_source(source, filename="u.py")
+    assert (info.value.file, info.value.line) == ("u.py", line)
+
+
+def test_async_process_is_refused() -> None:
+    with pytest.raises(UdfBuildError, match="not async def") as info:
+        check_source("async def process(value, params):\n    return value\n")
+    assert info.value.line == 1
+
+
+@pytest.mark.parametrize(
+    ("signature", "arity"),
+    [
+        ("def process(value, params):", 2),
+        ("def process(value, params, meta):", 3),
+        ("def process(value, params, meta=None):", 3),
+        ("def process(value, params=None):", 2),
+        ("def process(value, params, *rest):", 3),
+        ("def process(value, /, params, meta, *, flag=False):", 3),
+    ],
+)
+def test_arity_is_read_from_the_signature(signature: str, arity: int) -> None:
+    assert check_source(f"{signature}\n    return None\n").arity == arity
+
+
+def test_process_bound_otherwise_is_left_to_the_build() -> None:
+    assert check_source("def _p(value, params):\n    return value\n\nprocess = _p\n").arity is None
+
+
+@pytest.mark.parametrize(
+    ("statement", "module"),
+    [
+        ("import socket", "socket"),
+        ("import subprocess", "subprocess"),
+        ("from urllib import request", "urllib.request"),
+        ("import http.client", "http.client"),
+        ("from ctypes import CDLL", "ctypes"),
+    ],
+)
+def test_imports_the_sandbox_cannot_serve_are_refused_with_their_line(statement: str, module: str) -> None:
+    source = f"import json\n\ndef process(value, params):\n    {statement}\n    return value\n"
+    with pytest.raises(UdfBuildError, match=f"cannot import '{module}'") as info:
+        check_source(source, filename="net.py")
+    assert (info.value.file, info.value.line) == ("net.py", 4)
+
+
+def test_harmless_neighbours_of_refused_modules_are_allowed() -> None:
+    check_source("from urllib.parse import quote\nfrom http import HTTPStatus\ndef process(v, p):\n    return v\n")
+
+
+def test_relative_imports_are_refused() -> None:
+    with pytest.raises(UdfBuildError, match="relative imports") as info:
+        check_source("from . import helpers\ndef process(v, p):\n    return v\n")
+    assert info.value.line == 1
+
+
+def test_imports_inside_functions_are_preloaded_and_guarded_ones_are_optional() -> None:
+    source = (
+        "import re\n"
+        "def process(value, params):\n"
+        "    import textwrap\n"
+        "    try:\n"
+        "        import tomllib\n"
+        "    except ImportError:\n"
+        "        tomllib = None\n"
+        "    from os import path\n"
+        "    return value\n"
+    )
+    checked = check_source(source)
+    assert dict(checked.preload) == {"textwrap": False, "tomllib": True, "os": False, "os.path": True}
+    assert checked.import_lines["re"] == 1
+    assert checked.import_lines["textwrap"] == 3
+
+
+def test_is_wasm() -> None:
+    assert is_wasm(b"\0asm\x0d\x00\x01\x00rest")
+    assert is_wasm(b"\0asm\x01\x00\x00\x00")
+    assert not is_wasm(b"def process(value, params):\n")
+    assert not is_wasm(b"")
+
+
+# -- real builds ------------------------------------------------------------------------------------
+
+
+def test_concurrent_builds_are_isolated_and_run(tmp_path: Path) -> None:
+    sources = {
+        "double": "def process(value, params):\n    return value * 2\n",
+        "greet": "GREETING = 'hello'\n\ndef process(value, params, meta):\n    return f\"{GREETING} {meta['id']}\"\n",
+    }
+    built: dict[str, bytes] = {}
+    phases: list[str] = []
+    errors: list[BaseException] = []
+
+    def build(name: str) -> None:
+        try:
+            built[name] = build_component(sources[name], filename=f"{name}.py", progress=phases.append)
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build, args=(name,)) for name in sources]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert phases.count("done") == 2 and "building component with componentize-py" in phases
+    assert built["double"] != built["greet"]
+    # Running one is enough to show neither build saw the other's files (and costs one compile, not two).
+    path = tmp_path / "greet.wasm"
+    path.write_bytes(built["greet"])
+    with UdfRuntime(tmp_path / "cache") as runtime:
+        sha = hashlib.sha256(built["greet"]).hexdigest()
+        [result] = runtime.call_batch(sha, path, [21], {}, [{"id": "doc-1"}], timeout_s=5)
+    assert result.value == "hello doc-1"
+
+
+def test_an_import_the_sandbox_lacks_fails_the_build_at_its_line() -> None:
+    source = "import json\nimport numpy\n\ndef process(value, params):\n    return value\n"
+    with pytest.raises(UdfBuildError) as info:
+        build_component(source, filename="uses_numpy.py")
+    assert (info.value.file, info.value.line) == ("uses_numpy.py", 2)
+    assert "No module named 'numpy'" in info.value.message
+    assert "standard library only" in info.value.message
+
+
+def test_an_error_at_import_time_fails_the_build_at_its_line() -> None:
+    source = "import json\n\nTABLE = json.loads('{broken')\n\ndef process(value, params):\n    return value\n"
+    with pytest.raises(UdfBuildError) as info:
+        build_component(source, filename="bad_table.py")
+    assert (info.value.file, info.value.line) == ("bad_table.py", 3)
+    assert "JSONDecodeError: Expecting property name" in info.value.message
+
+
+def test_a_module_that_never_finishes_importing_times_the_build_out() -> None:
+    source = "while True:\n    pass\n\ndef process(value, params):\n    return value\n"
+    with pytest.raises(UdfBuildError, match="did not finish within 2 s"):
+        build_component(source, filename="forever.py", timeout_s=2)
+
+
+# -- the command line -------------------------------------------------------------------------------
+
+
+def test_cli_build_writes_the_component(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "price_tag.py"
+    src.write_text("def process(value, params):\n    return {'tag': value.get('price', 0) > 100}\n")
+    out = tmp_path / "out" / "price_tag.wasm"
+    out.parent.mkdir()
+    code = cli_main(["udf", "build", str(src), "--name", "price_tag", "--version", "1.0.0", "-o", str(out)])
+    assert code == 0
+    assert is_wasm(out.read_bytes())
+    assert "built price_tag 1.0.0" in capsys.readouterr().out
+
+
+def test_cli_build_error_prints_file_line_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "broken.py"
+    src.write_text("def process(value):\n    return value\n")
+    code = cli_main(
+        ["udf", "build", str(src), "--name", "broken", "--version", "1.0.0", "-o", str(tmp_path / "b.wasm")]
+    )
+    assert code == 1
+    assert f"{src}:1: process must take (value, params)" in capsys.readouterr().err
+    assert not (tmp_path / "b.wasm").exists()
+
+
+@pytest.mark.parametrize(("name", "version"), [("Bad Name", "1.0.0"), ("ok", "one")])
+def test_cli_build_refuses_a_bad_name_or_version(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, version: str
+) -> None:
+    src = tmp_path / "u.py"
+    src.write_text("def process(value, params):\n    return value\n")
+    assert cli_main(["udf", "build", str(src), "--name", name, "--version", version]) == 1
+    assert "error:" in capsys.readouterr().err

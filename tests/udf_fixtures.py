@@ -1,0 +1,220 @@
+"""Session fixtures for tests that run real UDF components (a pytest plugin: see ``pytest_plugins``).
+
+Building a UDF takes seconds (componentize-py) and compiling it seconds more (wasmtime), so:
+
+* components are cached on disk under ``$QP_TEST_CACHE`` (default ``~/.cache/quidditch-pipeline/test-udfs``),
+  keyed by a hash of everything that goes into one: the UDF's source, the guest shim, the WIT world,
+  build.py and componentize-py's version. A session builds only what changed.
+* The first time a session asks for a component, every known test UDF (``HOSTILE_SOURCE`` and the examples
+  in ``udfs/``) starts building in the background, two at a time: a cold cache costs about the slowest
+  builds, not their sum.
+* One :class:`UdfRuntime` serves the session; its compiled-component cache sits beside the components, so
+  each component is compiled once, and later sessions only map it back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from quidditch_pipeline.udf import UdfRuntime, build_component
+from quidditch_pipeline.udf import build as build_module
+
+__all__ = ["EXAMPLES_DIR", "HOSTILE_SOURCE", "BuiltUdf", "UdfBuilds", "line_of"]
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "udfs"
+
+# One component for every runtime and sandbox test: ``params["do"]`` picks the behaviour, so the suite pays
+# for one build and one compile instead of one per behaviour. Takes ``meta`` (arity 3).
+HOSTILE_SOURCE = '''\
+"""Test UDF: params["do"] selects a behaviour, well-mannered or hostile."""
+import os
+import sys
+import time
+
+
+def _recurse(n):
+    return _recurse(n + 1)
+
+
+def process(value, params, meta):
+    do = params.get("do", "echo")
+    if do == "echo":
+        return value
+    if do == "meta":
+        return meta
+    if do == "params":
+        return params
+    if do == "spin":
+        end = time.monotonic() + params["seconds"]
+        while time.monotonic() < end:
+            pass
+        return value
+    if do == "loop":
+        while True:
+            pass
+    if do == "memory":
+        hoard = []
+        while True:
+            hoard.append(bytearray(1 << 20))
+    if do == "recursion":
+        return _recurse(0)
+    if do == "unbounded_recursion":
+        sys.setrecursionlimit(10**6)
+        return _recurse(0)
+    if do == "read_file":
+        with open(params.get("path", "/etc/passwd")) as fh:
+            return fh.read()
+    if do == "listdir":
+        return os.listdir(params.get("path", "/"))
+    if do == "environ":
+        return dict(os.environ)
+    if do == "network":
+        socket = __import__("socket")
+        return socket.create_connection(("127.0.0.1", 80), timeout=1) and "connected"
+    if do == "raise":
+        raise ValueError(f"bad value {value!r}")  # marker: raise
+    if do == "fail_odd":
+        if value % 2:
+            raise KeyError(value)
+        return value * 2
+    if do == "exit":
+        sys.exit(3)
+    if do == "unmappable":
+        return {1, 2, 3}
+    if do == "nan":
+        return float("nan")
+    if do == "nested":
+        deep = []
+        for _ in range(params["depth"]):
+            deep = [deep]
+        return deep
+    if do == "big":
+        return "x" * params["size"]
+    if do == "print":
+        print("to stdout")
+        print("to stderr", file=sys.stderr)
+        return "printed"
+    if do == "late_import":
+        import textwrap
+
+        return textwrap.shorten(value, width=12, placeholder="...")
+    if do == "tamper":
+        shim = sys.modules["udf_guest"]
+        reply = params["reply"]
+        shim._run = lambda request: reply
+        return "tampered"
+    raise NotImplementedError(do)
+'''
+
+
+def line_of(source: str, marker: str) -> int:
+    """The 1-based line of ``source`` that contains ``marker``."""
+    for number, text in enumerate(source.splitlines(), start=1):
+        if marker in text:
+            return number
+    raise LookupError(marker)
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltUdf:
+    name: str
+    source: str
+    path: Path
+    sha256: str
+
+    @property
+    def wasm(self) -> bytes:
+        return self.path.read_bytes()
+
+
+def _known_sources() -> dict[str, str]:
+    sources = {"hostile": HOSTILE_SOURCE}
+    for path in sorted(EXAMPLES_DIR.glob("*.py")):
+        sources[path.stem] = path.read_text(encoding="utf-8")
+    return sources
+
+
+def _toolchain_digest() -> bytes:
+    """What besides a UDF's source decides the component built from it."""
+    udf_dir = Path(build_module.__file__).parent
+    parts = [
+        (udf_dir / "guest" / "udf_guest.py").read_bytes(),
+        (udf_dir / "wit" / "udf.wit").read_bytes(),
+        Path(build_module.__file__).read_bytes(),
+        importlib.metadata.version("componentize-py").encode(),
+    ]
+    return hashlib.sha256(b"\0".join(parts)).digest()
+
+
+class UdfBuilds:
+    """Components built from UDF sources, cached on disk; ``get`` a known one, ``build`` any source."""
+
+    def __init__(self, cache_dir: Path) -> None:
+        self.cache_dir = cache_dir
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self._known = _known_sources()
+        self._toolchain = _toolchain_digest()
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="udf-build")
+        self._lock = threading.Lock()
+        self._futures: dict[str, Future[BuiltUdf]] = {}
+
+    def get(self, name: str) -> BuiltUdf:
+        """A known test UDF (``hostile`` or an example's file stem); the first call starts them all."""
+        with self._lock:
+            if not self._futures:
+                for known, source in self._known.items():
+                    self._futures[known] = self._pool.submit(self._build, known, source)
+        return self._futures[name].result()
+
+    def build(self, name: str, source: str) -> BuiltUdf:
+        """Build ``source`` (or take it from the cache); ``name`` only names the file."""
+        return self._build(name, source)
+
+    def _build(self, name: str, source: str) -> BuiltUdf:
+        key = hashlib.sha256(self._toolchain + source.encode()).hexdigest()[:20]
+        path = self.cache_dir / f"{name}-{key}.wasm"
+        if not path.exists():
+            data = build_component(source, filename=f"{name}.py")
+            fd, tmp = tempfile.mkstemp(dir=self.cache_dir, suffix=".tmp")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+        return BuiltUdf(name, source, path, sha256)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _cache_root() -> Path:
+    default = Path.home() / ".cache" / "quidditch-pipeline" / "test-udfs"
+    return Path(os.environ.get("QP_TEST_CACHE", default))
+
+
+@pytest.fixture(scope="session")
+def udf_builds() -> Iterator[UdfBuilds]:
+    builds = UdfBuilds(_cache_root() / "components")
+    yield builds
+    builds.close()
+
+
+@pytest.fixture(scope="session")
+def udf_runtime() -> Iterator[UdfRuntime]:
+    """The session's runtime: default limits, compiled components cached across sessions."""
+    with UdfRuntime(_cache_root() / "compiled") as runtime:
+        yield runtime
+
+
+@pytest.fixture(scope="session")
+def hostile_udf(udf_builds: UdfBuilds) -> BuiltUdf:
+    return udf_builds.get("hostile")

@@ -462,8 +462,12 @@ class UdfRuntime:
         future.set_result(component)
         return component
 
+    def compiled_path(self, sha256: str) -> Path | None:
+        """Where the compiled form of component ``sha256`` is cached (None without a cache folder)."""
+        return None if self.cache_dir is None else self.cache_dir / f"{sha256}-{WASMTIME_VERSION}.cwasm"
+
     def _compiled(self, sha256: str, wasm_path: Path) -> Component:
-        cache = None if self.cache_dir is None else self.cache_dir / f"{sha256}-{WASMTIME_VERSION}.cwasm"
+        cache = self.compiled_path(sha256)
         if cache is not None and cache.is_file():
             try:
                 component = Component.deserialize_file(self.engine, str(cache))

@@ -1,0 +1,265 @@
+"""The wasmtime runtime: compile cache, single-flight loads, instance pools, limits, raw per-item results.
+
+Most tests share the session's runtime and the ``hostile`` test UDF (see udf_fixtures.py); a test that needs
+its own runtime seeds that runtime's cache with the session's compiled component, so that only the test
+about recompiling a corrupt cache pays for a compile.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+import wasmtime
+
+from quidditch_pipeline.errors import InputError, UdfLoadError, UdfMemoryError, UdfTimeoutError
+from quidditch_pipeline.udf import ABI, UdfItemError, UdfItemResult, UdfRuntime
+from quidditch_pipeline.udf import runtime as runtime_module
+
+from .udf_fixtures import BuiltUdf
+
+UDF_DIR = Path(runtime_module.__file__).parent
+
+
+def call(runtime: UdfRuntime, udf: BuiltUdf, values: list[Any], timeout_s: float | None = 5.0, **params: Any) -> Any:
+    metas = [{"id": str(i), "index": "test"} for i in range(len(values))]
+    return runtime.call_batch(udf.sha256, udf.path, values, params, metas, timeout_s=timeout_s)
+
+
+@pytest.fixture
+def seeded_cache(tmp_path: Path, udf_runtime: UdfRuntime, hostile_udf: BuiltUdf) -> Path:
+    """A fresh cache folder holding the hostile UDF's compiled form (copied from the session's cache)."""
+    udf_runtime.load(hostile_udf.sha256, hostile_udf.path)
+    compiled = udf_runtime.compiled_path(hostile_udf.sha256)
+    assert compiled is not None and compiled.is_file()
+    cache = tmp_path / "compiled"
+    cache.mkdir()
+    shutil.copyfile(compiled, cache / compiled.name)
+    return cache
+
+
+@pytest.fixture
+def small_pool(seeded_cache: Path) -> Iterator[UdfRuntime]:
+    with UdfRuntime(seeded_cache, pool_size=2) as runtime:
+        yield runtime
+
+
+# -- compiling, caching, loading --------------------------------------------------------------------
+
+
+def test_a_second_runtime_maps_the_compiled_component_back(seeded_cache: Path, hostile_udf: BuiltUdf) -> None:
+    with UdfRuntime(seeded_cache) as runtime:
+        started = time.perf_counter()
+        runtime.load(hostile_udf.sha256, hostile_udf.path)
+        took = time.perf_counter() - started
+        stats = runtime.stats()
+    assert (stats.compiles, stats.cache_loads, stats.instances_created) == (0, 1, 1)
+    assert took < 1.0  # ~5 ms on a quiet machine: deserialize_file maps the file
+
+
+def test_concurrent_loads_load_once(seeded_cache: Path, hostile_udf: BuiltUdf) -> None:
+    with UdfRuntime(seeded_cache) as runtime:
+        start = threading.Barrier(8)
+
+        def load() -> None:
+            start.wait()
+            runtime.load(hostile_udf.sha256, hostile_udf.path)
+
+        threads = [threading.Thread(target=load) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        stats = runtime.stats()
+    assert (stats.compiles, stats.cache_loads, stats.loaded) == (0, 1, 1)
+
+
+def test_a_corrupt_cache_file_is_compiled_again_once_for_concurrent_loads(
+    seeded_cache: Path, hostile_udf: BuiltUdf
+) -> None:
+    [compiled] = seeded_cache.iterdir()
+    compiled.write_bytes(compiled.read_bytes()[: 1 << 20])  # truncated, as by a crash mid-write
+    with UdfRuntime(seeded_cache) as runtime:
+        threads = [threading.Thread(target=runtime.load, args=(hostile_udf.sha256, hostile_udf.path)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert runtime.stats().compiles == 1
+        assert call(runtime, hostile_udf, ["ok"], do="echo")[0].value == "ok"
+    with UdfRuntime(seeded_cache) as again:
+        again.load(hostile_udf.sha256, hostile_udf.path)
+        assert (again.stats().compiles, again.stats().cache_loads) == (0, 1)
+    assert [p.name for p in seeded_cache.iterdir()] == [compiled.name]  # no temporary files left
+
+
+def test_a_file_that_does_not_match_its_sha256_is_refused(tmp_path: Path, hostile_udf: BuiltUdf) -> None:
+    with UdfRuntime(tmp_path) as runtime, pytest.raises(UdfLoadError, match="expected " + "0" * 64):
+        runtime.load("0" * 64, hostile_udf.path)
+
+
+def test_a_component_that_is_not_a_udf_is_refused(tmp_path: Path) -> None:
+    import hashlib
+
+    empty = bytes(wasmtime.wat2wasm("(component)"))
+    path = tmp_path / "empty.wasm"
+    path.write_bytes(empty)
+    with UdfRuntime(tmp_path / "cache") as runtime, pytest.raises(UdfLoadError, match="not a UDF"):
+        runtime.load(hashlib.sha256(empty).hexdigest(), path)
+
+
+def test_a_memory_limit_below_what_the_component_starts_with_is_a_load_error(
+    udf_runtime: UdfRuntime, hostile_udf: BuiltUdf
+) -> None:
+    with pytest.raises(UdfLoadError, match="1 MiB memory limit"):
+        udf_runtime.call_batch(hostile_udf.sha256, hostile_udf.path, [1], {}, [{}], timeout_s=5, memory_limit_mb=1)
+
+
+def test_guest_shim_wit_and_runtime_agree_on_the_abi() -> None:
+    guest = (UDF_DIR / "guest" / "udf_guest.py").read_text()
+    wit = (UDF_DIR / "wit" / "udf.wit").read_text()
+    assert re.search(r'^ABI = "([^"]+)"', guest, re.M)[1] == ABI  # type: ignore[index]
+    assert f"package quidditch:udf@{ABI};" in wit
+
+
+# -- calls and results ------------------------------------------------------------------------------
+
+
+RAW_VALUES: list[Any] = [None, True, False, 0, -3, 2.5, "text", '{"a": 1}', [1, "two"], {"a": {"b": [1, None]}}]
+
+
+def test_results_are_the_raw_values_process_returned(udf_runtime: UdfRuntime, hostile_udf: BuiltUdf) -> None:
+    results = call(udf_runtime, hostile_udf, RAW_VALUES, do="echo")
+    assert results == [UdfItemResult(True, value) for value in RAW_VALUES]
+
+
+def test_meta_and_params_reach_process(udf_runtime: UdfRuntime, hostile_udf: BuiltUdf) -> None:
+    metas = call(udf_runtime, hostile_udf, ["a", "b"], do="meta")
+    assert [r.value for r in metas] == [{"id": "0", "index": "test"}, {"id": "1", "index": "test"}]
+    [params] = call(udf_runtime, hostile_udf, ["a"], do="params", days=7, nested={"x": [1]})
+    assert params.value == {"do": "params", "days": 7, "nested": {"x": [1]}}
+
+
+def test_an_empty_batch_calls_nothing(udf_runtime: UdfRuntime, hostile_udf: BuiltUdf) -> None:
+    assert call(udf_runtime, hostile_udf, [], do="loop") == []
+
+
+def test_inputs_are_given_to_the_guest_as_json_would(udf_runtime: UdfRuntime, hostile_udf: BuiltUdf) -> None:
+    values: list[Any] = [MappingProxyType({"a": 1}), (1, 2)]
+    assert [r.value for r in call(udf_runtime, hostile_udf, values, do="echo")] == [{"a": 1}, [1, 2]]
+    with pytest.raises(InputError, match="JSON-serialisable"):
+        call(udf_runtime, hostile_udf, [object()], do="echo")
+
+
+def test_per_item_errors_leave_the_neighbours_alone(udf_runtime: UdfRuntime, hostile_udf: BuiltUdf) -> None:
+    results = call(udf_runtime, hostile_udf, [1, 2, 3, 4], do="fail_odd")
+    assert [r.ok for r in results] == [False, True, False, True]
+    assert [r.value for r in results if r.ok] == [4, 8]
+    assert results[0].error == UdfItemError("KeyError", "1", results[0].error.line if results[0].error else None)
+
+
+# -- instances: pool, parallelism, replacement -------------------------------------------------------
+
+
+def test_two_threads_calling_one_udf_run_in_parallel(udf_runtime: UdfRuntime, hostile_udf: BuiltUdf) -> None:
+    call(udf_runtime, hostile_udf, [0], do="echo")
+    spans: list[tuple[float, float]] = []
+
+    def spin() -> None:
+        started = time.monotonic()
+        call(udf_runtime, hostile_udf, [0], do="spin", seconds=0.4)
+        spans.append((started, time.monotonic()))
+
+    threads = [threading.Thread(target=spin) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Each call spins 0.4 s of wall-clock time in its guest: run one after the other (a held GIL, a shared
+    # instance) they would take 0.8 s together.
+    assert max(end for _, end in spans) - min(start for start, _ in spans) < 0.7
+
+
+def test_the_pool_is_bounded_and_callers_wait_for_an_instance(small_pool: UdfRuntime, hostile_udf: BuiltUdf) -> None:
+    errors: list[BaseException] = []
+
+    def spin() -> None:
+        try:
+            call(small_pool, hostile_udf, [0], do="spin", seconds=0.3)
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=spin) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert time.monotonic() - started >= 0.6  # the third call waited for one of the two instances
+    assert small_pool.stats().instances_created == 2
+
+
+def test_waiting_for_an_instance_counts_against_the_deadline(seeded_cache: Path, hostile_udf: BuiltUdf) -> None:
+    with UdfRuntime(seeded_cache, pool_size=1) as runtime:
+        runtime.load(hostile_udf.sha256, hostile_udf.path)
+        busy = threading.Thread(target=call, args=(runtime, hostile_udf, [0]), kwargs={"do": "spin", "seconds": 0.5})
+        busy.start()
+        time.sleep(0.1)
+        with pytest.raises(UdfTimeoutError, match="stayed busy"):
+            call(runtime, hostile_udf, [0], timeout_s=0.1, do="echo")
+        busy.join()
+        assert runtime.stats().instances_discarded == 0
+
+
+def test_an_instance_that_failed_is_discarded_and_replaced(small_pool: UdfRuntime, hostile_udf: BuiltUdf) -> None:
+    call(small_pool, hostile_udf, [0], do="echo")
+    before = small_pool.stats()
+    with pytest.raises(UdfTimeoutError):
+        call(small_pool, hostile_udf, [0], timeout_s=0.05, do="loop")
+    assert call(small_pool, hostile_udf, ["again"], do="echo")[0].value == "again"
+    after = small_pool.stats()
+    assert after.instances_discarded == before.instances_discarded + 1
+    assert after.instances_created == before.instances_created + 1
+
+
+def test_an_instance_serves_one_memory_limit(small_pool: UdfRuntime, hostile_udf: BuiltUdf) -> None:
+    def echo(limit: int | None) -> None:
+        small_pool.call_batch(
+            hostile_udf.sha256, hostile_udf.path, [1], {"do": "echo"}, [{}], timeout_s=5, memory_limit_mb=limit
+        )
+
+    echo(None)
+    echo(64)
+    echo(64)
+    echo(None)
+    assert small_pool.stats().instances_created == 2
+    echo(96)  # the pool is full: an idle instance of another limit makes room
+    stats = small_pool.stats()
+    assert stats.instances_created == 3 and stats.instances_discarded == 0
+
+
+def test_a_memory_limit_can_be_set_per_call(udf_runtime: UdfRuntime, hostile_udf: BuiltUdf) -> None:
+    with pytest.raises(UdfMemoryError, match="48 MiB"):
+        udf_runtime.call_batch(
+            hostile_udf.sha256, hostile_udf.path, [0], {"do": "memory"}, [{}], timeout_s=10, memory_limit_mb=48
+        )
+    assert call(udf_runtime, hostile_udf, [1], do="echo")[0].value == 1
+
+
+def test_close_stops_the_ticker_and_refuses_further_calls(seeded_cache: Path, hostile_udf: BuiltUdf) -> None:
+    runtime = UdfRuntime(seeded_cache)
+    call(runtime, hostile_udf, [1], do="echo")
+    ticker = runtime._ticker
+    runtime.close()
+    assert not ticker.is_alive()
+    with pytest.raises(UdfLoadError, match="closed"):
+        call(runtime, hostile_udf, [1], do="echo")
+    runtime.close()  # closing twice is harmless

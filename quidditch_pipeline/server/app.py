@@ -25,6 +25,7 @@ import yaml
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
@@ -105,10 +106,8 @@ class PayloadTooLargeError(QuidditchError):
 # --------------------------------------------------------------------------------------------- responses
 
 
-class JsonResponse(Response):
+class JsonResponse(JSONResponse):
     """JSON rendered by orjson."""
-
-    media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
@@ -220,6 +219,20 @@ class SearchBody(_Open):
 
 class CountBody(_Open):
     count: int
+
+
+class DocBody(_Open):
+    """A document get: ``found`` says whether it exists (404 when it does not)."""
+
+    index: str = Field(alias="_index")
+    id: str = Field(alias="_id")
+    found: bool
+
+
+_EXISTS: Final[dict[int | str, Any]] = {
+    200: {"description": "It exists (no body)"},
+    404: {"description": "It does not exist (no body)"},
+}
 
 
 _REASONS: Final = {
@@ -501,7 +514,7 @@ def _allowed_methods(request: Request) -> list[str]:
     for route in request.app.router.routes:
         match, _ = route.matches(request.scope)
         if match is not Match.NONE and isinstance(route, APIRoute):
-            methods |= route.methods
+            methods |= route.methods or set()
     return sorted(methods)
 
 
@@ -516,6 +529,21 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     # The name may be left out of the body: the URL names the pipeline.
     definition["required"] = [f for f in definition.get("required", []) if f != "name"]
     components["PipelineDefinition"] = definition
+    for operations in schema["paths"].values():
+        for method, operation in operations.items():
+            responses = operation.setdefault("responses", {})
+            # Parameter validation answers 400 in Elasticsearch's error shape, never FastAPI's 422.
+            responses.pop("422", None)
+            if method != "head":
+                responses.setdefault(
+                    "400",
+                    {
+                        "description": _REASONS[400],
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+                    },
+                )
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
     app.openapi_schema = schema
     return schema
 
@@ -551,7 +579,7 @@ def _add_root_routes(app: FastAPI, ctx: _Context) -> None:
             "tagline": "Programmable document, query and result pipelines",
         }
 
-    @_route(app, ["HEAD"], "/", response_class=Response)
+    @_route(app, ["HEAD"], "/", response_class=Response, responses={200: _EXISTS[200]})
     def ping() -> Response:
         return Response(status_code=200)
 
@@ -943,7 +971,7 @@ def _add_index_routes(app: FastAPI, ctx: _Context) -> None:
         info = backend.get_index(index)
         return {index: {"aliases": {}, "mappings": {"dynamic": "true"}, "settings": _index_view(info)}}
 
-    @_route(app, ["HEAD"], "/{index}", response_class=Response)
+    @_route(app, ["HEAD"], "/{index}", response_class=Response, responses=_EXISTS)
     def index_exists(index: str) -> Response:
         """200 when the index exists, 404 when it does not."""
         try:
@@ -1182,7 +1210,15 @@ def _add_document_routes(app: FastAPI, ctx: _Context) -> None:
             write_one, index, _new_id(), source, pipeline, _refresh(refresh), create=True, auto_id=True
         )
 
-    @_route(app, ["GET"], "/{index}/_doc/{doc_id:path}", responses=_responses(_Open, 400, 404))
+    @_route(
+        app,
+        ["GET"],
+        "/{index}/_doc/{doc_id:path}",
+        responses={
+            **_responses(DocBody, 400),
+            404: {"model": ErrorBody | DocBody, "description": "No such index (error), or no such document"},
+        },
+    )
     def get_document(index: str, doc_id: str) -> Response:
         """Real-time get: a document is here as soon as it is acknowledged."""
         doc = backend.get_doc(index, doc_id)
@@ -1192,7 +1228,7 @@ def _add_document_routes(app: FastAPI, ctx: _Context) -> None:
             {"_index": index, "_id": doc_id, "_version": doc.version, "found": True, "_source": doc.source}
         )
 
-    @_route(app, ["HEAD"], "/{index}/_doc/{doc_id:path}", response_class=Response)
+    @_route(app, ["HEAD"], "/{index}/_doc/{doc_id:path}", response_class=Response, responses=_EXISTS)
     def document_exists(index: str, doc_id: str) -> Response:
         try:
             found = backend.get_doc(index, doc_id) is not None
@@ -1200,7 +1236,15 @@ def _add_document_routes(app: FastAPI, ctx: _Context) -> None:
             found = False
         return Response(status_code=200 if found else 404)
 
-    @_route(app, ["DELETE"], "/{index}/_doc/{doc_id:path}", responses=_responses(WriteBody, 400, 404))
+    @_route(
+        app,
+        ["DELETE"],
+        "/{index}/_doc/{doc_id:path}",
+        responses={
+            **_responses(WriteBody, 400),
+            404: {"model": ErrorBody | WriteBody, "description": "No such index (error), or no such document"},
+        },
+    )
     def delete_document(index: str, doc_id: str, refresh: RefreshParam = None) -> Response:
         (result,) = backend.bulk(index, [DeleteOp(doc_id)], refresh=_refresh(refresh))
         if isinstance(result, QuidditchError):

@@ -1,0 +1,166 @@
+"""The real server: ``serve`` in a subprocess on a loopback port, driven by httpx and by the unmodified
+``opensearch-py`` client; a graceful SIGTERM lets in-flight requests finish; a restart after SIGTERM or
+SIGKILL keeps indexes, settings, pipelines, UDFs and every acknowledged write."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from opensearchpy import NotFoundError, OpenSearch, RequestError, helpers
+
+from .server_harness import TEST_UDF_SOURCE, ServerProcess, probe_udf_wasm
+
+TOKEN = "e2e-admin-token"
+ADMIN = {"authorization": f"Bearer {TOKEN}"}
+
+
+def opensearch(server: ServerProcess, **options: Any) -> OpenSearch:
+    return OpenSearch(hosts=[{"host": "127.0.0.1", "port": server.port}], timeout=60, **options)
+
+
+def set_up_pipelines(client: httpx.Client) -> None:
+    """The probe UDF and a document, query and result pipeline that use it."""
+    response = client.put("/_udf/probe/1.0.0", content=probe_udf_wasm(), headers={"content-type": "application/wasm"})
+    assert response.status_code in {200, 201}, response.text
+    definitions = {
+        "enrich": ("document", [
+            {"name": "lower", "type": "native", "config": {"processor": "lowercase", "field": "title"}},
+            {"name": "spam", "type": "python",
+             "config": {"udf_name": "probe", "parameters": {"mode": "keep_unless", "path": "spam"}}},
+        ]),
+        "guard": ("query", [
+            {"name": "block", "type": "python",
+             "config": {"udf_name": "probe", "parameters": {"mode": "keep_unless", "path": "ext.block"}}},
+        ]),
+        "rerank": ("result", [
+            {"name": "rank", "type": "python", "config": {"udf_name": "probe", "parameters": {"mode": "score"}}},
+        ]),
+    }  # fmt: skip
+    for name, (kind, stages) in definitions.items():
+        body = {"version": "1.0.0", "type": kind, "stages": stages}
+        assert client.put(f"/_pipeline/{name}", json=body).status_code == 200
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def server(data_dir: Path) -> Iterator[ServerProcess]:
+    with ServerProcess(data_dir, token=TOKEN) as server:
+        yield server
+
+
+def test_opensearch_client_end_to_end(server: ServerProcess) -> None:
+    with httpx.Client(base_url=server.url, headers=ADMIN, timeout=120) as admin:
+        set_up_pipelines(admin)
+    # The unmodified opensearch-py client: the admin token travels as an ordinary header.
+    client = opensearch(server, headers=ADMIN)
+    assert client.info()["version"]["distribution"] == "quidditch-pipeline"
+    assert client.ping()
+    settings = {"index": {"document": {"default_pipeline": "enrich"}, "query": {"default_pipeline": "guard"},
+                          "result": {"default_pipeline": "rerank"}}}  # fmt: skip
+    assert client.indices.create(index="products", body={"settings": settings})["acknowledged"] is True
+    assert client.indices.exists(index="products") is True
+    assert client.indices.exists(index="nothing-here") is False
+    with pytest.raises(RequestError):
+        client.indices.create(index="products")
+    indexed = client.index(index="products", id="1", body={"title": "Red NOTEBOOK", "rank": 2}, refresh=True)
+    assert indexed["result"] == "created"
+    dropped = client.index(index="products", id="spam", body={"title": "Buy now", "spam": True})
+    assert dropped["result"] == "noop"
+    actions = [{"_index": "products", "_id": str(i), "_source": {"title": f"Notebook {i}", "rank": i}}
+               for i in range(2, 12)]  # fmt: skip
+    success, errors = helpers.bulk(client, actions, refresh=True)
+    assert (success, errors) == (10, [])
+    doc = client.get(index="products", id="1")
+    assert doc["found"] is True and doc["_source"] == {"title": "red notebook", "rank": 2}
+    with pytest.raises(NotFoundError):
+        client.get(index="products", id="spam")
+    assert client.exists(index="products", id="1") is True
+    result = client.search(index="products", body={"query": {"match": {"title": "notebook"}}, "size": 3})
+    hits = result["hits"]["hits"]
+    assert result["hits"]["total"]["value"] == 11
+    # The result pipeline re-scored the hits by rank: tantivy's top 3 come back ordered by it.
+    assert [h["_score"] for h in hits] == sorted((float(h["_source"]["rank"]) for h in hits), reverse=True)
+    with pytest.raises(RequestError) as rejected:
+        client.search(index="products", body={"query": {"match_all": {}}, "ext": {"block": True}})
+    assert rejected.value.error == "query_rejected_exception"
+    assert client.count(index="products")["count"] == 11
+    assert client.delete(index="products", id="1", refresh=True)["result"] == "deleted"
+    assert client.count(index="products", body={"query": {"match": {"title": "red"}}})["count"] == 0
+    stats = httpx.get(f"{server.url}/_pipeline/enrich/_stats").json()
+    assert stats["count"] == 12 and stats["dropped"] == 1
+    assert client.indices.delete(index="products")["acknowledged"] is True
+    assert client.indices.exists(index="products") is False
+
+
+def test_admin_routes_refuse_a_client_without_the_token(server: ServerProcess) -> None:
+    client = opensearch(server)
+    with pytest.raises(Exception) as refused:
+        client.indices.create(index="products")
+    assert getattr(refused.value, "status_code", None) == 401
+
+
+def test_restart_after_sigterm_keeps_everything_and_finishes_in_flight_requests(data_dir: Path) -> None:
+    server = ServerProcess(data_dir, token=TOKEN)
+    with server, httpx.Client(base_url=server.url, headers=ADMIN, timeout=300) as client:
+        set_up_pipelines(client)
+        client.put("/products", json={"settings": {"index.document.default_pipeline": "enrich",
+                                                   "index.refresh_interval": "-1"}})  # fmt: skip
+        client.put("/products/_doc/1", json={"title": "KEPT", "rank": 1})
+        # A UDF build takes seconds: SIGTERM arrives while it is in flight, and it still completes.
+        outcome: dict[str, httpx.Response] = {}
+
+        def upload() -> None:
+            outcome["put"] = client.put("/_udf/late/1.0.0", content=TEST_UDF_SOURCE,
+                                        headers={"content-type": "text/x-python"})  # fmt: skip
+
+        thread = threading.Thread(target=upload)
+        thread.start()
+        time.sleep(1.0)
+        assert server.terminate(timeout=120) == 0, server.output()
+        thread.join(timeout=120)
+        assert outcome["put"].status_code == 201, outcome["put"].text
+    assert "bye" in server.output()
+
+    with ServerProcess(data_dir, token=TOKEN) as again, httpx.Client(base_url=again.url, timeout=60) as client:
+        assert client.get("/products/_doc/1").json()["_source"] == {"title": "kept", "rank": 1}
+        assert client.get("/products/_count").json()["count"] == 1
+        settings = client.get("/products/_settings").json()["products"]["settings"]["index"]
+        assert settings["document"]["default_pipeline"] == "enrich" and settings["refresh_interval"] == "-1"
+        assert {p["name"] for p in client.get("/_pipeline").json()["pipelines"]} == {"enrich", "guard", "rerank"}
+        assert client.get("/_udf/late").json()["versions"][0]["version"] == "1.0.0"
+        # The pipeline (and its WASM stage) still runs on the documents written after the restart.
+        started = time.monotonic()
+        dropped = client.put("/products/_doc/2", json={"title": "x", "spam": True})
+        assert dropped.json()["result"] == "noop"
+        assert time.monotonic() - started < 5, "the compiled UDF should load from the on-disk cache"
+        again.terminate()
+
+
+def test_restart_after_sigkill_keeps_acknowledged_writes(data_dir: Path) -> None:
+    server = ServerProcess(data_dir)
+    with server, httpx.Client(base_url=server.url, timeout=60) as client:
+        assert client.put("/logs", json={"settings": {"index": {"refresh_interval": "-1"}}}).status_code == 200
+        lines = b"".join(b'{"index":{"_id":"%d"}}\n{"n":%d}\n' % (i, i) for i in range(500))
+        assert client.post("/logs/_bulk", content=lines).json()["errors"] is False
+        assert client.put("/logs/_doc/last", json={"n": "last"}).status_code == 201
+        assert client.delete("/logs/_doc/7").json()["result"] == "deleted"
+        # Nothing was refreshed: every write above lives only in the translog when the process dies.
+        assert client.get("/logs/_count").json()["count"] == 0
+        server.kill()
+    with ServerProcess(data_dir) as again, httpx.Client(base_url=again.url, timeout=60) as client:
+        assert client.get("/logs/_count").json()["count"] == 500
+        assert client.get("/logs/_doc/last").json()["_source"] == {"n": "last"}
+        assert client.get("/logs/_doc/7").status_code == 404
+        hits = client.post("/logs/_search", json={"query": {"term": {"n": 499}}}).json()["hits"]["hits"]
+        assert [h["_id"] for h in hits] == ["499"]
+        again.terminate()

@@ -1,0 +1,378 @@
+"""Durable storage: SQLite write, close, reopen, equal; and a writer killed with SIGKILL leaves whole pipelines."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quidditch_pipeline.definitions import PipelineDefinition, PipelineType, parse_definition
+from quidditch_pipeline.errors import ConflictError, DefinitionError, StorageError
+from quidditch_pipeline.registry import Registry
+from quidditch_pipeline.storage import MemoryStorage, Revision, SqliteStorage, StoredState, UdfRecord
+
+DOC = PipelineType.DOCUMENT
+QUERY = PipelineType.QUERY
+
+
+def definition(name: str, *, type: str = "document", version: str = "1.0.0", **extra: Any) -> PipelineDefinition:
+    stages = extra.pop(
+        "stages", [{"name": "set", "type": "native", "config": {"processor": "set", "field": "by", "value": name}}]
+    )
+    return parse_definition({"name": name, "version": version, "type": type, "stages": stages, **extra})
+
+
+def apply_changes(storage: MemoryStorage | SqliteStorage) -> None:
+    """The same sequence of changes, for any storage."""
+    storage.add_revision(Revision("a", 1, {"name": "a", "v": 1, "nested": {"list": [1, 2.5, None, "x"]}}, 10.0))
+    storage.add_revision(Revision("a", 2, {"name": "a", "v": 2}, 11.5))
+    storage.add_revision(Revision("b", 1, {"name": "b", "unicode": "ünïcødé ✓"}, 12.0))
+    storage.add_revision(Revision("gone", 1, {"name": "gone"}, 13.0))
+    storage.delete_pipeline("gone")
+    storage.set_association("products", "document", "a")
+    storage.set_association("products", "query", "b")
+    storage.set_association("products", "query", "a")  # replaces
+    storage.set_association("old", "result", "b")
+    storage.set_association("old", "result", None)  # removes
+    storage.put_udf(UdfRecord("f", "1.0.0", "a" * 64, 100, 20.0, "s" * 64))
+    storage.put_udf(UdfRecord("f", "1.10.0", "b" * 64, 200, 21.0, None))
+    storage.put_udf(UdfRecord("g", "0.1.0", "c" * 64, 300, 22.0))
+    storage.delete_udf("g", "0.1.0")
+
+
+EXPECTED = StoredState(
+    revisions={
+        "a": [
+            Revision("a", 1, {"name": "a", "v": 1, "nested": {"list": [1, 2.5, None, "x"]}}, 10.0),
+            Revision("a", 2, {"name": "a", "v": 2}, 11.5),
+        ],
+        "b": [Revision("b", 1, {"name": "b", "unicode": "ünïcødé ✓"}, 12.0)],
+    },
+    associations={("products", "document"): "a", ("products", "query"): "a"},
+    udfs={
+        ("f", "1.0.0"): UdfRecord("f", "1.0.0", "a" * 64, 100, 20.0, "s" * 64),
+        ("f", "1.10.0"): UdfRecord("f", "1.10.0", "b" * 64, 200, 21.0, None),
+    },
+)
+
+
+# --- the storage interface -----------------------------------------------------------------------------------
+
+
+def test_memory_storage_state() -> None:
+    storage = MemoryStorage()
+    apply_changes(storage)
+    assert storage.load() == EXPECTED
+
+
+def test_memory_storage_load_is_a_copy() -> None:
+    storage = MemoryStorage()
+    apply_changes(storage)
+    state = storage.load()
+    state.revisions["a"].clear()
+    state.associations.clear()
+    state.udfs.clear()
+    assert storage.load() == EXPECTED
+
+
+def test_sqlite_write_close_reopen_equal(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "registry.sqlite"  # the folder is created
+    storage = SqliteStorage(path)
+    apply_changes(storage)
+    assert storage.load() == EXPECTED
+    storage.close()
+    assert path.exists()
+
+    reopened = SqliteStorage(path)
+    try:
+        assert reopened.load() == EXPECTED
+    finally:
+        reopened.close()
+
+
+def test_sqlite_and_memory_agree(tmp_path: Path) -> None:
+    memory = MemoryStorage()
+    sqlite = SqliteStorage(tmp_path / "r.sqlite")
+    try:
+        apply_changes(memory)
+        apply_changes(sqlite)
+        assert sqlite.load() == memory.load()
+    finally:
+        sqlite.close()
+
+
+def test_sqlite_uses_wal(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite"
+    SqliteStorage(path).close()
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        db.close()
+
+
+def test_sqlite_open_failure_is_a_storage_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StorageError, match="cannot open the registry database"):
+        SqliteStorage(blocker / "registry.sqlite")
+
+
+def test_sqlite_not_a_database_is_a_storage_error(tmp_path: Path) -> None:
+    path = tmp_path / "registry.sqlite"
+    path.write_bytes(b"this is not an sqlite file at all" * 100)
+    with pytest.raises(StorageError):
+        SqliteStorage(path).load()
+
+
+def test_sqlite_write_failure_is_a_storage_error_and_leaves_no_trace(tmp_path: Path) -> None:
+    storage = SqliteStorage(tmp_path / "r.sqlite")
+    try:
+        storage.add_revision(Revision("a", 1, {"v": 1}, 1.0))
+        with pytest.raises(StorageError, match="write failed"):
+            storage.add_revision(Revision("a", 1, {"v": "duplicate"}, 2.0))
+        # The failed transaction was rolled back; the connection still works.
+        storage.add_revision(Revision("a", 2, {"v": 2}, 3.0))
+        assert [r.definition for r in storage.load().revisions["a"]] == [{"v": 1}, {"v": 2}]
+    finally:
+        storage.close()
+
+
+def test_sqlite_write_after_close_is_a_storage_error(tmp_path: Path) -> None:
+    storage = SqliteStorage(tmp_path / "r.sqlite")
+    storage.close()
+    with pytest.raises(StorageError):
+        storage.add_revision(Revision("a", 1, {}, 1.0))
+
+
+# --- through the registry ------------------------------------------------------------------------------------
+
+
+def fill(reg: Registry) -> None:
+    reg.put_udf(UdfRecord("boost", "1.9.0", "1" * 64, 10, 1.0, "s1" * 32))
+    reg.put_udf(UdfRecord("boost", "1.10.0", "2" * 64, 20, 2.0))
+    reg.put(definition("shared", version="0.1.0"))
+    reg.put(definition("shared", version="0.2.0", description="second revision", metadata={"k": [1, {"x": None}]}))
+    reg.put(
+        definition(
+            "main",
+            stages=[
+                {"name": "call", "type": "pipeline", "config": {"pipeline": "shared"}},
+                {"name": "udf", "type": "python", "config": {"udf_name": "boost", "udf_version": "1.9.0"}},
+                {
+                    "name": "group",
+                    "type": "composite",
+                    "on_failure": "continue",
+                    "config": {
+                        "stages": [{"name": "t", "type": "native", "config": {"processor": "trim", "field": "a"}}]
+                    },
+                },
+            ],
+            retry={"max_attempts": 4, "then": "continue"},
+            timeout_ms=250,
+        )
+    )
+    reg.put(definition("q", type="query"))
+    reg.associate("products", DOC, "main")
+    reg.associate("products", QUERY, "q")
+    reg.associate("articles", DOC, "shared")
+
+
+def snapshot(reg: Registry) -> dict[str, Any]:
+    return {
+        "names": reg.names(),
+        "history": {n: reg.history(n) for n in reg.names()},
+        "definitions": {n: [reg.get(n, r.revision) for r in reg.history(n)] for n in reg.names()},
+        "associations": {i: reg.associations(i) for i in ("products", "articles", "none")},
+        "udfs": {n: [reg.udf(n, v) for v in reg.udf_versions(n)] for n in reg.udf_names()},
+    }
+
+
+def test_registry_write_close_reopen_equal(tmp_path: Path) -> None:
+    path = tmp_path / "registry.sqlite"
+    reg = Registry(SqliteStorage(path))
+    fill(reg)
+    before = snapshot(reg)
+    reg.close()
+
+    again = Registry(SqliteStorage(path))
+    try:
+        assert snapshot(again) == before
+        assert [r.revision for r in again.history("shared")] == [1, 2]
+        assert again.get("shared", revision=1).definition.version == "0.1.0"
+        assert again.udf("boost", None).version == "1.10.0"
+        assert again.pipeline_for("products", DOC) == "main"
+        # The rules still hold over what was reloaded.
+        with pytest.raises(ConflictError):
+            again.delete("shared")
+        with pytest.raises(ConflictError):
+            again.delete_udf("boost", "1.9.0")
+        with pytest.raises(DefinitionError, match="shared -> main -> shared"):
+            again.put(definition("shared", stages=[{"name": "c", "type": "pipeline", "config": {"pipeline": "main"}}]))
+        # And new revisions continue the numbering.
+        assert again.put(definition("shared", version="0.3.0")).revision == 3
+    finally:
+        again.close()
+
+
+def test_registry_deletes_survive_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "registry.sqlite"
+    reg = Registry(SqliteStorage(path))
+    fill(reg)
+    reg.disassociate("articles", DOC)
+    reg.disassociate("products", QUERY)
+    reg.delete("q")
+    reg.put(definition("main"))  # no longer calls shared nor pins boost 1.9.0
+    reg.delete_udf("boost", "1.9.0")
+    before = snapshot(reg)
+    reg.close()
+
+    again = Registry(SqliteStorage(path))
+    try:
+        assert snapshot(again) == before
+        assert again.names() == ["main", "shared"]
+        assert again.associations("articles") == {}
+        assert again.associations("products") == {"document": "main"}
+        assert again.udf_versions("boost") == ["1.10.0"]
+        again.delete("shared")
+    finally:
+        again.close()
+
+
+def test_a_null_processor_value_survives_a_reopen(tmp_path: Path) -> None:
+    # {"processor": "set", "value": null} is valid; the stored form must parse again after a restart.
+    path = tmp_path / "registry.sqlite"
+    nulling = definition(
+        "p", stages=[{"name": "n", "type": "native", "config": {"processor": "set", "field": "x", "value": None}}]
+    )
+    reg = Registry(SqliteStorage(path))
+    reg.put(nulling)
+    reg.close()
+    again = Registry(SqliteStorage(path))
+    try:
+        assert again.get("p").definition == nulling
+    finally:
+        again.close()
+
+
+def test_a_value_sqlite_cannot_store_is_refused_cleanly(tmp_path: Path) -> None:
+    # YAML can carry an integer beyond 64 bits; storing it must be refused with the project's errors,
+    # not crash with a serialiser's TypeError, and leave nothing half-stored.
+    reg = Registry(SqliteStorage(tmp_path / "registry.sqlite"))
+    try:
+        big = definition("p", metadata={"n": 2**70})
+        with pytest.raises((DefinitionError, StorageError)):
+            reg.put(big)
+        assert not reg.exists("p")
+    finally:
+        reg.close()
+
+
+# --- crash safety --------------------------------------------------------------------------------------------
+
+WRITER = r"""
+import sys
+from quidditch_pipeline.definitions import PipelineType, parse_definition
+from quidditch_pipeline.registry import Registry
+from quidditch_pipeline.storage import SqliteStorage
+
+reg = Registry(SqliteStorage(sys.argv[1]))
+start = len(reg.history("counter")) if reg.exists("counter") else 0
+print("ready", flush=True)
+i = start
+while True:
+    i += 1
+    width = 1 + i % 40
+    stages = [
+        {"name": f"s{k}", "type": "native", "config": {"processor": "set", "field": f"f{k}", "value": "x" * (k * 50)}}
+        for k in range(width)
+    ]
+    name = f"p{i % 5}"
+    meta = {"seq": i, "stages": width}
+    data = {"name": name, "version": f"1.{i}.0", "type": "document", "metadata": meta, "stages": stages}
+    reg.put(parse_definition(data))
+    reg.put(parse_definition({"name": "counter", "version": f"0.0.{i}", "type": "query", "stages": []}))
+    if i % 3 == 0:
+        reg.associate(f"idx{i % 4}", PipelineType.DOCUMENT, name)
+    if i % 7 == 0:
+        victim = f"p{(i + 2) % 5}"
+        if reg.exists(victim) and not any(
+            reg.pipeline_for(f"idx{k}", PipelineType.DOCUMENT) == victim for k in range(4)
+        ):
+            reg.delete(victim)
+    if i % 11 == 0:
+        for k in range(4):
+            reg.disassociate(f"idx{k}", PipelineType.DOCUMENT)
+"""
+
+
+def check_whole(path: Path) -> int:
+    """Open what the killed writer left: everything parses, revisions are consecutive. Returns the counter."""
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        db.close()
+    reg = Registry(SqliteStorage(path))
+    try:
+        for name in reg.names():
+            history = reg.history(name)
+            assert [r.revision for r in history] == list(range(1, len(history) + 1)), name
+            for revision in history:
+                stored = reg.get(name, revision.revision).definition
+                assert stored.name == name
+                if name != "counter":
+                    assert stored.metadata["stages"] == len(stored.stages)
+                    for k, stage in enumerate(stored.stages):
+                        assert stage.config.options["value"] == "x" * (k * 50)  # type: ignore[union-attr]
+        for k in range(4):
+            target = reg.pipeline_for(f"idx{k}", DOC)
+            assert target is None or reg.exists(target)
+        return len(reg.history("counter")) if reg.exists("counter") else 0
+    finally:
+        reg.close()
+
+
+def test_sigkill_during_writes_leaves_only_whole_pipelines(tmp_path: Path) -> None:
+    path = tmp_path / "registry.sqlite"
+    rng = random.Random()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    counters = [0]
+    delays: list[float] = []
+    for _ in range(5):
+        child = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        try:
+            assert child.stdout is not None
+            line = child.stdout.readline()
+            assert line == b"ready\n", (line, child.stderr.read() if child.stderr else b"")
+            delay = rng.uniform(0.05, 0.4)
+            delays.append(delay)
+            time.sleep(delay)
+            assert child.poll() is None, child.stderr.read() if child.stderr else b""
+            child.send_signal(signal.SIGKILL)
+        finally:
+            child.kill()
+            child.wait(timeout=10)
+            if child.stdout is not None:
+                child.stdout.close()
+            if child.stderr is not None:
+                child.stderr.close()
+        assert child.returncode == -signal.SIGKILL
+        counter = check_whole(path)
+        assert counter >= counters[-1], delays
+        counters.append(counter)
+    # The writer really was writing when it was killed.
+    assert counters[-1] > 5, (counters, delays)

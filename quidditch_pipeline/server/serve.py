@@ -12,6 +12,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -22,6 +23,7 @@ from rich.console import Console
 from ..errors import QuidditchError
 from ..service import PipelineService
 from .app import create_app
+from .demo import find_udf_dir, run_demo
 from .search import TantivyBackend
 
 __all__ = ["main", "register", "run"]
@@ -64,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or Ctrl-C; 0 after a clean shutdown, 1 when the data directory cannot be opened."""
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     token = args.admin_token or os.environ.get(TOKEN_ENV) or None
     data_dir: Path = args.data_dir
     try:
@@ -79,11 +81,6 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
             return 1
         with backend:
-            examples: list[str] = []
-            if args.demo:
-                from .demo import setup_demo
-
-                examples = setup_demo(service, backend, console=console, token=token, port=args.port)
             app = create_app(service, backend, admin_token=token)
             config = uvicorn.Config(
                 app,
@@ -94,16 +91,42 @@ def run(args: argparse.Namespace) -> int:
                 ws="none",
                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
             )
+            server = uvicorn.Server(config)
             console.print(
                 f"quidditch-pipeline on [bold]http://{args.host}:{args.port}[/] · data in {data_dir.resolve()} · "
                 f"admin token {'required' if token else 'not set'}",
                 highlight=False,
             )
-            for example in examples:
-                console.print(example, highlight=False, soft_wrap=True)
-            _serve(uvicorn.Server(config))
+            stop = threading.Event()
+            demo = _start_demo(args, server, token, console, stop) if args.demo else None
+            try:
+                _serve(server)
+            finally:
+                stop.set()
+            if demo is not None:
+                demo.join(timeout=GRACEFUL_SHUTDOWN_S)
     console.print("indexes committed, service closed: bye", highlight=False)
     return 0
+
+
+def _start_demo(
+    args: argparse.Namespace, server: uvicorn.Server, token: str | None, console: Console, stop: threading.Event
+) -> threading.Thread | None:
+    """Set the demo up in the background once the server listens (it talks to the server over HTTP)."""
+    udf_dir = find_udf_dir()
+    if udf_dir is None:
+        console.print("[bold red]demo:[/] the example UDFs (udfs/*.py) were not found; run from the repository")
+        return None
+    host = "127.0.0.1" if args.host in {"0.0.0.0", "::", ""} else args.host
+    thread = threading.Thread(
+        target=run_demo,
+        args=(f"http://{host}:{args.port}",),
+        kwargs={"token": token, "console": console, "udf_dir": udf_dir, "ready": lambda: server.started, "stop": stop},
+        name="demo-setup",
+        daemon=True,
+    )
+    thread.start()
+    return thread
 
 
 def _serve(server: uvicorn.Server) -> None:

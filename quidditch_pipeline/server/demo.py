@@ -95,7 +95,7 @@ _CATALOGUE: Final = [
     ("bose quietcomfort headphones", "noise cancelling for the commute", "Audio", 349, 25),
 ]
 # Two that the spam filter drops and one that the strict parser refuses (no price): per-item results.
-_REJECTS: Final = [
+_REJECTS: Final[list[tuple[str, dict[str, Any]]]] = [
     ("spam-1", {"title": "BUY NOW cheap watches", "body": "click here for a limited offer", "price": 1}),
     ("spam-2", {"title": "FREE MONEY", "body": "http://a http://b http://c http://d", "price": 0}),
     ("no-price", {"title": "mystery box", "body": "what is inside?", "category": "Misc"}),

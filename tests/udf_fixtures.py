@@ -50,6 +50,8 @@ def process(value, params, meta):
     do = params.get("do", "echo")
     if do == "echo":
         return value
+    if do == "none":
+        return None
     if do == "meta":
         return meta
     if do == "params":

@@ -138,13 +138,18 @@ class _Instance:
     """
 
     __slots__ = (
+        "_arg_data",
+        "_arg_size",
         "_args",
         "_ctx",
         "_func",
         "_func_ref",
         "_instance",
         "_result",
+        "_result_data",
         "_result_ref",
+        "_result_size",
+        "_result_string_ref",
         "memory_limit",
         "store",
     )
@@ -173,10 +178,17 @@ class _Instance:
         self._ctx = store._context()
         self._func = func
         self._func_ref = ctypes.byref(func._func)
+        # Typed views of the string fields inside the argument and result values, made once: per call,
+        # setting and reading them allocates nothing but the answer's bytes.
         self._args = (ffi.wasmtime_component_val_t * 1)()
         self._args[0].kind = ffi.WASMTIME_COMPONENT_STRING
+        self._arg_size = ctypes.c_size_t.from_buffer(self._args, _STRING_SIZE_OFFSET)
+        self._arg_data = ctypes.c_char_p.from_buffer(self._args, _STRING_DATA_OFFSET)
         self._result = ffi.wasmtime_component_val_t()
         self._result_ref = ctypes.byref(self._result)
+        self._result_size = ctypes.c_size_t.from_buffer(self._result, _STRING_SIZE_OFFSET)
+        self._result_data = ctypes.c_void_p.from_buffer(self._result, _STRING_DATA_OFFSET)
+        self._result_string_ref = ctypes.byref(self._result.of.string)
         _check_signature(func, store, component.sha256)
 
     def describe(self, index: ExportIndex) -> int:
@@ -201,26 +213,31 @@ class _Instance:
 
     def call(self, payload: bytes, ticks: int) -> bytes:
         """One call of ``run-batch``; raise :class:`_Trap` when wasmtime reports an error."""
-        arg = self._args[0].of.string
         # Point the argument at the payload's own buffer: the C API copies it into the guest and does not
         # keep it, and `payload` outlives the call.
-        arg.size = len(payload)
-        arg.data = ctypes.cast(ctypes.c_char_p(payload), _U8_PTR)
+        self._arg_size.value = len(payload)
+        self._arg_data.value = payload
         _set_epoch_deadline(self._ctx, ticks)
         error = _func_call(self._func_ref, self._ctx, self._args, 1, self._result_ref, 1)
         if error:
             raise _Trap(str(WasmtimeError._from_ptr(error)))
-        out = self._result.of.string
-        try:
-            return ctypes.string_at(out.data, out.size)
-        finally:
-            _byte_vec_delete(ctypes.byref(out))
+        data = self._result_data.value
+        answer = ctypes.string_at(data, self._result_size.value) if data else b""
+        _byte_vec_delete(self._result_string_ref)
+        return answer
 
     def close(self) -> None:
         self.store.close()
 
 
-_U8_PTR = ctypes.POINTER(ctypes.c_uint8)
+def _offset(struct: type[ctypes.Structure], field: str) -> int:
+    # getattr: wasmtime-py annotates its structures' fields with their Python types, not as descriptors.
+    return int(getattr(struct, field).offset)
+
+
+# Where a string value's length and pointer sit inside a wasmtime_component_val_t.
+_STRING_SIZE_OFFSET = _offset(ffi.wasmtime_component_val_t, "of") + _offset(ffi.wasm_byte_vec_t, "size")
+_STRING_DATA_OFFSET = _offset(ffi.wasmtime_component_val_t, "of") + _offset(ffi.wasm_byte_vec_t, "data")
 # The call itself, as wasmtime-py declares it (argtypes set), minus one Python wrapper frame. Loaded through
 # ctypes.CDLL, it releases the GIL while the guest runs.
 _func_call = ffi.dll.wasmtime_component_func_call

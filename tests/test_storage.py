@@ -268,9 +268,8 @@ def test_a_value_sqlite_cannot_store_is_refused_cleanly(tmp_path: Path) -> None:
     # not crash with a serialiser's TypeError, and leave nothing half-stored.
     reg = Registry(SqliteStorage(tmp_path / "registry.sqlite"))
     try:
-        big = definition("p", metadata={"n": 2**70})
         with pytest.raises((DefinitionError, StorageError)):
-            reg.put(big)
+            reg.put(definition("p", metadata={"n": 2**70}))
         assert not reg.exists("p")
     finally:
         reg.close()

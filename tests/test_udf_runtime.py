@@ -254,6 +254,15 @@ def test_a_memory_limit_can_be_set_per_call(udf_runtime: UdfRuntime, hostile_udf
     assert call(udf_runtime, hostile_udf, [1], do="echo")[0].value == 1
 
 
+def test_unload_forgets_a_component_until_it_is_asked_for_again(small_pool: UdfRuntime, hostile_udf: BuiltUdf) -> None:
+    call(small_pool, hostile_udf, [1], do="echo")
+    small_pool.unload(hostile_udf.sha256)
+    assert small_pool.stats().loaded == 0
+    assert call(small_pool, hostile_udf, [2], do="echo")[0].value == 2
+    stats = small_pool.stats()
+    assert (stats.loaded, stats.cache_loads, stats.compiles) == (1, 2, 0)
+
+
 def test_close_stops_the_ticker_and_refuses_further_calls(seeded_cache: Path, hostile_udf: BuiltUdf) -> None:
     runtime = UdfRuntime(seeded_cache)
     call(runtime, hostile_udf, [1], do="echo")

@@ -291,7 +291,7 @@ class _Pool:
         with self._lock:
             while True:
                 if self._closed:
-                    raise UdfLoadError("the UDF runtime is closed")
+                    raise UdfLoadError("the UDF was unloaded, or its runtime closed")
                 idle = self._idle
                 for i in range(len(idle) - 1, -1, -1):
                     if idle[i].memory_limit == memory_limit:
@@ -475,9 +475,23 @@ class UdfRuntime:
             raise
         with self._lock:
             del self._loading[sha256]
-            self._components[sha256] = component
+            closed = self._closed
+            if not closed:
+                self._components[sha256] = component
+        if closed:  # closed while this thread was loading: nobody would close this pool later
+            component.pool.close()
+            future.set_exception(UdfLoadError("the UDF runtime is closed"))
+            return future.result()
         future.set_result(component)
         return component
+
+    def unload(self, sha256: str) -> None:
+        """Forget a component (say, its UDF version was deleted): close its idle instances now, busy ones
+        when their call returns. Its compiled form stays cached on disk."""
+        with self._lock:
+            component = self._components.pop(sha256, None)
+        if component is not None:
+            component.pool.close()
 
     def compiled_path(self, sha256: str) -> Path | None:
         """Where the compiled form of component ``sha256`` is cached (None without a cache folder)."""

@@ -30,8 +30,16 @@ from quidditch_pipeline.server.search import (
 )
 
 PRODUCTS: list[tuple[str, dict[str, Any]]] = [
-    ("1", {"title": "Red Notebook", "price": 5, "status": "In Stock", "tags": ["paper", "office"],
-           "brand": {"name": "Acme"}}),
+    (
+        "1",
+        {
+            "title": "Red Notebook",
+            "price": 5,
+            "status": "In Stock",
+            "tags": ["paper", "office"],
+            "brand": {"name": "Acme"},
+        },
+    ),
     ("2", {"title": "Blue pen", "price": 12.5, "status": "Sold Out", "tags": ["office"], "brand": {"name": "Bic"}}),
     ("3", {"title": "Notebook notebook notebook", "price": 7, "status": "In Stock", "on_sale": True}),
     ("4", {"title": "Laptop stand", "price": 45, "user-name": "bob", "body": "holds a laptop or a notebook"}),
@@ -224,8 +232,16 @@ def test_bulk_applies_in_order_with_one_result_per_op(backend: TantivyBackend) -
         refresh=True,
     )
     kinds = [r.result if not isinstance(r, Exception) else type(r).__name__ for r in results]
-    assert kinds == ["created", "updated", "deleted", "created", "DocumentExistsError", "InputError", "InputError",
-                     "not_found"]
+    assert kinds == [
+        "created",
+        "updated",
+        "deleted",
+        "created",
+        "DocumentExistsError",
+        "InputError",
+        "InputError",
+        "not_found",
+    ]
     assert backend.count("products", {}) == 1
     doc = backend.get_doc("products", "b")
     assert doc is not None and doc.source == {"n": 3}
@@ -379,7 +395,7 @@ def test_match_scores_with_bm25_and_sorts(products: TantivyBackend) -> None:
         ({"query_string": {"query": "price:[6 TO 20]"}}, {"2", "3"}),
         ({"query_string": {"query": "user-name:bob"}}, {"4"}),
         ({"query_string": {"query": '"red notebook"'}}, {"1"}),
-        ({"query_string": {"query": "status.keyword:\"Sold Out\""}}, {"2"}),
+        ({"query_string": {"query": 'status.keyword:"Sold Out"'}}, {"2"}),
         ({"query_string": {"query": "notebook -title:red"}}, {"3", "4"}),
         ({"query_string": {"query": "notebook", "fields": ["body"]}}, {"4"}),
         ({"query_string": {"query": "red notebook", "default_operator": "AND"}}, {"1"}),
@@ -389,8 +405,15 @@ def test_match_scores_with_bm25_and_sorts(products: TantivyBackend) -> None:
         ({"bool": {"filter": {"term": {"status": "stock"}}, "should": [{"match": {"title": "red"}}]}}, {"1", "3"}),
         ({"bool": {"must_not": [{"term": {"tags": "office"}}]}}, {"3", "4"}),
         ({"bool": {}}, {"1", "2", "3", "4"}),
-        ({"bool": {"should": [{"match": {"title": "red"}}, {"match": {"title": "notebook"}}],
-                   "minimum_should_match": 2}}, {"1"}),
+        (
+            {
+                "bool": {
+                    "should": [{"match": {"title": "red"}}, {"match": {"title": "notebook"}}],
+                    "minimum_should_match": 2,
+                }
+            },
+            {"1"},
+        ),
         ({"constant_score": {"filter": {"term": {"tags": "office"}}, "boost": 3}}, {"1", "2"}),
     ],
 )
@@ -430,14 +453,18 @@ def test_size_from_and_source(products: TantivyBackend) -> None:
     [
         ({"query": {"fuzzy": {"title": "x"}}}, "query: unknown query [fuzzy]"),
         ({"query": {"match": {"title": "x"}, "term": {"a": 1}}}, "query: a query is an object with exactly one key"),
-        ({"query": {"bool": {"must": [{"match": {"title": {"query": "x", "fuzziness": 1}}}]}}},
-         "query.bool.must[0].match.title.fuzziness: unknown option"),
+        (
+            {"query": {"bool": {"must": [{"match": {"title": {"query": "x", "fuzziness": 1}}}]}}},
+            "query.bool.must[0].match.title.fuzziness: unknown option",
+        ),
         ({"query": {"match": {"title": {"operator": "and"}}}}, "query.match.title.query: is required"),
         ({"query": {"term": {"title": ["a"]}}}, "query.term.title: a term value"),
         ({"query": {"range": {"price": {"gte": "cheap"}}}}, "query.range.price.gte: must be a finite number"),
         ({"query": {"query_string": {"query": "title:(x"}}}, "query.query_string.query: failed to parse"),
-        ({"query": {"bool": {"minimum_should_match": "many", "should": [{"match_all": {}}]}}},
-         "query.bool.minimum_should_match: cannot parse"),
+        (
+            {"query": {"bool": {"minimum_should_match": "many", "should": [{"match_all": {}}]}}},
+            "query.bool.minimum_should_match: cannot parse",
+        ),
         ({"size": -1}, "size: must be a non-negative integer"),
         ({"size": 9_000, "from": 2_000}, "Result window is too large"),
         ({"sort": ["price"]}, "sort: unknown key"),
@@ -455,3 +482,17 @@ def test_count_refuses_search_only_keys(products: TantivyBackend) -> None:
     assert products.count("products", {}) == 4
     with pytest.raises(DefinitionError, match="size: unknown key"):
         products.count("products", {"size": 1})
+
+
+def test_keyword_ignores_long_strings_and_exists_ignores_null_and_empty(backend: TantivyBackend) -> None:
+    backend.create_index("products")
+    long_text = "word " * 60
+    backend.bulk(
+        "products",
+        [IndexOp("1", {"long": long_text, "note": None, "empty": [], "obj": {}}), IndexOp("2", {"note": "x"})],
+        refresh=True,
+    )
+    assert backend.count("products", {"query": {"term": {"long.keyword": long_text}}}) == 0
+    assert backend.count("products", {"query": {"match": {"long": "word"}}}) == 1
+    for field, expected in (("note", 1), ("empty", 0), ("obj", 0), ("long", 1)):
+        assert backend.count("products", {"query": {"exists": {"field": field}}}) == expected, field

@@ -30,7 +30,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol
@@ -342,10 +342,15 @@ def _fsync_dir(path: Path) -> None:
 def _schema() -> tantivy.Schema:
     builder = tantivy.SchemaBuilder()
     builder.add_text_field("_id", stored=True, tokenizer_name="raw")
-    # fast: range and exists queries on JSON paths need the columnar copy.
-    builder.add_json_field("_source", stored=False, fast=True, expand_dots_enabled=True)
-    builder.add_json_field("_keyword", stored=False, tokenizer_name="raw", expand_dots_enabled=True)
+    builder.add_json_field("_source", stored=False, expand_dots_enabled=True)
+    # Exact values and existence need no frequencies or positions ("basic").
+    builder.add_json_field(
+        "_keyword", stored=False, tokenizer_name="raw", index_option="basic", expand_dots_enabled=True
+    )
+    # Range queries on JSON paths need a fast (columnar) field; numbers only, so long texts cost nothing here.
+    builder.add_json_field("_numbers", stored=False, fast=True, index_option="basic", expand_dots_enabled=True)
     builder.add_text_field("_all", stored=False)
+    builder.add_text_field("_field_names", stored=False, tokenizer_name="raw", index_option="basic")
     builder.add_bytes_field("_raw", stored=True, indexed=False)
     builder.add_integer_field("_version", stored=True, indexed=False)
     return builder.build()
@@ -359,27 +364,57 @@ def _stored(doc: tantivy.Document) -> tuple[str, int, bytes]:
     return str(doc_id), int(version), bytes(raw)
 
 
-def _string_leaves(value: Any, out: list[str]) -> list[str]:
-    if isinstance(value, str):
-        out.append(value)
-    elif isinstance(value, dict):
-        for inner in value.values():
-            _string_leaves(inner, out)
-    elif isinstance(value, list):
-        for inner in value:
-            _string_leaves(inner, out)
-    return out
+#: Like Elasticsearch's ``ignore_above`` on the ``.keyword`` of a dynamic mapping: longer strings are not
+#: indexed for exact match (they cost a unique term each and nobody matches them exactly).
+KEYWORD_IGNORE_ABOVE: Final = 256
+
+
+@dataclass(slots=True)
+class _Leaves:
+    """What one walk of a source collects for the derived fields, keyed by dotted path."""
+
+    strings: list[str] = field(default_factory=list)
+    keywords: dict[str, list[str]] = field(default_factory=dict)
+    numbers: dict[str, list[int | float]] = field(default_factory=dict)
+    names: set[str] = field(default_factory=set)
+
+    def walk(self, value: Any, path: str) -> None:
+        if isinstance(value, str):
+            self.strings.append(value)
+            if len(value) <= KEYWORD_IGNORE_ABOVE:
+                self.keywords.setdefault(path, []).append(value)
+            self.names.add(path)
+        elif isinstance(value, bool):
+            self.names.add(path)
+        elif isinstance(value, int | float):
+            self.numbers.setdefault(path, []).append(value)
+            self.names.add(path)
+        elif isinstance(value, dict):
+            before = len(self.names)
+            for key, inner in value.items():
+                self.walk(inner, f"{path}.{key}" if path else key)
+            # An object exists when something under it does (Elasticsearch's ``exists`` on an object).
+            if path and len(self.names) > before:
+                self.names.add(path)
+        elif isinstance(value, list):
+            for inner in value:
+                self.walk(inner, path)
 
 
 def _make_document(doc_id: str, version: int, source: dict[str, Any], raw: bytes) -> tantivy.Document:
+    leaves = _Leaves()
+    leaves.walk(source, "")
     doc = tantivy.Document()
     doc.add_text("_id", doc_id)
     # A JSON string crosses into tantivy faster than a dict it would have to walk.
-    text = raw.decode()
-    doc.add_json("_source", text)
-    doc.add_json("_keyword", text)
-    for leaf in _string_leaves(source, []):
+    doc.add_json("_source", raw.decode())
+    # Flat dotted keys: with expand_dots_enabled they are the same paths as the nested source.
+    doc.add_json("_keyword", leaves.keywords)
+    doc.add_json("_numbers", leaves.numbers)
+    for leaf in leaves.strings:
         doc.add_text("_all", leaf)
+    for name in leaves.names:
+        doc.add_text("_field_names", name)
     doc.add_bytes("_raw", raw)
     doc.add_integer("_version", version)
     return doc
@@ -864,7 +899,7 @@ _ANALYZER: Final = (
 )
 _NUMBER: Final = re.compile(r"^-?\d+(\.\d+)?([eE][-+]?\d+)?$")
 # A field name written before ':' in a query string (not inside quotes: those are split off first).
-_QS_FIELD: Final = re.compile(r'(^|[\s(+\-!])([^\s:"()\[\]{}+\-!\\^~*?][^\s:"()\[\]{}\\^~*?]*):')
+_QS_FIELD: Final = re.compile(r'(^|[\s(+\-!])([^\s:"()\[\]{}+\-!\\^~*?][^\s:"()\[\]{}\\^~*?]*):([\[{<>]?)')
 _QS_QUOTED: Final = re.compile(r'"(?:[^"\\]|\\.)*"')
 
 
@@ -1056,6 +1091,7 @@ class _QueryBuilder:
         field = self._field(name, path)
         if not field.startswith("_source."):
             raise _search_error(f"{path}.{name}", "range works on numeric document fields")
+        field = _numbers_field(field)
         low, high = "*", "*"
         low_open, high_open = "[", "]"
         for key in ("gt", "gte", "lt", "lte"):
@@ -1079,11 +1115,11 @@ class _QueryBuilder:
 
     def _q_exists(self, spec: Any, path: str) -> tantivy.Query:
         options = _options(spec, path, {"field", "boost"})
-        field = self._field(options.get("field"), f"{path}.field")
-        if not field.startswith("_source."):
+        name = options.get("field")
+        if not isinstance(name, str) or not self._field(name, f"{path}.field").startswith("_source."):
             raise _search_error(f"{path}.field", "exists works on document fields")
-        query = tantivy.Query.exists_query(field, json_subpaths=True)
-        return self._boosted(query, options.get("boost"), path)
+        query = tantivy.Query.term_query(self._schema, "_field_names", name)
+        return self._boosted(tantivy.Query.const_score_query(query, 1.0), options.get("boost"), path)
 
     def _q_query_string(self, spec: Any, path: str) -> tantivy.Query:
         if isinstance(spec, str):
@@ -1194,16 +1230,28 @@ def _minimum_should_match(value: Any, clauses: int, path: str) -> int:
     return max(0, min(required, clauses))
 
 
+def _numbers_field(field: str) -> str:
+    """The fast copy of a document field's numbers, which range queries run on."""
+    return "_numbers." + field[len("_source.") :]
+
+
 def _escape_field(field: str) -> str:
     """A field name as tantivy's query language writes it (its special characters escaped)."""
     return re.sub(r'([\s:"()\[\]{}^~*?\\+\-!])', r"\\\1", field)
 
 
-def _rewrite_query_string(text: str, resolve: Any) -> str:
+def _rewrite_query_string(text: str, resolve: Callable[[str], str]) -> str:
     """Prefix each ``field:`` of a query string with its tantivy field, leaving quoted phrases alone."""
 
+    def rewrite(match: re.Match[str]) -> str:
+        field = resolve(match.group(2))
+        if field.startswith("_source.") and match.group(3):
+            # A range (``price:[1 TO 5]``, ``price:>3``) runs on the fast numeric copy.
+            field = _numbers_field(field)
+        return f"{match.group(1)}{_escape_field(field)}:{match.group(3)}"
+
     def fields(segment: str) -> str:
-        return _QS_FIELD.sub(lambda m: f"{m.group(1)}{_escape_field(resolve(m.group(2)))}:", segment)
+        return _QS_FIELD.sub(rewrite, segment)
 
     out, last = [], 0
     for quoted in _QS_QUOTED.finditer(text):

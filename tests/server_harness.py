@@ -85,7 +85,14 @@ def serve_app(app: FastAPI) -> Iterator[str]:
 class ServerProcess:
     """``quidditch-pipeline serve`` in a subprocess on a loopback port."""
 
-    def __init__(self, data_dir: Path, *, token: str | None = None, extra: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        token: str | None = None,
+        extra: tuple[str, ...] = (),
+        entry: tuple[str, ...] = ("quidditch_pipeline.server.serve",),
+    ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -95,7 +102,7 @@ class ServerProcess:
         if token is not None:
             env["QUIDDITCH_ADMIN_TOKEN"] = token
         command = [
-            sys.executable, "-m", "quidditch_pipeline.server.serve",
+            sys.executable, "-m", *entry,
             "--port", str(self.port), "--data-dir", str(data_dir), "--log-level", "warning", *extra,
         ]  # fmt: skip
         with open(self.log, "wb") as log:

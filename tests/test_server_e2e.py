@@ -164,3 +164,40 @@ def test_restart_after_sigkill_keeps_acknowledged_writes(data_dir: Path) -> None
         hits = client.post("/logs/_search", json={"query": {"term": {"n": 499}}}).json()["hits"]["hits"]
         assert [h["_id"] for h in hits] == ["499"]
         again.terminate()
+
+
+def test_serve_demo_sets_everything_up_and_a_restart_skips_it(data_dir: Path) -> None:
+    # The README's main command, through the CLI entry point.
+    entry = ("quidditch_pipeline.cli", "serve")
+    with ServerProcess(data_dir, extra=("--demo",), entry=entry) as server:
+        deadline = time.monotonic() + 600
+        while "demo ready" not in server.output():
+            assert "setup failed" not in server.output(), server.output()
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.5)
+        output = server.output()
+        assert "15 products indexed, 2 dropped as spam" in output and "1 refused" in output
+        assert f"curl -s '{server.url}/products/_search?pretty'" in output
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            body = {"query": {"match": {"title": "laptop"}}}
+            hits = client.post("/products/_search", json=body).json()["hits"]["hits"]
+            plain = client.post("/products/_search", json=body, params={"search_pipeline": "_none"}).json()
+            # Synonyms (laptop -> notebook) find more than the plain query; titles were normalised.
+            assert len(hits) > len(plain["hits"]["hits"]) >= 1
+            assert any(h["_source"]["title"] == "Dell Xps 15 Notebook" for h in hits)
+            indexed = client.put("/products/_doc/42", json={"title": "  anker   USB-C charger ", "price": 35})
+            assert indexed.status_code == 201
+            source = client.get("/products/_doc/42").json()["_source"]
+            assert source == {"title": "Anker USB-C Charger", "price": 35, "price_band": "budget"}
+            assert client.put("/products/_doc/43", json={"title": "BUY NOW", "price": 1}).json()["result"] == "noop"
+            refused = client.put("/products/_doc/44", json={"title": "mystery"}).json()
+            assert refused["error"]["stage"] == "validate"
+        assert server.terminate() == 0
+    with ServerProcess(data_dir, extra=("--demo",), entry=entry) as again:
+        deadline = time.monotonic() + 60
+        while "demo ready" not in again.output():
+            assert time.monotonic() < deadline, again.output()
+            time.sleep(0.2)
+        assert "registered already" in again.output()
+        assert httpx.get(f"{again.url}/products/_count").json()["count"] == 16
+        again.terminate()

@@ -1,14 +1,13 @@
 """The wasmtime runtime: compile cache, single-flight loads, instance pools, limits, raw per-item results.
 
 Most tests share the session's runtime and the ``hostile`` test UDF (see udf_fixtures.py); a test that needs
-its own runtime seeds that runtime's cache with the session's compiled component, so that only the test
-about recompiling a corrupt cache pays for a compile.
+its own runtime gives it a cache seeded with the session's compiled component (``seeded_cache``), so that
+only the test about recompiling a corrupt cache pays for a compile.
 """
 
 from __future__ import annotations
 
 import re
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -31,18 +30,6 @@ UDF_DIR = Path(runtime_module.__file__).parent
 def call(runtime: UdfRuntime, udf: BuiltUdf, values: list[Any], timeout_s: float | None = 5.0, **params: Any) -> Any:
     metas = [{"id": str(i), "index": "test"} for i in range(len(values))]
     return runtime.call_batch(udf.sha256, udf.path, values, params, metas, timeout_s=timeout_s)
-
-
-@pytest.fixture
-def seeded_cache(tmp_path: Path, udf_runtime: UdfRuntime, hostile_udf: BuiltUdf) -> Path:
-    """A fresh cache folder holding the hostile UDF's compiled form (copied from the session's cache)."""
-    udf_runtime.load(hostile_udf.sha256, hostile_udf.path)
-    compiled = udf_runtime.compiled_path(hostile_udf.sha256)
-    assert compiled is not None and compiled.is_file()
-    cache = tmp_path / "compiled"
-    cache.mkdir()
-    shutil.copyfile(compiled, cache / compiled.name)
-    return cache
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -83,6 +84,51 @@ def test_a_memory_bomb_hits_the_limit_and_the_host_stays_bounded(runtime: UdfRun
         sampler.join()
     assert (peak - baseline) < (64 + 32) << 20  # the guest's 64 MiB, plus slack for the new instance
     assert_instance_still_works(runtime, hostile_udf)
+
+
+def test_a_batch_too_big_for_the_memory_limit_is_refused_before_the_call(
+    runtime: UdfRuntime, hostile_udf: BuiltUdf
+) -> None:
+    before = runtime.stats()
+    with pytest.raises(UdfMemoryError, match="cannot fit the UDF's memory limit of 64 MiB"):
+        runtime.call_batch(
+            hostile_udf.sha256,
+            hostile_udf.path,
+            ["x" * (40 << 20)],
+            {"do": "none"},
+            [{}],
+            timeout_s=10,
+            memory_limit_mb=64,
+        )
+    assert runtime.stats().instances_created == before.instances_created
+
+
+def test_a_batch_that_fits_only_in_transit_is_a_memory_error(runtime: UdfRuntime, hostile_udf: BuiltUdf) -> None:
+    with pytest.raises(UdfMemoryError, match="ran out of memory"):
+        runtime.call_batch(
+            hostile_udf.sha256,
+            hostile_udf.path,
+            ["x" * (20 << 20)],
+            {"do": "none"},
+            [{}],
+            timeout_s=10,
+            memory_limit_mb=64,
+        )
+    assert_instance_still_works(runtime, hostile_udf)
+
+
+def test_memory_hoarded_across_calls_costs_the_instance_when_a_request_no_longer_fits(
+    seeded_cache: Path, hostile_udf: BuiltUdf
+) -> None:
+    # Out of memory inside componentize-py's glue (taking the request in) is a trap, not a MemoryError
+    # the guest could catch: the call fails as a trap, and the instance is replaced.
+    with UdfRuntime(seeded_cache, pool_size=1, memory_limit_mb=64) as small:
+        assert call(small, hostile_udf, [0], do="hoard", mib=46)[0].value == 1
+        with pytest.raises(UdfCallError) as info:
+            call(small, hostile_udf, ["x" * (10 << 20)], do="none")
+        assert info.value.kind == "trap"
+        assert call(small, hostile_udf, [0], do="hoard", mib=1)[0].value == 1  # a fresh instance
+        assert small.stats().instances_discarded == 1
 
 
 def test_deep_recursion_is_a_recursion_error_at_its_line(runtime: UdfRuntime, hostile_udf: BuiltUdf) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -40,6 +41,8 @@ HOSTILE_SOURCE = '''\
 import os
 import sys
 import time
+
+HOARD = []
 
 
 def _recurse(n):
@@ -68,6 +71,9 @@ def process(value, params, meta):
         hoard = []
         while True:
             hoard.append(bytearray(1 << 20))
+    if do == "hoard":
+        HOARD.append(bytearray(params["mib"] << 20))
+        return len(HOARD)
     if do == "recursion":
         return _recurse(0)
     if do == "unbounded_recursion":
@@ -220,3 +226,15 @@ def udf_runtime() -> Iterator[UdfRuntime]:
 @pytest.fixture(scope="session")
 def hostile_udf(udf_builds: UdfBuilds) -> BuiltUdf:
     return udf_builds.get("hostile")
+
+
+@pytest.fixture
+def seeded_cache(tmp_path: Path, udf_runtime: UdfRuntime, hostile_udf: BuiltUdf) -> Path:
+    """A fresh cache folder holding the hostile UDF's compiled form (copied from the session's cache)."""
+    udf_runtime.load(hostile_udf.sha256, hostile_udf.path)
+    compiled = udf_runtime.compiled_path(hostile_udf.sha256)
+    assert compiled is not None and compiled.is_file()
+    cache = tmp_path / "compiled"
+    cache.mkdir()
+    shutil.copyfile(compiled, cache / compiled.name)
+    return cache

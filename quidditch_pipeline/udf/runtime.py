@@ -54,6 +54,9 @@ _INSTANTIATE_S = 10.0
 _ERROR_ALLOWANCE = 4096
 # marshal format 4 is what every CPython from 3.4 on reads, the guest's 3.14 included.
 _MARSHAL_VERSION = 4
+# The linear memory a UDF instance starts with: componentize-py's CPython snapshot (199 pages, ~12.4 MiB,
+# measured with componentize-py 0.25.1), rounded up.
+_GUEST_BASELINE = 16 * _MIB
 # A deadline no call reaches: for calls without a time limit.
 _NO_DEADLINE = 1 << 62
 
@@ -549,8 +552,18 @@ class UdfRuntime:
         component = self._component(sha256, wasm_path)
         if not values:
             return []
+        if len(metas) != len(values):
+            raise ValueError(f"{len(metas)} metas for {len(values)} values")
         limit = self.memory_limit_bytes if memory_limit_mb is None else memory_limit_mb * _MIB
         payload = _encode_request(params, values, metas if component.arity == 3 else None, self.max_output_bytes)
+        if limit > _GUEST_BASELINE and 2 * len(payload) + _GUEST_BASELINE > limit:
+            # Taking the request in needs its bytes twice (the string as received, then as a Python str),
+            # and running out there traps inside componentize-py's glue, where no MemoryError can be caught.
+            # (A limit below the baseline fails when the instance is created, with its own message.)
+            raise UdfMemoryError(
+                f"the batch is {len(payload) / _MIB:.1f} MiB: it cannot fit the UDF's memory limit of "
+                f"{limit // _MIB} MiB (split the batch or raise memory_limit_mb)"
+            )
         instance = component.pool.acquire(limit, timeout_s)
         remaining = None if timeout_s is None else max(timeout_s - (time.monotonic() - started), 0.0)
         ticks = _NO_DEADLINE if remaining is None else _ticks(remaining, self.tick_s)
@@ -564,8 +577,8 @@ class UdfRuntime:
             results = _decode_response(raw, len(values), limit)
         except _Trap as trap:
             component.pool.discard(instance)
-            raise _classify(str(trap), timeout_s, limit) from trap
-        except UdfCallError:
+            raise _classify(str(trap), timeout_s) from trap
+        except BaseException:  # a failed call, or anything else: the instance's state is unknown
             component.pool.discard(instance)
             raise
         component.pool.release(instance)
@@ -644,15 +657,17 @@ def _fatal(fatal: Any) -> tuple[str, str]:
     return "error", repr(fatal)[:200]
 
 
-def _classify(message: str, timeout_s: float | None, memory_limit: int) -> UdfCallError:
-    """Translate wasmtime's report of a failed call into the project's error."""
-    summary = _summary(message)
+def _classify(message: str, timeout_s: float | None) -> UdfCallError:
+    """Translate wasmtime's report of a failed call into the project's error.
+
+    Running out of memory is not among them: in Python code the guest catches it (a ``fatal``
+    MemoryError answer); in componentize-py's glue it traps like any other bug would, and nothing in
+    wasmtime's report tells the two apart.
+    """
     if "wasm trap: interrupt" in message:
         budget = "" if timeout_s is None else f" of {timeout_s * 1000:.0f} ms"
         return UdfTimeoutError(f"the UDF was preempted at its deadline{budget}")
-    if "out of memory" in message.lower() or "memory limit" in message.lower():
-        return UdfMemoryError(f"the UDF hit its memory limit of {memory_limit // _MIB} MiB: {summary}")
-    return UdfCallError(f"the UDF trapped: {summary}", kind="trap")
+    return UdfCallError(f"the UDF trapped: {_summary(message)}", kind="trap")
 
 
 def _summary(message: str) -> str:

@@ -8,12 +8,11 @@
 """
 
 from .artifacts import ArtifactStore
-from .build import WIT_WORLD, CheckedSource, build_component, check_source, is_wasm
+from .build import CheckedSource, build_component, check_source, is_wasm
 from .runtime import ABI, UdfItemError, UdfItemResult, UdfRuntime, UdfRuntimeStats
 
 __all__ = [
     "ABI",
-    "WIT_WORLD",
     "ArtifactStore",
     "CheckedSource",
     "UdfItemError",

@@ -28,13 +28,11 @@ from pathlib import Path
 
 from ..errors import UdfBuildError
 
-__all__ = ["WIT_WORLD", "CheckedSource", "build_component", "check_source", "is_wasm"]
+__all__ = ["CheckedSource", "build_component", "check_source", "is_wasm"]
 
 _HERE = Path(__file__).resolve().parent
 _WIT_DIR = _HERE / "wit"
 _GUEST_SHIM = _HERE / "guest" / "udf_guest.py"
-#: The WIT world every UDF component targets (``wit/udf.wit``).
-WIT_WORLD = "quidditch:udf/udf@1.0.0"
 # The module names the shim imports the UDF's file and its import list under (see guest/udf_guest.py).
 _SOURCE_MODULE = "udf_source"
 _PRELOAD_FILE = "udf_preload.json"

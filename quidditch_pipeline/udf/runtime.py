@@ -43,7 +43,7 @@ __all__ = ["ABI", "UdfItemError", "UdfItemResult", "UdfRuntime", "UdfRuntimeStat
 
 #: The guest ABI this runtime speaks: the version of ``wit/udf.wit``, which guest/udf_guest.py reports too.
 ABI = "1.0.0"
-WASMTIME_VERSION = importlib.metadata.version("wasmtime")
+_WASMTIME_VERSION = importlib.metadata.version("wasmtime")
 
 _RUN_EXPORT = "run-batch"
 _DESCRIBE_EXPORT = "describe"
@@ -498,7 +498,7 @@ class UdfRuntime:
 
     def compiled_path(self, sha256: str) -> Path | None:
         """Where the compiled form of component ``sha256`` is cached (None without a cache folder)."""
-        return None if self.cache_dir is None else self.cache_dir / f"{sha256}-{WASMTIME_VERSION}.cwasm"
+        return None if self.cache_dir is None else self.cache_dir / f"{sha256}-{_WASMTIME_VERSION}.cwasm"
 
     def _compiled(self, sha256: str, wasm_path: Path) -> Component:
         cache = self.compiled_path(sha256)

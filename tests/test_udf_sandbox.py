@@ -252,4 +252,9 @@ def test_a_udf_that_tampers_with_the_shim_costs_its_instance_only(runtime: UdfRu
     assert call(runtime, hostile_udf, [0], do="tamper", reply="[[1, 2], [[5, 1, 2, 3]]]")[0].ok
     with pytest.raises(UdfCallError, match="malformed output"):
         call(runtime, hostile_udf, [0], do="echo")
+
+    assert call(runtime, hostile_udf, [0], do="tamper", reply=None)[0].ok  # the shim itself now raises
+    with pytest.raises(UdfCallError, match="failed with TypeError") as fatal:
+        call(runtime, hostile_udf, [0], do="echo")
+    assert fatal.value.kind == "trap"
     assert_instance_still_works(runtime, hostile_udf)

@@ -119,7 +119,7 @@ def process(value, params, meta):
     if do == "tamper":
         shim = sys.modules["udf_guest"]
         reply = params["reply"]
-        shim._run = lambda request: reply
+        shim._run = None if reply is None else lambda request: reply
         return "tampered"
     raise NotImplementedError(do)
 '''

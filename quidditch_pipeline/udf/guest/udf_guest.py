@@ -164,8 +164,8 @@ class WitWorld(wit_world.WitWorld):  # type: ignore[misc]  # the class name comp
             return _run(request)
         except MemoryError:
             return _FATAL_MEMORY
-        except BaseException as exc:
-            return '{"fatal":' + _encode([type(exc).__name__[:_NAME_LIMIT], str(exc)[:_MESSAGE_LIMIT]]) + "}"
+        except BaseException as exc:  # a malformed request, or a UDF that broke this shim
+            return '{"fatal":' + _encode(_error(0, exc)[1:3]) + "}"
 
 
 def _find_process() -> Callable[..., object]:

@@ -543,13 +543,15 @@ class UdfRuntime:
     ) -> list[UdfItemResult]:
         """Run ``process`` on every value in one call into the guest; one result per value, in order.
 
-        ``metas[i]`` goes with ``values[i]`` (passed only to a ``process`` that takes ``meta``). Raises
+        ``metas[i]`` goes with ``values[i]`` (passed only to a ``process`` that takes ``meta``). ``timeout_s``
+        counts from when the UDF is loaded (see :meth:`load`), waiting for a free instance included. Raises
         :class:`UdfTimeoutError` (preempted at ``timeout_s``), :class:`UdfMemoryError` (hit the memory
         limit), :class:`UdfCallError` (trap, malformed or oversized output) and :class:`UdfLoadError`;
         the instance is discarded after any of these but a load error.
         """
-        started = time.monotonic()
+        # Loading (compiling, the first time) is not the call's: its time limit starts once the UDF is loaded.
         component = self._component(sha256, wasm_path)
+        started = time.monotonic()
         if not values:
             return []
         if len(metas) != len(values):

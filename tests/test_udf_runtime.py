@@ -68,19 +68,25 @@ def test_concurrent_loads_load_once(seeded_cache: Path, hostile_udf: BuiltUdf) -
     assert (stats.compiles, stats.cache_loads, stats.loaded) == (0, 1, 1)
 
 
-def test_a_corrupt_cache_file_is_compiled_again_once_for_concurrent_loads(
+def test_a_corrupt_cache_file_is_compiled_again_once_for_concurrent_calls(
     seeded_cache: Path, hostile_udf: BuiltUdf
 ) -> None:
     [compiled] = seeded_cache.iterdir()
     compiled.write_bytes(compiled.read_bytes()[: 1 << 20])  # truncated, as by a crash mid-write
     with UdfRuntime(seeded_cache) as runtime:
-        threads = [threading.Thread(target=runtime.load, args=(hostile_udf.sha256, hostile_udf.path)) for _ in range(4)]
+        results: list[Any] = []
+
+        def first_call() -> None:
+            # Compiling takes seconds; the call's 1 s limit starts once the UDF is loaded.
+            results.append(call(runtime, hostile_udf, ["ok"], timeout_s=1.0, do="echo")[0].value)
+
+        threads = [threading.Thread(target=first_call) for _ in range(4)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
+        assert results == ["ok"] * 4
         assert runtime.stats().compiles == 1
-        assert call(runtime, hostile_udf, ["ok"], do="echo")[0].value == "ok"
     with UdfRuntime(seeded_cache) as again:
         again.load(hostile_udf.sha256, hostile_udf.path)
         assert (again.stats().compiles, again.stats().cache_loads) == (0, 1)

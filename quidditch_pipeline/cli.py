@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .definitions import load_definition
@@ -37,7 +38,7 @@ def _json_arg(text: str, what: str) -> Any:
 def _print_definition_error(console: Console, source: str, exc: DefinitionError) -> None:
     console.print(f"[bold red]{source}: invalid[/]")
     for path, message in exc.problems:
-        console.print(f"  [cyan]{path or '(top level)'}[/]: {message}", highlight=False)
+        console.print(f"  [cyan]{escape(path or '(top level)')}[/]: {escape(message)}", highlight=False)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -48,7 +49,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         _print_definition_error(console, args.file, exc)
         return 1
     except QuidditchError as exc:
-        console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
         return 1
     Console().print(
         f"[green]{args.file}: valid[/] {definition.type} pipeline [bold]{definition.name}[/] "
@@ -72,7 +73,7 @@ def cmd_execute(args: argparse.Namespace) -> int:
         _print_definition_error(err, args.file, exc)
         return 1
     except QuidditchError as exc:
-        err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
         return 1
     if args.json:
         sys.stdout.write(orjson.dumps(response, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -95,12 +96,12 @@ def _trace_rows(table: Table, stages: list[dict[str, Any]], depth: int = 0) -> N
     for stage in stages:
         style = _STATUS_STYLE.get(stage["status"], "")
         table.add_row(
-            "  " * depth + stage["name"],
+            "  " * depth + escape(stage["name"]),
             stage["type"],
             f"[{style}]{stage['status']}[/]" if style else stage["status"],
             str(stage["attempts"]),
             f"{stage['took_us']:.1f}",
-            stage["error"] or "",
+            escape(stage["error"] or ""),
         )
         _trace_rows(table, stage.get("stages", []), depth + 1)
 
@@ -115,7 +116,7 @@ def _print_trace(console: Console, name: str, response: dict[str, Any]) -> None:
     color = {"success": "green", "failed": "red"}.get(status, "yellow")
     console.print(f"status: [{color}]{status}[/]  took: {response['took_us']} µs")
     if response.get("error"):
-        console.print(f"error: {response['error']['reason']}", highlight=False)
+        console.print(f"error: {escape(response['error']['reason'])}", highlight=False)
     if response.get("output") is not None:
         console.print_json(orjson.dumps(response["output"]).decode())
 

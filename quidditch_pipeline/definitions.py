@@ -8,6 +8,7 @@ definition is stored. Every problem is reported with its field path, e.g. ``stag
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 from enum import StrEnum
@@ -16,7 +17,16 @@ from typing import Annotated, Any, Literal
 import orjson
 import semver
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from .errors import DefinitionError
 from .processors import PROCESSORS
@@ -75,7 +85,7 @@ def parse_semver(text: str) -> semver.Version:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class RetryPolicy(_Strict):
@@ -135,6 +145,13 @@ class NativeConfig(BaseModel):
     @property
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+    @model_serializer(mode="wrap")
+    def _keep_null_options(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # exclude_none must not drop a processor's own keys: {"processor": "set", "value": null} means something.
+        data: dict[str, Any] = handler(self)
+        data.update(self.options)
+        return data
 
 
 class CompositeConfig(_Strict):
@@ -311,6 +328,9 @@ def parse_definition(data: Any) -> PipelineDefinition:
     if not isinstance(data, dict):
         raise DefinitionError([("", f"a pipeline definition is an object, got {type(data).__name__}")])
     try:
+        unrepresentable = _json_problems(data, "")
+        if unrepresentable:
+            raise DefinitionError(unrepresentable)
         return PipelineDefinition.model_validate(data)
     except ValidationError as exc:
         raise DefinitionError(_problems(exc)) from exc
@@ -318,6 +338,22 @@ def parse_definition(data: Any) -> PipelineDefinition:
         raise
     except (ValueError, TypeError, RecursionError) as exc:
         raise DefinitionError([("", str(exc))]) from exc
+
+
+def _json_problems(value: Any, path: str) -> list[tuple[str, str]]:
+    """Values JSON (and so the store) cannot carry: NaN, infinities, integers beyond 64 bits."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [(path, f"{value} is not a JSON number")]
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        return [(path, "integer out of the 64-bit range")]
+    out: list[tuple[str, str]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            out += _json_problems(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            out += _json_problems(item, f"{path}[{i}]")
+    return out
 
 
 def load_definition(text: str | bytes, fmt: Literal["json", "yaml"] | None = None) -> PipelineDefinition:
@@ -346,7 +382,7 @@ def dump_definition(definition: PipelineDefinition, fmt: Literal["json", "yaml"]
     """The definition as JSON or YAML text that :func:`load_definition` reads back equal."""
     data = definition.to_dict()
     if fmt == "yaml":
-        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=False)
     return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()
 
 

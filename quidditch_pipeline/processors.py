@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal, TypeVar
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from . import _paths
@@ -305,9 +306,11 @@ def _join(value: dict[str, Any], config: JoinConfig) -> dict[str, Any]:
 
 
 def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return value if isinstance(value, str) else str(value)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        return repr(value)
+    return orjson.dumps(value).decode()  # true, false, null, integers, JSON for objects and lists
 
 
 # --- convert -------------------------------------------------------------------------------------------------
@@ -325,6 +328,8 @@ class ConvertConfig(_OptionalTarget):
 
 def _convert_one(raw: Any, to: str, field: str) -> Any:
     try:
+        if raw is None:
+            raise ValueError
         if to == "string":
             return _text(raw)
         if to == "bool":
@@ -338,10 +343,14 @@ def _convert_one(raw: Any, to: str, field: str) -> Any:
             raise ValueError
         if to == "int":
             if isinstance(raw, float):
-                if not raw.is_integer():
+                if not raw.is_integer() or not -(2**63) <= raw < 2**63:
                     raise ValueError
                 return int(raw)
-            return int(str(raw).strip(), 0) if str(raw).strip().lower().startswith("0x") else int(str(raw).strip())
+            text = str(raw).strip()
+            integer = int(text, 0) if text.lower().startswith("0x") else int(text)
+            if not -(2**63) <= integer < 2**63:
+                raise ValueError
+            return integer
         number = float(raw)
         if number != number or number in (float("inf"), float("-inf")):
             raise ValueError

@@ -9,9 +9,7 @@ import pytest
 
 from quidditch_pipeline import PipelineService
 
-import os as _os
-
-pytest_plugins = ["tests.udf_fixtures"] if _os.path.exists(_os.path.join(_os.path.dirname(__file__), "udf_fixtures.py")) else []
+pytest_plugins = ["tests.udf_fixtures"]
 
 
 @pytest.fixture

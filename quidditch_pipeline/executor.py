@@ -188,7 +188,7 @@ class _StageCall:
             except Exception as exc:  # a bug in a stage fails that stage, never the caller
                 outcomes = [StageError(f"{type(exc).__name__}: {exc}")] * len(units)
         t1 = clock.now()
-        overran = deadline is not None and t1 > deadline
+        overran = deadline is not None and t1 > deadline and not stage.preemptive
         share = (t1 - t0) / len(units)
         retry: list[int] = []
         attempts, took = self.attempts, self.took

@@ -68,6 +68,7 @@ class PipelineService:
         pool_size: int = 4,
     ) -> None:
         self.registry = Registry(storage)
+        self._owns_runtime = runtime is None  # a runtime handed in is shared: its owner closes it
         self.runtime = runtime or UdfRuntime(compiled_cache_dir, pool_size=pool_size, memory_limit_mb=memory_limit_mb)
         self.udfs = UdfStore(self.registry, ArtifactStore(artifacts_dir))
         self.stats_registry = StatsRegistry()
@@ -100,7 +101,8 @@ class PipelineService:
         return service
 
     def close(self) -> None:
-        self.runtime.close()
+        if self._owns_runtime:
+            self.runtime.close()
         self.registry.close()
         if self._tempdir is not None:
             self._tempdir.cleanup()

@@ -90,6 +90,8 @@ class Stage(ABC):
 
     #: Units are hits rather than whole items (hit-scoped stages of result pipelines).
     per_hit: bool = False
+    #: The stage stops itself at its deadline; otherwise the executor fails what returns past it.
+    preemptive: bool = False
 
     def __init__(
         self,

@@ -70,6 +70,9 @@ class UdfRunner(Protocol):
 
 
 class PythonStage(Stage):
+    #: The runtime preempts a call at its deadline; the executor need not second-guess it afterwards.
+    preemptive = True
+
     def __init__(
         self,
         config: PythonConfig,
@@ -112,11 +115,12 @@ class PythonStage(Stage):
         except UdfCallError as exc:
             if len(units) == 1:
                 return [self._call_error(exc, ref)]
-        # The batch failed as a whole: find the unit(s) to blame by calling each alone.
+        # The batch failed as a whole: find the unit(s) to blame by calling each alone, each with its own
+        # per-input budget (bounded by the pipeline's deadline, not by the batch's, which is spent).
         out: list[Any] = []
         for unit in units:
             own = None if self.timeout_s is None else run.clock.now() + self.timeout_s
-            budget = deadline if own is None else own if deadline is None else min(own, deadline)
+            budget = run.deadline if own is None else own if run.deadline is None else min(own, run.deadline)
             try:
                 out.extend(self._call(ref, [unit], params, run, budget))
             except UdfCallError as exc:

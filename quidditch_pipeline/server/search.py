@@ -38,6 +38,7 @@ from typing import Any, Final, Literal, Protocol
 import orjson
 import tantivy
 
+from .._files import fsync_dir, write_atomically
 from ..errors import (
     ConflictError,
     DefinitionError,
@@ -319,21 +320,7 @@ def nest_settings(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(orjson.dumps(data, option=orjson.OPT_INDENT_2))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomically(path, orjson.dumps(data, option=orjson.OPT_INDENT_2))
 
 
 # --------------------------------------------------------------------------------------------- schema
@@ -577,7 +564,7 @@ class TantivyBackend:
                 tantivy.Index(_schema(), path=str(staging / "tantivy"), reuse=False)
                 _write_json_atomic(staging / "settings.json", self._meta(info))
                 os.rename(staging, target)
-                _fsync_dir(self._root)
+                fsync_dir(self._root)
                 self._indexes[name] = self._open(target)
             except (OSError, ValueError) as exc:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -592,7 +579,7 @@ class TantivyBackend:
             trash = self._work / f"deleted-{handle.info.uuid}"
             try:
                 os.rename(handle.path, trash)
-                _fsync_dir(self._root)
+                fsync_dir(self._root)
             except OSError as exc:
                 raise StorageError(f"cannot delete index [{name}]: {exc}") from exc
             shutil.rmtree(trash, ignore_errors=True)

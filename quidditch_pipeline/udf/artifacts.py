@@ -8,11 +8,10 @@ a reader (or a crash) never sees half a component.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 from pathlib import Path
 
+from .._files import write_atomically
 from ..errors import NotFoundError, StorageError
 
 __all__ = ["ArtifactStore"]
@@ -36,15 +35,9 @@ class ArtifactStore:
         target = self.path(sha256)
         if target.exists():
             return sha256
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{sha256[:16]}-", suffix=".tmp")
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
+            write_atomically(target, data)
         except OSError as exc:
-            Path(tmp).unlink(missing_ok=True)
             raise StorageError(f"cannot write artifact {sha256}: {exc}") from exc
         return sha256
 

@@ -22,8 +22,6 @@ import hashlib
 import importlib.metadata
 import marshal
 import math
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -37,6 +35,7 @@ from wasmtime import Config, Engine, Store, WasiConfig, WasmtimeError
 from wasmtime import _ffi as ffi
 from wasmtime.component import Component, ExportIndex, Func, Linker
 
+from .._files import write_atomically
 from ..errors import InputError, UdfCallError, UdfLoadError, UdfMemoryError, UdfTimeoutError
 
 __all__ = ["ABI", "UdfItemError", "UdfItemResult", "UdfRuntime", "UdfRuntimeStats"]
@@ -396,6 +395,8 @@ class UdfRuntime:
         self._counters = {"compiles": 0, "cache_loads": 0, "instances_created": 0, "instances_discarded": 0}
         self._closed = False
         self._stop = threading.Event()
+        self._tick_start = time.monotonic()
+        self._epoch = 0
         self._ticker = threading.Thread(target=self._tick, name="udf-epoch-ticker", daemon=True)
         self._ticker.start()
 
@@ -426,14 +427,16 @@ class UdfRuntime:
         # over a long deadline), and catches up after the thread was kept from running. The increment
         # keeps the GIL: one acquisition per tick.
         engine = self.engine.ptr()
-        start = time.monotonic()
-        epoch = 0
         while not self._stop.is_set():
             time.sleep(self.tick_s)
-            due = int((time.monotonic() - start) / self.tick_s)
-            while epoch < due:
+            due = int((time.monotonic() - self._tick_start) / self.tick_s)
+            while self._epoch < due:
                 _increment_epoch(engine)
-                epoch += 1
+                self._epoch += 1
+
+    def _lag(self) -> int:
+        """Epochs the ticker owes the clock now: a catch-up after a call starts must not shorten its budget."""
+        return max(0, int((time.monotonic() - self._tick_start) / self.tick_s) - self._epoch)
 
     def stats(self) -> UdfRuntimeStats:
         with self._lock:
@@ -524,7 +527,10 @@ class UdfRuntime:
         self._count("compiles")
         if cache is None:
             return component
-        _write_atomically(cache, component.serialize())
+        try:
+            write_atomically(cache, component.serialize())
+        except OSError as exc:
+            raise UdfLoadError(f"cannot write the compiled component to {cache}: {exc}") from exc
         # Map the compiled code back from the file: its pages are then shared and evictable, not heap.
         return Component.deserialize_file(self.engine, str(cache))
 
@@ -568,7 +574,7 @@ class UdfRuntime:
             )
         instance = component.pool.acquire(limit, timeout_s)
         remaining = None if timeout_s is None else max(timeout_s - (time.monotonic() - started), 0.0)
-        ticks = _NO_DEADLINE if remaining is None else _ticks(remaining, self.tick_s)
+        ticks = _NO_DEADLINE if remaining is None else _ticks(remaining, self.tick_s) + self._lag()
         try:
             raw = instance.call(payload, ticks)
             if len(raw) > self.max_output_bytes + _ERROR_ALLOWANCE * (len(values) + 1):
@@ -677,16 +683,3 @@ def _summary(message: str) -> str:
     _, _, cause = message.rpartition("Caused by:")
     lines = [text.strip() for text in (cause or message).splitlines() if text.strip()]
     return "; ".join(lines[:3]) if lines else message
-
-
-def _write_atomically(path: Path, data: bytes | bytearray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise UdfLoadError(f"cannot write the compiled component to {path}: {exc}") from exc

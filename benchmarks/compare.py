@@ -19,6 +19,10 @@ of them. Batches of 1, 100 and 1000 documents.
   through ``PipelineService.process_documents`` on one thread;
 * **e** the same on two threads, each calling ``process_documents`` on its own half of the batches.
 
+docs/s is the median of the timed rounds; every round times all five contenders (the project's service is
+opened only around d and e, so its epoch-ticker thread does not run while a, b and c are timed), so that a
+shared machine's drift falls on all of them alike. Every contender's output is checked to be the same.
+
 Plus: p50/p99 of one ``process_query`` call with a one-stage query pipeline (``udfs/query_synonyms.py``)
 against the p50 of the same UDF function called natively (the UDF's own work); cold load from the compiled
 cache (a fresh ``UdfRuntime``: ``load`` + first call); first compile (a fresh runtime, empty cache); resident
@@ -48,8 +52,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -331,28 +336,41 @@ class ProjectThreads:
         return out
 
 
+#: A group of contenders measured together: entering it sets up what they need (and leaving tears it down).
+Group = Callable[[], AbstractContextManager[Sequence[Contender]]]
+
+
 def measure_throughput(
-    contenders: Sequence[Contender], docs: Sequence[bytes], cfg: Settings, log: Console
+    groups: Sequence[Group], docs: Sequence[bytes], cfg: Settings, log: Console
 ) -> dict[str, dict[int, float]]:
-    """docs/s per contender and batch size: the median of ``cfg.rounds`` timed rounds, contenders interleaved."""
-    result: dict[str, dict[int, float]] = {c.key: {} for c in contenders}
+    """docs/s per contender and batch size: the median of ``cfg.rounds`` timed rounds.
+
+    Every round times every contender (after a short untimed warm-up), so that a change in the machine's
+    speed during the run (a shared machine drifts) falls on all of them alike rather than on one phase.
+    """
+    samples: dict[str, dict[int, list[float]]] = {}
+    labels: dict[str, str] = {}
     for size in BATCH_SIZES:
         count = cfg.docs[size]
         batches = chunk(docs[:count], size)
         warm = batches[: max(2, 200 // size)]  # at least one batch for each pool process and thread
-        for contender in contenders:
-            contender.run(warm)
-        samples: dict[str, list[float]] = {c.key: [] for c in contenders}
         for _ in range(cfg.rounds):
-            for contender in contenders:
-                gc.collect()
-                start = time.perf_counter()
-                contender.run(batches)
-                samples[contender.key].append(count / (time.perf_counter() - start))
-        for contender in contenders:
-            result[contender.key][size] = statistics.median(samples[contender.key])
-            log.print(f"  batch {size:>4}  {contender.label:<58} {result[contender.key][size]:>10,.0f} docs/s")
-    return result
+            for group in groups:
+                with group() as contenders:
+                    for contender in contenders:
+                        contender.run(warm)
+                        gc.collect()
+                        start = time.perf_counter()
+                        contender.run(batches)
+                        rate = count / (time.perf_counter() - start)
+                        samples.setdefault(contender.key, {}).setdefault(size, []).append(rate)
+                        labels[contender.key] = contender.label
+        for key in samples:
+            median = statistics.median(samples[key][size])
+            log.print(f"  batch {size:>4}  {labels[key]:<58} {median:>10,.0f} docs/s")
+    return {
+        key: {size: statistics.median(rates) for size, rates in by_size.items()} for key, by_size in samples.items()
+    }
 
 
 def check_same_output(contenders: Sequence[Contender], docs: Sequence[bytes]) -> None:
@@ -496,10 +514,10 @@ def build_components(log: Console) -> Components:
 # --- the project's service ----------------------------------------------------------------------------------
 
 
-def open_service(components: Components) -> PipelineService:
+def open_service(components: Components, *, query: bool = True) -> PipelineService:
+    """An in-memory service with the document pipeline (and the query pipeline) of the benchmark."""
     service = PipelineService.in_memory(compiled_cache_dir=components.compiled_dir, pool_size=4)
     service.put_udf("recency_boost", UDF_VERSION, components.recency.read_bytes())
-    service.put_udf("query_synonyms", UDF_VERSION, components.synonyms.read_bytes())
     service.put_pipeline(
         {
             "name": "enrich-products",
@@ -519,6 +537,10 @@ def open_service(components: Components) -> PipelineService:
             ],
         }
     )
+    service.associate(INDEX, "document", "enrich-products")
+    if not query:
+        return service
+    service.put_udf("query_synonyms", UDF_VERSION, components.synonyms.read_bytes())
     service.put_pipeline(
         {
             "name": "expand-query",
@@ -537,7 +559,6 @@ def open_service(components: Components) -> PipelineService:
             ],
         }
     )
-    service.associate(INDEX, "document", "enrich-products")
     service.associate(INDEX, "query", "expand-query")
     return service
 
@@ -804,28 +825,38 @@ def run(cfg: Settings, log: Console) -> dict[str, Any]:
     recency = load_udf("recency_boost").process
     synonyms = load_udf("query_synonyms").process
 
-    log.print("phase 1: a, b, c (no UDF runtime alive, so no epoch ticker)")
     pool = MpPool(2)
+    engine = Engine()
+    naive = NaiveWasm(engine, compile_naive(engine, components.naive))
+    peers: list[Contender] = [Native(recency), pool, naive]
+
+    @contextmanager
+    def peer_group() -> Iterator[Sequence[Contender]]:
+        yield peers
+
+    @contextmanager
+    def project_group() -> Iterator[Sequence[Contender]]:
+        # Opened for d and e only: the service's UDF runtime runs an epoch ticker thread (it takes the GIL
+        # every millisecond), which the peers do not have and should not pay for. A reopen maps the compiled
+        # component back from the cache in milliseconds.
+        with open_service(components, query=False) as service:
+            single = Project(service)
+            yield [single, ProjectThreads(single)]
+
     try:
-        engine = Engine()
-        naive = NaiveWasm(engine, compile_naive(engine, components.naive))
-        peers: list[Contender] = [Native(recency), pool, naive]
+        log.print("checking that every contender gives the same documents")
         check_same_output(peers, docs)
-        throughput = measure_throughput(peers, docs, cfg, log)
+        with project_group() as project:
+            check_same_output([peers[0], *project], docs)
+        log.print("throughput (every round times a, b, c, then d, e)")
+        throughput = measure_throughput([peer_group, project_group], docs, cfg, log)
     finally:
         pool.close()
     del naive, engine
 
-    log.print("phase 2: d, e (the project's service)")
-    service = open_service(components)
-    try:
-        single = Project(service)
-        check_same_output([Native(recency), single, ProjectThreads(single)], docs)
-        throughput.update(measure_throughput([single, ProjectThreads(single)], docs, cfg, log))
-        log.print("query pipeline latency")
+    log.print("query pipeline latency")
+    with open_service(components) as service:
         query = measure_query(service, synonyms, cfg.query_calls)
-    finally:
-        service.close()
 
     log.print("cold load from the compiled cache")
     cold = measure_cold_load(components, docs[0], cfg.cold_loads)

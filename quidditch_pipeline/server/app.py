@@ -232,6 +232,7 @@ class DocBody(_Open):
 _EXISTS: Final[dict[int | str, Any]] = {
     200: {"description": "It exists (no body)"},
     404: {"description": "It does not exist (no body)"},
+    400: {"description": "The index name or id is invalid (no body)"},
 }
 
 

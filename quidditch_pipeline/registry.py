@@ -46,6 +46,12 @@ class Registry:
         self._parsed: dict[tuple[str, int], PipelineDefinition] = {}
         self._associations = state.associations
         self._udfs = state.udfs
+        # name -> versions in semantic-version order, kept current on every UDF change (read per call).
+        self._udf_versions: dict[str, list[str]] = {}
+        for udf_name, udf_version in self._udfs:
+            self._udf_versions.setdefault(udf_name, []).append(udf_version)
+        for versions in self._udf_versions.values():
+            versions.sort(key=parse_semver)
 
     # --- pipelines ------------------------------------------------------------------------------------------
 
@@ -243,13 +249,16 @@ class Registry:
                 return False
             self._storage.put_udf(record)
             self._udfs[(record.name, record.version)] = record
+            versions = self._udf_versions.setdefault(record.name, [])
+            versions.append(record.version)
+            versions.sort(key=parse_semver)
             return True
 
     def udf(self, name: str, version: str | None) -> UdfRecord:
         """``version`` of ``name``, or its highest semantic version when ``version`` is ``None``."""
         with self._lock:
             if version is None:
-                versions = self.udf_versions(name)
+                versions = self._udf_versions.get(name)
                 if not versions:
                     raise NotFoundError("udf", name)
                 version = versions[-1]
@@ -263,8 +272,7 @@ class Registry:
     def udf_versions(self, name: str) -> list[str]:
         """Versions of ``name``, lowest to highest by semantic version (1.9.0 < 1.10.0)."""
         with self._lock:
-            versions = [v for (n, v) in self._udfs if n == name]
-        return sorted(versions, key=parse_semver)
+            return list(self._udf_versions.get(name, ()))
 
     def udf_record(self, name: str, version: str) -> UdfRecord | None:
         with self._lock:
@@ -272,7 +280,7 @@ class Registry:
 
     def udf_names(self) -> list[str]:
         with self._lock:
-            return sorted({n for n, _ in self._udfs})
+            return sorted(self._udf_versions)
 
     def delete_udf(self, name: str, version: str) -> UdfRecord:
         with self._lock:
@@ -295,6 +303,9 @@ class Registry:
                 )
             self._storage.delete_udf(name, version)
             del self._udfs[(name, version)]
+            self._udf_versions[name].remove(version)
+            if not self._udf_versions[name]:
+                del self._udf_versions[name]
             return record
 
     def sha_in_use(self, sha256: str) -> bool:

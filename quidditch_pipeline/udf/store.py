@@ -46,6 +46,8 @@ class UdfStore:
         self._artifacts = artifacts
         self._builder = builder
         self._progress = progress
+        # (name, version, sha256) -> its reference; a python stage resolves its UDF on every call.
+        self._refs: dict[tuple[str, str, str], UdfRef] = {}
 
     def put(self, name: str, version: str, source_or_wasm: str | bytes) -> PutUdfResult:
         """Register ``name@version`` from Python source (built here) or a component's bytes."""
@@ -86,10 +88,15 @@ class UdfStore:
 
     def resolve(self, name: str, version: str | None) -> UdfRef:
         record = self._registry.udf(name, version)
-        return UdfRef(record.name, record.version, record.sha256, self._artifacts.path(record.sha256))
+        key = (record.name, record.version, record.sha256)
+        ref = self._refs.get(key)
+        if ref is None:
+            ref = self._refs[key] = UdfRef(*key, self._artifacts.path(record.sha256))
+        return ref
 
     def delete(self, name: str, version: str) -> UdfRecord:
         record = self._registry.delete_udf(name, version)
+        self._refs.pop((record.name, record.version, record.sha256), None)
         if not self._registry.sha_in_use(record.sha256):
             self._artifacts.delete(record.sha256)
         return record

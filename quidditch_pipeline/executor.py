@@ -100,9 +100,10 @@ class _StageCall:
         else:
             self.units = [Unit(item) for item in items]
         n = len(self.units)
-        self.attempts = [0] * n
-        self.took = [0.0] * n
-        self.errors: list[StageError | None] = [None] * n
+        # Attempts and times per unit feed only the verbose trace; errors are sparse.
+        self.attempts = [0] * n if run.verbose else []
+        self.took = [0.0] * n if run.verbose else []
+        self.errors: dict[int, StageError] = {}
         self.ignored: dict[int, StageError] = {}
         self.copied: set[int] = set()
         self.failed = self.dropped = self.retries = self.timeouts = 0
@@ -153,9 +154,7 @@ class _StageCall:
             self._trace()
 
     def _error(self, i: int) -> StageError:
-        error = self.errors[i]
-        assert error is not None
-        return error
+        return self.errors[i]
 
     def _attempt(self, pending: list[int] | None, attempt: int) -> list[int]:
         """Call the stage for the pending units (``None``: all); the units to retry."""
@@ -192,9 +191,11 @@ class _StageCall:
         share = (t1 - t0) / len(units)
         retry: list[int] = []
         attempts, took = self.attempts, self.took
+        verbose = self.run.verbose
         for i, unit, outcome in zip(indexes, units, outcomes, strict=True):
-            attempts[i] = attempt
-            took[i] += share
+            if verbose:
+                attempts[i] = attempt
+                took[i] += share
             if overran and not isinstance(outcome, StageError):
                 budget_ms = (deadline - t0) * 1000 / len(units) if deadline is not None else 0.0
                 outcome = StageTimeoutError(
@@ -307,7 +308,7 @@ class _StageCall:
             item.trace.append(entry)
 
     def _item_status(self, item: Item, idx: list[int]) -> tuple[str, StageError | None]:
-        if item.status is Status.FAILED and any(self.errors[i] is item.error for i in idx):
+        if item.status is Status.FAILED and any(self.errors.get(i) is item.error for i in idx):
             return "error", item.error
         if item.status in (Status.DROPPED, Status.REJECTED):
             return "dropped", None

@@ -19,7 +19,9 @@
      │         │                ``memory`` or ``output``
      │         ├── UdfTimeoutError
      │         └── UdfMemoryError
-     └── StorageError           the durable store could not be read or written
+     ├── StorageError           the durable store could not be read or written
+     ├── AuthenticationError    an admin route was called without the admin token (HTTP 401)
+     └── PayloadTooLargeError   a request is larger than the server's limits allow (HTTP 413)
 
 Errors of a dependency (wasmtime, componentize-py, tantivy, sqlite) are translated into these where they
 are caught, with ``raise ... from exc``.
@@ -30,10 +32,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "AuthenticationError",
     "ConflictError",
     "DefinitionError",
     "InputError",
     "NotFoundError",
+    "PayloadTooLargeError",
     "PipelineTimeoutError",
     "QueryRejectedError",
     "QuidditchError",
@@ -249,3 +253,17 @@ class StorageError(QuidditchError):
 
     error_type = "storage_exception"
     status = 500
+
+
+class AuthenticationError(QuidditchError):
+    """An admin route was called without the admin token."""
+
+    error_type = "security_exception"
+    status = 401
+
+
+class PayloadTooLargeError(QuidditchError):
+    """A request is larger than the server's limits allow."""
+
+    error_type = "request_entity_too_large_exception"
+    status = 413

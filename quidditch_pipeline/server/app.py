@@ -37,9 +37,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__
 from ..definitions import PipelineDefinition
 from ..errors import (
+    AuthenticationError,
     DefinitionError,
     InputError,
     NotFoundError,
+    PayloadTooLargeError,
     QueryRejectedError,
     QuidditchError,
     StageError,
@@ -87,20 +89,6 @@ class ServerLimits:
     max_bulk_items: int = 10_000
     #: A UDF upload (a built component is ~18 MB).
     max_udf_bytes: int = 64 * _MiB
-
-
-class AuthenticationError(QuidditchError):
-    """An admin route was called without the admin token."""
-
-    error_type = "security_exception"
-    status = 401
-
-
-class PayloadTooLargeError(QuidditchError):
-    """A request is larger than the server's limits allow."""
-
-    error_type = "request_entity_too_large_exception"
-    status = 413
 
 
 # --------------------------------------------------------------------------------------------- responses

@@ -64,11 +64,18 @@ def snapshot(value: Any) -> Any:
 def run_stages(stages: Sequence[Stage], items: list[Item], run: Run) -> None:
     """Run ``stages`` in order over ``items``; each item ends active, dropped, rejected or failed."""
     success = Status.SUCCESS
+    active = [item for item in items if item.status is success]
+    units: list[Unit] | None = None  # item-level units, shared by stages until an item leaves
     for stage in stages:
-        active = [item for item in items if item.status is success]
         if not active:
             return
-        _StageCall(stage, active, run).execute()
+        if units is None and not run.verbose:
+            units = [Unit(item) for item in active]
+        call = _StageCall(stage, active, run, None if stage.per_hit or run.verbose else units)
+        call.execute()
+        if call.changed:
+            active = [item for item in active if item.status is success]
+            units = None
 
 
 class _StageCall:
@@ -76,8 +83,10 @@ class _StageCall:
 
     __slots__ = (
         "attempts",
+        "changed",
         "copied",
         "dropped",
+        "end",
         "errors",
         "failed",
         "ignored",
@@ -91,11 +100,13 @@ class _StageCall:
         "units",
     )
 
-    def __init__(self, stage: Stage, items: list[Item], run: Run) -> None:
+    def __init__(self, stage: Stage, items: list[Item], run: Run, units: list[Unit] | None = None) -> None:
         self.stage = stage
         self.items = items
         self.run = run
-        if stage.per_hit:
+        if units is not None:
+            self.units = units
+        elif stage.per_hit:
             self.units = [Unit(item, i) for item in items for i in range(len(item.value["hits"]))]
         else:
             self.units = [Unit(item) for item in items]
@@ -108,6 +119,8 @@ class _StageCall:
         self.copied: set[int] = set()
         self.failed = self.dropped = self.retries = self.timeouts = 0
         self.last_error: StageError | None = None
+        self.changed = False  # an item left the batch (failed, dropped, rejected)
+        self.end = 0.0
 
     def execute(self) -> None:
         stage, run, clock = self.stage, self.run, self.run.clock
@@ -125,7 +138,7 @@ class _StageCall:
             self._trace()
             return
         stage.metric.begin(n)
-        pending = self._attempt(None, 1)
+        pending = self._attempt(None, 1, start)
         attempt = 1
         while pending:
             backoff = stage.retry.backoff_s(attempt)
@@ -136,13 +149,13 @@ class _StageCall:
             clock.sleep(backoff)
             self.retries += len(pending)
             attempt += 1
-            pending = self._attempt(pending, attempt)
+            pending = self._attempt(pending, attempt, clock.now())
         if self.copied:
             self._finish_hits()
         last = self.last_error
         stage.metric.finish(
             n,
-            (clock.now() - start) * 1e6,
+            (self.end - start) * 1e6,
             succeeded=n - self.failed - self.dropped,
             failed=self.failed,
             dropped=self.dropped,
@@ -156,7 +169,7 @@ class _StageCall:
     def _error(self, i: int) -> StageError:
         return self.errors[i]
 
-    def _attempt(self, pending: list[int] | None, attempt: int) -> list[int]:
+    def _attempt(self, pending: list[int] | None, attempt: int, t0: float) -> list[int]:
         """Call the stage for the pending units (``None``: all); the units to retry."""
         stage, clock = self.stage, self.run.clock
         if pending is None:
@@ -174,7 +187,8 @@ class _StageCall:
             outcomes: list[Any] = [error] * len(units)
         else:
             outcomes = []
-        t0 = clock.now()
+        if stage.preemptive:
+            t0 = clock.now()  # prepare() may have loaded a UDF: that time is not the stage's
         deadline = self.run.deadline
         if stage.timeout_s is not None:
             own = t0 + stage.timeout_s * len(units)
@@ -186,7 +200,7 @@ class _StageCall:
                 outcomes = [exc] * len(units)
             except Exception as exc:  # a bug in a stage fails that stage, never the caller
                 outcomes = [StageError(f"{type(exc).__name__}: {exc}")] * len(units)
-        t1 = clock.now()
+        t1 = self.end = clock.now()
         overran = deadline is not None and t1 > deadline and not stage.preemptive
         share = (t1 - t0) / len(units)
         retry: list[int] = []
@@ -240,6 +254,7 @@ class _StageCall:
         if unit.item.active:
             unit.item.status = Status.FAILED
             unit.item.error = located
+            self.changed = True
 
     def _drop(self, unit: Unit) -> None:
         item = unit.item
@@ -247,8 +262,10 @@ class _StageCall:
             self._hits(item)[unit.hit] = None
         elif self.stage.pipeline_type is PipelineType.QUERY:
             item.status = Status.REJECTED
+            self.changed = True
         else:
             item.status = Status.DROPPED
+            self.changed = True
 
     def _apply_hit(self, unit: Unit, value: Any) -> None:
         assert unit.hit is not None

@@ -281,13 +281,13 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     out = ""
     previous: int | str | None = None
     for part in loc:
+        # Skipped: the discriminated union's tag after a list index, and pydantic's validator names.
+        skip = isinstance(part, str) and (
+            (isinstance(previous, int) and part in _STAGE_TAGS) or part.startswith(("function-", "tagged-union"))
+        )
         if isinstance(part, int):
             out += f"[{part}]"
-        elif isinstance(previous, int) and part in _STAGE_TAGS:
-            pass  # the discriminated union's tag, not a field
-        elif part.startswith(("function-", "tagged-union")):
-            pass
-        else:
+        elif not skip:
             out += f".{part}" if out else part
         previous = part
     return out

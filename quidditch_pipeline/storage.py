@@ -89,7 +89,7 @@ class MemoryStorage:
         self._state.udfs.pop((name, version), None)
 
     def close(self) -> None:
-        pass
+        """Nothing to release: the state lives and dies with this object."""
 
 
 _SCHEMA = """

@@ -47,7 +47,6 @@ import multiprocessing.pool
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -67,9 +66,11 @@ from wasmtime import Engine, Store, WasiConfig
 from wasmtime.component import Component, Func, Linker
 
 from quidditch_pipeline import PipelineService
+from quidditch_pipeline._files import write_atomically
 from quidditch_pipeline.definitions import PipelineType
 from quidditch_pipeline.mapping import map_udf_result
 from quidditch_pipeline.udf import UdfRuntime
+from quidditch_pipeline.udf.build import componentize
 from tests.udf_fixtures import UdfBuilds, _cache_root
 
 REPO = Path(__file__).resolve().parents[1]
@@ -416,13 +417,6 @@ def bench_cache_dir() -> Path:
     return Path.home() / ".cache" / "quidditch-pipeline" / "bench"
 
 
-def _write_atomically(path: Path, data: bytes | bytearray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
-
-
 def build_naive(udf_source: str, cache: Path) -> Path:
     """The naive component (plain WIT, JSON strings in and out) around ``udf_source``, built once."""
     key = hashlib.sha256(
@@ -447,30 +441,11 @@ def build_naive(udf_source: str, cache: Path) -> Path:
         app.mkdir()
         (app / "naive_guest.py").write_text(NAIVE_GUEST)
         (app / "udf_source.py").write_text(udf_source)
-        # An empty VIRTUAL_ENV, as build.py does: componentize-py bundles nothing of the host's site-packages.
-        (root / "venv" / "lib" / "python" / "site-packages").mkdir(parents=True)
         output = root / "naive.wasm"
-        command = [
-            sys.executable,
-            "-c",
-            "import sys; from componentize_py import script; sys.exit(script())",
-            "--quiet",
-            "--wit-path",
-            str(root / "wit"),
-            "--world",
-            "naive",
-            "componentize",
-            "--python-path",
-            str(app),
-            "--output",
-            str(output),
-            "naive_guest",
-        ]
-        env = {"VIRTUAL_ENV": str(root / "venv"), "HOME": str(root), "PATH": os.defpath}
-        done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600, check=False)
+        done = componentize(root, root / "wit", "naive", app, "naive_guest", output, timeout_s=600)
         if done.returncode != 0 or not output.exists():
             raise RuntimeError(f"componentize-py failed for the naive component:\n{done.stdout}{done.stderr}")
-        _write_atomically(path, output.read_bytes())
+        write_atomically(path, output.read_bytes())
     return path
 
 
@@ -483,7 +458,7 @@ def compile_naive(engine: Engine, wasm: Path) -> Component:
         except Exception:
             compiled.unlink(missing_ok=True)
     component = Component(engine, wasm.read_bytes())
-    _write_atomically(compiled, component.serialize())
+    write_atomically(compiled, component.serialize())
     return component
 
 

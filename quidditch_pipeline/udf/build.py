@@ -129,9 +129,6 @@ def build_component(
         shutil.copyfile(_GUEST_SHIM, app / _GUEST_SHIM.name)
         (app / f"{_SOURCE_MODULE}.py").write_text(source, encoding="utf-8")
         (app / _PRELOAD_FILE).write_text(json.dumps([list(p) for p in checked.preload]), encoding="utf-8")
-        # componentize-py bundles the site-packages of VIRTUAL_ENV (else of the running interpreter):
-        # point it at an empty one so that what a UDF can import does not depend on the host.
-        (root / "venv" / "lib" / "python" / "site-packages").mkdir(parents=True)
         output = root / "udf.wasm"
         report("building component with componentize-py")
         _run_componentize(root, app, output, checked, filename, timeout_s)
@@ -143,9 +140,16 @@ def _ignore(_phase: str) -> None:
     """The progress callback used when the caller gives none."""
 
 
-def _run_componentize(
-    root: Path, app: Path, output: Path, checked: CheckedSource, filename: str, timeout_s: float
-) -> None:
+def componentize(
+    root: Path, wit_dir: Path, world: str, app: Path, module: str, output: Path, timeout_s: float
+) -> subprocess.CompletedProcess[str]:
+    """Run componentize-py on ``app``'s ``module`` for ``world``, sandboxed from the host's packages.
+
+    ``root`` is a scratch folder: componentize-py bundles the site-packages of ``VIRTUAL_ENV`` (else of the
+    running interpreter), so it is pointed at an empty one there, and what a UDF can import does not depend
+    on the host. Raises ``subprocess.TimeoutExpired``; the caller reads the result's return code and output.
+    """
+    (root / "venv" / "lib" / "python" / "site-packages").mkdir(parents=True, exist_ok=True)
     # `python -c` rather than the `componentize-py` script: the module is always importable where this
     # package is, the script need not be on PATH.
     command = [
@@ -154,21 +158,25 @@ def _run_componentize(
         "import sys; from componentize_py import script; sys.exit(script())",
         "--quiet",
         "--wit-path",
-        str(_WIT_DIR),
+        str(wit_dir),
         "--world",
-        "udf",
+        world,
         "componentize",
         "--python-path",
         str(app),
         "--output",
         str(output),
-        _GUEST_SHIM.stem,
+        module,
     ]
     env = {"VIRTUAL_ENV": str(root / "venv"), "HOME": str(root), "PATH": os.defpath}
+    return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)
+
+
+def _run_componentize(
+    root: Path, app: Path, output: Path, checked: CheckedSource, filename: str, timeout_s: float
+) -> None:
     try:
-        done = subprocess.run(
-            command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout_s, check=False
-        )
+        done = componentize(root, _WIT_DIR, "udf", app, _GUEST_SHIM.stem, output, timeout_s)
     except subprocess.TimeoutExpired as exc:
         raise UdfBuildError(
             f"the build did not finish within {timeout_s:g} s (does the module run forever when imported?)",

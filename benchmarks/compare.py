@@ -15,9 +15,11 @@ of them. Batches of 1, 100 and 1000 documents.
 * **c** naive wasmtime-py: one component call per document through ``wasmtime.component.Func.__call__``
   on a component of a minimal plain WIT (``process: func(doc: string, params: string) -> string``, the
   guest ``json.loads`` both and returns ``json.dumps`` of the UDF's result), merged on the host;
-* **d** this project: a one-stage document pipeline (python stage, ``recency_boost``, ``target_field``)
-  through ``PipelineService.process_documents`` on one thread;
-* **e** the same on two threads, each calling ``process_documents`` on its own half of the batches.
+* **d** this project: a one-stage document pipeline (python stage, ``recency_boost``, ``target_field``, and
+  ``input_fields``: the three fields the UDF reads, so only they cross into the sandbox) through
+  ``PipelineService.process_documents`` on one thread;
+* **e** the same on two threads, each calling ``process_documents`` on its own half of the batches;
+* **d0** (for reference, no target) as d, without ``input_fields``: every whole document crosses.
 
 docs/s is the median of the timed rounds; every round times all five contenders (the project's service is
 opened only around d and e, so its epoch-ticker thread does not run while a, b and c are timed), so that a
@@ -77,6 +79,9 @@ REPO = Path(__file__).resolve().parents[1]
 UDFS_DIR = REPO / "udfs"
 BATCH_SIZES = (1, 100, 1000)
 INDEX = "products"
+INDEX_WHOLE = "products-whole"  # the same pipeline without input_fields: whole documents cross
+#: What recency_boost reads: the hit's score, its age, and the date it falls back on (params date_field).
+INPUT_FIELDS = ["_score", "_source.age_days", "_source.published"]
 TARGET_FIELD = "recency_score"
 PARAMS: dict[str, Any] = {"days": 30, "boost": 2.0, "decay": 0.25, "floor": 0.1}
 SYNONYMS: dict[str, list[str]] = {"laptop": ["notebook"], "cheap": ["budget", "affordable"], "bag": ["sleeve"]}
@@ -286,8 +291,9 @@ class Project:
     key = "d"
     label = "d  project process_documents, 1 thread"
 
-    def __init__(self, service: PipelineService) -> None:
+    def __init__(self, service: PipelineService, index: str = INDEX) -> None:
         self.service = service
+        self.index = index
 
     def run_batch(self, batch: list[bytes]) -> list[bytes]:
         items: list[tuple[str | None, dict[str, Any]]] = []
@@ -295,7 +301,7 @@ class Project:
             doc = orjson.loads(raw)
             items.append((doc["_id"], doc))
         out: list[bytes] = []
-        for outcome in self.service.process_documents(INDEX, items):
+        for outcome in self.service.process_documents(self.index, items):
             if outcome.status != "success":
                 raise RuntimeError(f"document {outcome.id}: {outcome.status}: {outcome.error}")
             out.append(orjson.dumps(outcome.source))
@@ -303,6 +309,14 @@ class Project:
 
     def run(self, batches: list[list[bytes]]) -> list[list[bytes]]:
         return [self.run_batch(batch) for batch in batches]
+
+
+class ProjectWhole(Project):
+    key = "d0"
+    label = "d0 project, whole docs cross (no input_fields), 1 thread"
+
+    def __init__(self, service: PipelineService) -> None:
+        super().__init__(service, INDEX_WHOLE)
 
 
 class ProjectThreads:
@@ -490,29 +504,27 @@ def build_components(log: Console) -> Components:
 
 
 def open_service(components: Components, *, query: bool = True) -> PipelineService:
-    """An in-memory service with the document pipeline (and the query pipeline) of the benchmark."""
+    """An in-memory service with the document pipelines (and the query pipeline) of the benchmark."""
     service = PipelineService.in_memory(compiled_cache_dir=components.compiled_dir, pool_size=4)
     service.put_udf("recency_boost", UDF_VERSION, components.recency.read_bytes())
-    service.put_pipeline(
-        {
-            "name": "enrich-products",
-            "version": "1.0.0",
-            "type": "document",
-            "stages": [
-                {
-                    "name": "recency",
-                    "type": "python",
-                    "config": {
-                        "udf_name": "recency_boost",
-                        "udf_version": UDF_VERSION,
-                        "parameters": PARAMS,
-                        "target_field": TARGET_FIELD,
-                    },
-                }
-            ],
+    for name, index, inputs in (("enrich-products", INDEX, INPUT_FIELDS), ("enrich-whole", INDEX_WHOLE, None)):
+        config: dict[str, Any] = {
+            "udf_name": "recency_boost",
+            "udf_version": UDF_VERSION,
+            "parameters": PARAMS,
+            "target_field": TARGET_FIELD,
         }
-    )
-    service.associate(INDEX, "document", "enrich-products")
+        if inputs is not None:
+            config["input_fields"] = inputs
+        service.put_pipeline(
+            {
+                "name": name,
+                "version": "1.0.0",
+                "type": "document",
+                "stages": [{"name": "recency", "type": "python", "config": config}],
+            }
+        )
+        service.associate(index, "document", name)
     if not query:
         return service
     service.put_udf("query_synonyms", UDF_VERSION, components.synonyms.read_bytes())
@@ -816,7 +828,7 @@ def run(cfg: Settings, log: Console) -> dict[str, Any]:
         # component back from the cache in milliseconds.
         with open_service(components, query=False) as service:
             single = Project(service)
-            yield [single, ProjectThreads(single)]
+            yield [single, ProjectThreads(single), ProjectWhole(service)]
 
     try:
         log.print("checking that every contender gives the same documents")
@@ -847,6 +859,7 @@ def run(cfg: Settings, log: Console) -> dict[str, Any]:
         "c": NaiveWasm.label,
         "d": Project.label,
         "e": ProjectThreads.label,
+        "d0": ProjectWhole.label,
     }
     report: dict[str, Any] = {
         "work": {

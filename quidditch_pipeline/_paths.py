@@ -7,13 +7,60 @@ input on unchanged) at a cost proportional to the path's depth, not the document
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
 
 _MISSING: Any = object()
 
+#: Which parts of an object :func:`project` keeps: a key maps to ``None`` (keep its whole value) or to the
+#: projection of its value.
+Projection = dict[str, "Projection | None"]
 
+
+@lru_cache(maxsize=1024)  # stages split the same few paths for every document
 def split_path(path: str) -> tuple[str, ...]:
     return tuple(path.split("."))
+
+
+def check_path(text: str) -> tuple[str, ...]:
+    """``text`` split into its names; ``ValueError`` naming it when it is not a dotted field path."""
+    if not text or any(not part for part in text.split(".")):
+        raise ValueError(f"[{text}] is not a field path (dot-separated names, e.g. user.name)")
+    return split_path(text)
+
+
+def projection(paths: Iterable[str]) -> Projection:
+    """The projection that keeps ``paths`` (checked with :func:`check_path`); a path inside another is kept
+    whole by the outer one (``_source`` and ``_source.title``: all of ``_source``)."""
+    root: Projection = {}
+    for path in paths:
+        *parents, leaf = check_path(path)
+        node = root
+        for key in parents:
+            child = node.setdefault(key, {})
+            if child is None:  # an outer path keeps this whole already
+                break
+            node = child
+        else:
+            node[leaf] = None
+    return root
+
+
+def project(root: dict[str, Any], keep: Projection) -> dict[str, Any]:
+    """A new object with only the kept paths of ``root`` (the values themselves are shared, not copied).
+
+    A path that is absent, or that runs through something other than an object, is left out.
+    """
+    out: dict[str, Any] = {}
+    for key, inner in keep.items():
+        if key in root:
+            value = root[key]
+            if inner is None:
+                out[key] = value
+            elif isinstance(value, dict):
+                out[key] = project(value, inner)
+    return out
 
 
 def get(root: Any, path: tuple[str, ...], default: Any = _MISSING) -> Any:

@@ -18,6 +18,7 @@ import orjson
 import semver
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -28,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from . import _paths
 from .errors import DefinitionError
 from .processors import PROCESSORS
 
@@ -55,6 +57,15 @@ MAX_DEPTH = 16
 MAX_STAGES = 256
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,127}$"
 _NAME_RE = re.compile(NAME_PATTERN)
+
+
+def _checked_path(text: str) -> str:
+    _paths.check_path(text)
+    return text
+
+
+#: A dotted field path (``_source.title``).
+FieldPath = Annotated[str, AfterValidator(_checked_path)]
 
 
 class PipelineType(StrEnum):
@@ -107,9 +118,11 @@ class PythonConfig(_Strict):
     udf_name: str = Field(pattern=NAME_PATTERN)
     udf_version: str | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
-    target_field: str | None = Field(None, min_length=1)
+    target_field: FieldPath | None = None
     scope: Literal["hit", "response"] = "hit"
     memory_limit_mb: int | None = Field(None, ge=1, le=4096)
+    #: The UDF is called with only these fields of its value; None: the whole value.
+    input_fields: list[FieldPath] | None = Field(None, min_length=1, max_length=256)
 
     @field_validator("udf_version")
     @classmethod

@@ -376,13 +376,18 @@ class CompiledPipeline:
                 self.stages, items, run if deadline is run.deadline else dataclasses.replace(run, deadline=deadline)
             )
         finally:
-            failed = [item for item in items if item.status is Status.FAILED]
-            metric.finish(
-                n,
-                (clock.now() - start) * 1e6,
-                succeeded=sum(1 for item in items if item.status is Status.SUCCESS),
-                failed=len(failed),
-                dropped=sum(1 for item in items if item.status in (Status.DROPPED, Status.REJECTED)),
-                timeouts=sum(1 for item in failed if item.error is not None and item.error.kind == "timeout"),
-                error=failed[-1].error.message if failed and failed[-1].error is not None else None,
-            )
+            took_us = (clock.now() - start) * 1e6
+            succeeded = sum(1 for item in items if item.status is Status.SUCCESS)
+            if succeeded == n:
+                metric.finish(n, took_us, succeeded=n)
+            else:
+                failed = [item for item in items if item.status is Status.FAILED]
+                metric.finish(
+                    n,
+                    took_us,
+                    succeeded=succeeded,
+                    failed=len(failed),
+                    dropped=sum(1 for item in items if item.status in (Status.DROPPED, Status.REJECTED)),
+                    timeouts=sum(1 for item in failed if item.error is not None and item.error.kind == "timeout"),
+                    error=failed[-1].error.message if failed and failed[-1].error is not None else None,
+                )

@@ -120,19 +120,13 @@ class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _path(text: str) -> tuple[str, ...]:
-    if not text or any(not part for part in text.split(".")):
-        raise ValueError(f"[{text}] is not a field path (dot-separated names, e.g. user.name)")
-    return _paths.split_path(text)
-
-
 class _FieldConfig(_Config):
     field: str
 
     @field_validator("field")
     @classmethod
     def _field(cls, value: str) -> str:
-        _path(value)
+        _paths.check_path(value)
         return value
 
     @cached_property
@@ -146,7 +140,7 @@ class _OptionalTarget(_FieldConfig):
 
     @cached_property
     def target(self) -> tuple[str, ...]:
-        return _path(self.target_field) if self.target_field else self.path
+        return _paths.check_path(self.target_field) if self.target_field else self.path
 
 
 def _read(value: dict[str, Any], config: _FieldConfig, ignore_missing: bool) -> Any:
@@ -187,7 +181,7 @@ class RemoveConfig(_Config):
     @classmethod
     def _fields(cls, value: str | list[str]) -> str | list[str]:
         for item in [value] if isinstance(value, str) else value:
-            _path(item)
+            _paths.check_path(item)
         return value
 
 
@@ -211,7 +205,7 @@ class MoveConfig(_FieldConfig):
     @field_validator("target_field")
     @classmethod
     def _target(cls, value: str) -> str:
-        _path(value)
+        _paths.check_path(value)
         return value
 
 
@@ -404,7 +398,7 @@ class DropConfig(_Config):
     @classmethod
     def _field(cls, value: str | None) -> str | None:
         if value is not None:
-            _path(value)
+            _paths.check_path(value)
         return value
 
 

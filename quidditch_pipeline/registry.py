@@ -164,6 +164,13 @@ class Registry:
                 chosen = found[0]
             return StoredPipeline(self._definition(chosen), chosen.revision, history[0].created_at, chosen.created_at)
 
+    def latest_revision(self, name: str) -> int:
+        """The revision number of ``name``'s latest definition (cheaper than :meth:`get`)."""
+        history = self._history.get(name)  # a dict read is atomic; history lists are replaced, never emptied
+        if not history:
+            raise NotFoundError("pipeline", name)
+        return history[-1].revision
+
     def exists(self, name: str) -> bool:
         with self._lock:
             return name in self._history

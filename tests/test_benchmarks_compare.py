@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CONTENDERS = ("a", "b", "c", "d", "e")
+CONTENDERS = ("a", "b", "c", "d", "e", "d0")
 BATCH_SIZES = ("1", "100", "1000")
 
 

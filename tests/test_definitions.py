@@ -458,6 +458,21 @@ def test_composite_without_stages() -> None:
             "",
         ),
         (
+            {"name": "a", "type": "python", "config": {"udf_name": "f", "target_field": "a..b"}},
+            "stages[0].config.target_field",
+            "[a..b] is not a field path",
+        ),
+        (
+            {"name": "a", "type": "python", "config": {"udf_name": "f", "input_fields": ["_score", "_source."]}},
+            "stages[0].config.input_fields[1]",
+            "[_source.] is not a field path",
+        ),
+        (
+            {"name": "a", "type": "python", "config": {"udf_name": "f", "input_fields": []}},
+            "stages[0].config.input_fields",
+            "at least 1",
+        ),
+        (
             {"name": "a", "type": "python", "config": {"udf_name": "f", "parameters": []}},
             "stages[0].config.parameters",
             "",
@@ -836,9 +851,10 @@ python_configs = merged(
     st.fixed_dictionaries({"udf_name": names}),
     optional("udf_version", semvers | st.just("latest")),
     optional("parameters", json_objects),
-    optional("target_field", st.text(min_size=1, max_size=10)),
+    optional("target_field", field_paths),
     optional("scope", st.sampled_from(["hit", "response"])),
     optional("memory_limit_mb", st.integers(1, 4096)),
+    optional("input_fields", st.lists(field_paths, min_size=1, max_size=4)),
 )
 python_stages = st.tuples(_stage_common(stage_names), python_configs).map(
     lambda t: {**t[0], "type": "python", "config": t[1]}

@@ -87,9 +87,10 @@ class FakeRuntime:
     def resolve(self, name: str, version: str | None) -> UdfRef:
         return UdfRef(name, version or "1.0.0", name, Path("/nonexistent"))
 
-    def load(self, sha256: str, wasm_path: Path) -> None:
+    def load(self, sha256: str, wasm_path: Path) -> int:
         if sha256 not in self.udfs:
             raise NotFoundError("udf", sha256)
+        return 3  # every fake takes (value, params, meta)
 
     def call_batch(
         self,
@@ -97,11 +98,12 @@ class FakeRuntime:
         wasm_path: Path,
         values: Sequence[Any],
         params: Mapping[str, Any],
-        metas: Sequence[Mapping[str, Any]],
+        metas: Sequence[Mapping[str, Any]] | None,
         *,
         timeout_s: float | None,
         memory_limit_mb: int | None = None,
     ) -> list[FakeResult]:
+        assert metas is not None
         self.calls.append(len(values))
         fn = self.udfs[sha256]
         out = []

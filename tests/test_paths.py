@@ -99,3 +99,36 @@ def test_remove_returns_a_copy() -> None:
 
 def test_remove_leaves_an_empty_parent() -> None:
     assert _paths.remove({"user": {"name": "ann"}}, ("user", "name")) == {"user": {}}
+
+
+def test_check_path_names_what_is_wrong() -> None:
+    assert _paths.check_path("a.b") == ("a", "b")
+    for bad in ("", ".", "a.", ".a", "a..b"):
+        with pytest.raises(ValueError, match=r"is not a field path"):
+            _paths.check_path(bad)
+
+
+def test_project_keeps_only_the_given_paths_and_shares_their_values() -> None:
+    doc = {"_id": "1", "_score": 2.0, "_source": {"title": "T", "age": 3, "tags": ["a"], "deep": {"x": 1, "y": 2}}}
+    keep = _paths.projection(["_score", "_source.age", "_source.tags", "_source.deep.y"])
+    projected = _paths.project(doc, keep)
+    assert projected == {"_score": 2.0, "_source": {"age": 3, "tags": ["a"], "deep": {"y": 2}}}
+    assert projected["_source"]["tags"] is doc["_source"]["tags"]  # values are shared, objects rebuilt
+    assert doc["_source"]["deep"] == {"x": 1, "y": 2}  # the input is untouched
+
+
+def test_project_an_outer_path_keeps_the_whole_object_whichever_comes_first() -> None:
+    doc = {"a": {"b": 1, "c": 2}, "d": 3}
+    for paths in (["a.b", "a"], ["a", "a.b"]):
+        assert _paths.project(doc, _paths.projection(paths)) == {"a": {"b": 1, "c": 2}}
+
+
+def test_project_leaves_out_absent_paths_and_paths_through_non_objects() -> None:
+    doc = {"a": "text", "b": [{"c": 1}], "n": None}
+    keep = _paths.projection(["a.x", "b.c", "n", "missing", "m.x"])
+    assert _paths.project(doc, keep) == {"n": None}
+
+
+def test_projection_refuses_a_bad_path() -> None:
+    with pytest.raises(ValueError, match=r"\[a\.\.b\]"):
+        _paths.projection(["ok", "a..b"])

@@ -199,3 +199,37 @@ def test_a_restart_runs_udfs_from_the_stored_components(tmp_path: Path, selector
         start = time.perf_counter()
         assert second.execute("p", {"a": 1})["output"] == {"a": 1, "seen": True}
         assert time.perf_counter() - start < 2.0  # mapped back from compiled/, not recompiled
+
+
+def test_input_fields_send_the_udf_only_those_fields_and_map_onto_the_whole_document(svc: PipelineService) -> None:
+    # The hostile UDF's "echo" returns what it was given: exactly the projection. Mapped as a dict, it is
+    # merged into the whole document, so the fields the UDF never saw (a.x, d) are still there at the top.
+    echo = python_stage("hostile", parameters={"do": "echo"}, input_fields=["a.b", "c", "nope.z"])
+    svc.put_pipeline(pipeline("docs", "document", echo))
+    svc.associate("idx", "document", "docs")
+    doc = {"a": {"b": 1, "x": 2}, "c": [3], "d": 4}
+    assert svc.process_document("idx", "1", doc) == {"a": {"b": 1}, "c": [3], "d": 4}
+    assert doc == {"a": {"b": 1, "x": 2}, "c": [3], "d": 4}
+
+
+def test_input_fields_give_the_example_udf_the_same_results_as_whole_documents(
+    svc: PipelineService, udf_builds: UdfBuilds
+) -> None:
+    svc.put_udf("recency_boost", "1.0.0", udf_builds.get("recency_boost").wasm)
+    params = {"days": 30, "boost": 2.0, "decay": 0.25, "now": "2025-06-01"}
+    whole = python_stage("recency_boost", parameters=params, target_field="boosted")
+    projected = {
+        **whole,
+        "config": {**whole["config"], "input_fields": ["_score", "_source.age_days", "_source.published"]},
+    }
+    svc.put_pipeline(pipeline("whole", "document", whole))
+    svc.put_pipeline(pipeline("projected", "document", projected))
+    svc.associate("w", "document", "whole")
+    svc.associate("p", "document", "projected")
+    docs = [
+        (str(i), {"_id": str(i), "_score": 1.0 + i, "_source": {"title": "t" * i, **source}})
+        for i, source in enumerate([{"age_days": 3}, {"age_days": 90}, {"published": "2025-05-20"}, {}])
+    ]
+    expected = [o.source for o in svc.process_documents("w", docs)]
+    assert [o.source for o in svc.process_documents("p", docs)] == expected
+    assert [None if s is None else s.get("boosted") for s in expected] == [2.0, 1.0, 6.0, None]

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
+from .. import _paths
 from ..definitions import PipelineType, PythonConfig
 from ..errors import QuidditchError, StageError, StageTimeoutError, UdfCallError
 from ..mapping import UnmappableResult, map_udf_result
@@ -52,8 +53,8 @@ class _ItemResult(Protocol):
 
 
 class UdfRunner(Protocol):
-    def load(self, sha256: str, wasm_path: Path) -> None:
-        """Compile (or load from cache) the component once per process."""
+    def load(self, sha256: str, wasm_path: Path) -> int:
+        """Compile (or load from cache) the component once per process; the arity of its ``process``."""
         ...
 
     def call_batch(
@@ -62,7 +63,7 @@ class UdfRunner(Protocol):
         wasm_path: Path,
         values: Sequence[Any],
         params: Mapping[str, Any],
-        metas: Sequence[Mapping[str, Any]],
+        metas: Sequence[Mapping[str, Any]] | None,
         *,
         timeout_s: float | None,
         memory_limit_mb: int | None = None,
@@ -88,6 +89,7 @@ class PythonStage(Stage):
         self._runtime = runtime
         self._pipeline_params = dict(pipeline_params)
         self._params = {**pipeline_params, **config.parameters}
+        self._inputs = None if config.input_fields is None else _paths.projection(config.input_fields)
         self.per_hit = self.pipeline_type is PipelineType.RESULT and config.scope == "hit"
 
     def params(self, run: Run) -> dict[str, Any]:
@@ -130,30 +132,39 @@ class PythonStage(Stage):
     def _call(
         self, ref: UdfRef, units: list[Unit], params: dict[str, Any], run: Run, deadline: float | None
     ) -> list[Any]:
-        metas = [
-            {
-                "index": unit.item.meta.get("index"),
-                "id": unit.item.id if unit.hit is None else unit.value.get("_id"),
-                "pipeline": self.pipeline,
-                "stage": self.name,
-                "type": self.pipeline_type.value,
-            }
-            for unit in units
-        ]
+        metas = None
+        if self._runtime.load(ref.sha256, ref.path) == 3:  # only a process(value, params, meta) gets them
+            metas = [
+                {
+                    "index": unit.item.meta.get("index"),
+                    "id": unit.item.id if unit.hit is None else unit.value.get("_id"),
+                    "pipeline": self.pipeline,
+                    "stage": self.name,
+                    "type": self.pipeline_type.value,
+                }
+                for unit in units
+            ]
+        inputs = self._inputs
+        values = [unit.value for unit in units]
         timeout_s = None if deadline is None else max(deadline - run.clock.now(), 0.0)
         results = self._runtime.call_batch(
             ref.sha256,
             ref.path,
-            [unit.value for unit in units],
+            values if inputs is None else [_paths.project(value, inputs) for value in values],
             params,
             metas,
             timeout_s=timeout_s,
             memory_limit_mb=self.config.memory_limit_mb,
         )
-        return [self._map(unit, result, ref) for unit, result in zip(units, results, strict=True)]
+        map_one = self._map
+        return [map_one(unit, value, result, ref) for unit, value, result in zip(units, values, results, strict=True)]
 
-    def _map(self, unit: Unit, result: _ItemResult, ref: UdfRef) -> Any:
-        if not result.ok:
+    def _map(self, unit: Unit, value: Any, result: _ItemResult, ref: UdfRef) -> Any:
+        if result.ok:
+            raw = result.value
+            if raw is None or raw is True:  # the common answer: unchanged
+                return value
+        else:
             err = result.error
             if err is None:
                 return StageError(f"UDF [{ref.name}@{ref.version}] failed")
@@ -163,8 +174,8 @@ class PythonStage(Stage):
             )
         try:
             return map_udf_result(
-                result.value,
-                unit.value,
+                raw,
+                value,
                 pipeline_type=self.pipeline_type,
                 hit_scope=unit.hit is not None,
                 target_field=self.config.target_field,

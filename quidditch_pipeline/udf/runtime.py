@@ -448,13 +448,14 @@ class UdfRuntime:
 
     # -- loading ---------------------------------------------------------------------------------------
 
-    def load(self, sha256: str, wasm_path: Path) -> None:
-        """Compile (or map back from the cache) the component ``sha256`` read from ``wasm_path``.
+    def load(self, sha256: str, wasm_path: Path) -> int:
+        """Compile (or map back from the cache) the component ``sha256`` read from ``wasm_path``; the arity of
+        its ``process``: 3 when it takes ``meta`` (give :meth:`call_batch` metas then), else 2.
 
         Single-flight: when several threads ask for the same component at once, one loads it and the others
         wait for that result. Raises :class:`UdfLoadError`.
         """
-        self._component(sha256, wasm_path)
+        return self._component(sha256, wasm_path).arity
 
     def _component(self, sha256: str, wasm_path: Path) -> _Component:
         component = self._components.get(sha256)
@@ -542,14 +543,15 @@ class UdfRuntime:
         wasm_path: Path,
         values: Sequence[Any],
         params: Mapping[str, Any],
-        metas: Sequence[Mapping[str, Any]],
+        metas: Sequence[Mapping[str, Any]] | None,
         *,
         timeout_s: float | None,
         memory_limit_mb: int | None = None,
     ) -> list[UdfItemResult]:
         """Run ``process`` on every value in one call into the guest; one result per value, in order.
 
-        ``metas[i]`` goes with ``values[i]`` (passed only to a ``process`` that takes ``meta``). ``timeout_s``
+        ``metas[i]`` goes with ``values[i]``; they are passed only to a ``process`` that takes ``meta``, and
+        may be None for one that does not (see :meth:`load`). ``timeout_s``
         counts from when the UDF is loaded (see :meth:`load`), waiting for a free instance included. Raises
         :class:`UdfTimeoutError` (preempted at ``timeout_s``), :class:`UdfMemoryError` (hit the memory
         limit), :class:`UdfCallError` (trap, malformed or oversized output) and :class:`UdfLoadError`;
@@ -560,7 +562,10 @@ class UdfRuntime:
         started = time.monotonic()
         if not values:
             return []
-        if len(metas) != len(values):
+        if metas is None:
+            if component.arity == 3:
+                raise ValueError("this UDF's process takes meta: give one meta per value")
+        elif len(metas) != len(values):
             raise ValueError(f"{len(metas)} metas for {len(values)} values")
         limit = self.memory_limit_bytes if memory_limit_mb is None else memory_limit_mb * _MIB
         payload = _encode_request(params, values, metas if component.arity == 3 else None, self.max_output_bytes)

@@ -1,7 +1,7 @@
 """The ``python`` stage: a UDF compiled to a WebAssembly component, one call into the guest per batch.
 
 The batch's values cross in one call; what comes back is one small raw result per unit, which
-:func:`~quidditch_pipeline.mapping.map_udf_result` applies to the unit on the host. When the whole call fails
+:class:`~quidditch_pipeline.mapping.ResultMapping` applies to the unit on the host. When the whole call fails
 (a trap, a timeout, running out of memory) and it carried more than one unit, each unit is called again on
 its own with its own budget, so one runaway document fails alone and its neighbours go on.
 """
@@ -15,7 +15,7 @@ from typing import Any, NamedTuple, Protocol
 from .. import _paths
 from ..definitions import PipelineType, PythonConfig
 from ..errors import QuidditchError, StageError, StageTimeoutError, UdfCallError
-from ..mapping import UnmappableResult, map_udf_result
+from ..mapping import ResultMapping, UnmappableResult
 from .base import Run, Stage, Unit
 
 __all__ = ["PythonStage", "UdfRef", "UdfResolver", "UdfRunner"]
@@ -90,6 +90,9 @@ class PythonStage(Stage):
         self._pipeline_params = dict(pipeline_params)
         self._params = {**pipeline_params, **config.parameters}
         self._inputs = None if config.input_fields is None else _paths.projection(config.input_fields)
+        target = config.target_field
+        self._mapping = ResultMapping(self.pipeline_type, hit_scope=False, target_field=target)
+        self._hit_mapping = ResultMapping(self.pipeline_type, hit_scope=True, target_field=target)
         self.per_hit = self.pipeline_type is PipelineType.RESULT and config.scope == "hit"
 
     def params(self, run: Run) -> dict[str, Any]:
@@ -172,14 +175,9 @@ class PythonStage(Stage):
             return StageError(
                 f"UDF [{ref.name}@{ref.version}] raised {err.type}: {err.message}{line}", cause_type=err.type
             )
+        mapping = self._mapping if unit.hit is None else self._hit_mapping
         try:
-            return map_udf_result(
-                raw,
-                value,
-                pipeline_type=self.pipeline_type,
-                hit_scope=unit.hit is not None,
-                target_field=self.config.target_field,
-            )
+            return mapping.apply(raw, value)
         except UnmappableResult as exc:
             return StageError(f"UDF [{ref.name}@{ref.version}] {exc}", cause_type="unmappable_result")
 

@@ -8,9 +8,11 @@ sandbox has no files) are loaded once, at build time.
 The contract with the host is ``../wit/udf.wit``. Every exception a UDF raises is caught here, per item, and
 returned as ``[index, type, message, line]``: an uncaught exception would trap and kill the instance.
 A ``MemoryError`` ends the whole call instead (``fatal``): the instance's linear memory is then at its limit,
-and the host replaces it.
+and the host replaces it. An instance keeps the big params the host sent it last, which the host then does
+not send again; each call still gets params of its own (see :func:`_params`).
 """
 
+import functools
 import json
 import json.encoder
 import marshal
@@ -20,13 +22,15 @@ from collections.abc import Callable
 import udf_source  # type: ignore[import-not-found]  # the author's file, copied under this name by build.py
 import wit_world  # type: ignore[import-not-found]  # bindings componentize-py generates from udf.wit
 
-ABI = "1.0.0"
+ABI = "2.0.0"
 
 # Bounds what one failing item adds to the response, whatever the exception's text.
 _MESSAGE_LIMIT = 512
 _NAME_LIMIT = 128
 # co_flags bit of a function that takes *args.
 _CO_VARARGS = 0x04
+# What a copy of params may share with the params it copies: nothing a UDF can change in place.
+_IMMUTABLE = frozenset({str, int, float, bool, type(None)})
 
 
 def _not_json(value: object) -> object:
@@ -124,10 +128,67 @@ def _encode_each(results: list[object], errors: list[list[object]], limit: int) 
     return "[" + ",".join(parts) + "]"
 
 
+def _copier(data: object) -> Callable[[], object]:
+    """A function that makes a fresh copy of ``data`` (params as marshal decoded them): new dicts and lists
+    around the same immutable values. TypeError for anything else (a set, a tuple): decode those again."""
+    # List comprehensions, not generators: they run in the caller's frame, so nesting as deep as the
+    # recursion limit raises RecursionError instead of exhausting the guest's C stack.
+    if type(data) is dict:
+        items = [(k, v, None if type(v) in _IMMUTABLE else _copier(v)) for k, v in data.items()]
+        if all(copy is None for _, _, copy in items):
+            return data.copy
+        return lambda: {k: v if copy is None else copy() for k, v, copy in items}
+    if type(data) is list:
+        pairs = [(v, None if type(v) in _IMMUTABLE else _copier(v)) for v in data]
+        if all(copy is None for _, copy in pairs):
+            return data.copy
+        return lambda: [v if copy is None else copy() for v, copy in pairs]
+    raise TypeError(f"{type(data).__name__} is not copied")
+
+
+# The params the host last sent this instance apart from a batch, as it marshalled them, and (once they
+# come back) a function that copies them.
+_params_raw: bytes | None = None
+_params_copy: Callable[[], object] | None = None
+
+
+def _params(sent: bytes | None) -> object:
+    """This call's own params: decoded from ``sent``, or (None) a copy of the params sent last.
+
+    Whatever a UDF does to its params stays in its call, as when each call decoded its own. A copy costs
+    about half of decoding them again (measured in the guest: 0.6 against 1.2 ms for a table of 2,000
+    short lists).
+    """
+    global _params_raw, _params_copy
+    if sent is not None:
+        params = marshal.loads(sent)
+        _params_raw, _params_copy = sent, None
+        return params
+    if _params_raw is None:
+        raise ValueError("the host referred to params it never sent to this instance")
+    if _params_copy is None:
+        # Made when params come back, not when they arrive: two stages taking turns on one instance would
+        # pay for it on every call.
+        raw = _params_raw
+        try:
+            _params_copy = _copier(marshal.loads(raw))
+        except (TypeError, RecursionError):
+            _params_copy = functools.partial(marshal.loads, raw)
+    try:
+        return _params_copy()
+    except RecursionError:  # the UDF lowered its recursion limit since the copier was made
+        return marshal.loads(_params_raw)
+
+
 def _run(request: str) -> str:
     # The host's own data, marshalled (guest-side loads is ~5x faster than json.loads) and carried as a
     # latin-1 string; what goes back is JSON, since the host must never unmarshal what a guest made.
-    params, values, metas, limit = marshal.loads(request.encode("latin-1"))
+    batch = marshal.loads(request.encode("latin-1"))
+    if len(batch) == 2:  # (params sent apart, batch)
+        sent, (_, values, metas, limit) = batch
+        params = _params(sent)
+    else:
+        params, values, metas, limit = batch
     process = _PROCESS
     results: list[object] = []
     errors: list[list[object]] = []
@@ -144,7 +205,8 @@ def _run(request: str) -> str:
     # The encoder escapes non-ASCII (ensure_ascii), so a length in characters is a length in bytes.
     response: str | None
     try:
-        response = _encode([results, errors])
+        # Without errors, the results alone: one container fewer for the encoder to walk (~0.7 us).
+        response = _encode([results, errors]) if errors else "[" + _encode(results) + ",[]]"
     except MemoryError:
         raise
     except BaseException:

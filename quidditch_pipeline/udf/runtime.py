@@ -84,9 +84,10 @@ class UdfItemError:
     line: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per item of every batch, and a frozen init costs ~3x as much
 class UdfItemResult:
-    """What ``process`` returned for one item (``value``, decoded from JSON), or why it failed."""
+    """What ``process`` returned for one item (``value``, decoded from JSON), or why it failed. Read-only
+    by convention: the results for None, True and False are shared."""
 
     ok: bool
     value: Any = None

@@ -377,17 +377,25 @@ class CompiledPipeline:
             )
         finally:
             took_us = (clock.now() - start) * 1e6
-            succeeded = sum(1 for item in items if item.status is Status.SUCCESS)
-            if succeeded == n:
-                metric.finish(n, took_us, succeeded=n)
-            else:
-                failed = [item for item in items if item.status is Status.FAILED]
-                metric.finish(
-                    n,
-                    took_us,
-                    succeeded=succeeded,
-                    failed=len(failed),
-                    dropped=sum(1 for item in items if item.status in (Status.DROPPED, Status.REJECTED)),
-                    timeouts=sum(1 for item in failed if item.error is not None and item.error.kind == "timeout"),
-                    error=failed[-1].error.message if failed and failed[-1].error is not None else None,
-                )
+            succeeded = failed = dropped = timeouts = 0
+            error: str | None = None
+            for item in items:  # one pass: this runs for every batch
+                status = item.status
+                if status is Status.SUCCESS:
+                    succeeded += 1
+                elif status is Status.FAILED:
+                    failed += 1
+                    cause = item.error
+                    error = cause.message if cause is not None else None
+                    timeouts += cause is not None and cause.kind == "timeout"
+                elif status is Status.DROPPED or status is Status.REJECTED:
+                    dropped += 1
+            metric.finish(
+                n,
+                took_us,
+                succeeded=succeeded,
+                failed=failed,
+                dropped=dropped,
+                timeouts=timeouts,
+                error=error,
+            )

@@ -20,11 +20,10 @@ class UnmappableResult(ValueError):
 class ResultMapping:
     """The mapping for one kind of item (pipeline type, hit or not, ``target_field``), prepared once."""
 
-    __slots__ = ("_drop_error", "_hit_scope", "_target", "_target_field")
+    __slots__ = ("_drop_error", "_hit_scope", "_target")
 
     def __init__(self, pipeline_type: PipelineType, *, hit_scope: bool, target_field: str | None) -> None:
         self._hit_scope = hit_scope
-        self._target_field = target_field
         self._target = None if target_field is None else _paths.split_path(target_field)
         self._drop_error = pipeline_type is PipelineType.RESULT and not hit_scope
 

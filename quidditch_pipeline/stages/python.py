@@ -163,11 +163,7 @@ class PythonStage(Stage):
         return [map_one(unit, value, result, ref) for unit, value, result in zip(units, values, results, strict=True)]
 
     def _map(self, unit: Unit, value: Any, result: _ItemResult, ref: UdfRef) -> Any:
-        if result.ok:
-            raw = result.value
-            if raw is None or raw is True:  # the common answer: unchanged
-                return value
-        else:
+        if not result.ok:
             err = result.error
             if err is None:
                 return StageError(f"UDF [{ref.name}@{ref.version}] failed")
@@ -177,7 +173,7 @@ class PythonStage(Stage):
             )
         mapping = self._mapping if unit.hit is None else self._hit_mapping
         try:
-            return mapping.apply(raw, value)
+            return mapping.apply(result.value, value)
         except UnmappableResult as exc:
             return StageError(f"UDF [{ref.name}@{ref.version}] {exc}", cause_type="unmappable_result")
 

@@ -1,0 +1,292 @@
+"""The floors under issue 3's targets: what the sandbox itself costs, before any of the pipeline's host code.
+
+Run from the repository root: ``python -m benchmarks.floors [--json] [--quick]``.
+
+Every figure is one call of the UDF's ``run-batch`` export through the runtime's own call path
+(``_Instance.call``: wasmtime's C API, the request already encoded, the answer not yet decoded), timed back
+to back. The runtime must compile its components with epoch interruption (that is how a runaway UDF is
+preempted), so each figure is measured twice in the same run: on an engine with epoch interruption, as
+the runtime uses it, and on one without, which cannot preempt anything and serves only to show what the
+interruption checks cost.
+
+* **query:** a one-item call, the value the compare benchmark's query body; for a UDF that returns
+  ``None`` at once (``trivial``), and for ``udfs/query_synonyms.py``. Also the trivial UDF with the value
+  ``None``: the least a call can carry.
+* **documents:** per item of a 1000-item batch of the compare benchmark's hits, projected onto the fields
+  ``recency_boost`` reads (``input_fields``); trivial and ``udfs/recency_boost.py``.
+* **inside the guest:** nanoseconds per operation measured by a probe UDF with the guest's own clock:
+  ``dict.get``, ``marshal.loads`` of a one-item query request, ``json.dumps`` of the query body.
+
+The project's targets these bound (``python -m benchmarks.compare``): at most 25 us of overhead on a one-stage
+query call, and documents at 0.8x native Python. The trivial UDF's one-item call is the least any query stage
+can cost; the per-item figures are what the guest adds to each document on top of the JSON that native Python
+spends its time on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import gc
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+from wasmtime import Config, Engine, WasmtimeError
+from wasmtime.component import Component, Linker
+
+from benchmarks.compare import INPUT_FIELDS, PARAMS, QUERY_BODY, SYNONYMS, UDFS_DIR, bench_cache_dir, make_docs
+from quidditch_pipeline import _paths
+from quidditch_pipeline._files import write_atomically
+from quidditch_pipeline.udf import runtime as udf_runtime
+from tests.udf_fixtures import UdfBuilds, _cache_root
+
+TRIVIAL_SOURCE = "def process(value, params):\n    return None\n"
+
+PROBE_SOURCE = '''\
+"""Times a few operations with the guest's own clock; params["request"] is a marshalled request, latin-1."""
+import json
+import marshal
+import time
+
+
+def _per_op(fn, n):
+    clock = time.perf_counter_ns
+    start = clock()
+    for _ in range(n):
+        pass
+    empty = clock() - start
+    start = clock()
+    for _ in range(n):
+        fn()
+    return (clock() - start - empty) / n
+
+
+def process(value, params):
+    n = params["n"]
+    request = params["request"].encode("latin-1")
+    body = marshal.loads(request)[1][0]
+    table = {"a": 1}
+    return {
+        "dict_get_ns": _per_op(lambda: table.get("a"), n),
+        "marshal_loads_request_ns": _per_op(lambda: marshal.loads(request), n),
+        "json_dumps_body_ns": _per_op(lambda: json.dumps(body), n),
+    }
+'''
+
+BATCH = 1000
+_MIB = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    quick: bool
+    rounds: int
+    calls: int  # one-item calls per round
+    batches: int  # 1000-item batches per round
+    probe_ops: int
+
+
+def settings(quick: bool) -> Settings:
+    if quick:
+        return Settings(True, 1, 200, 2, 200)
+    return Settings(False, 5, 2000, 10, 5000)
+
+
+# --- components on two engines --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Udf:
+    name: str
+    path: Path
+    sha256: str
+
+
+def build_udfs() -> dict[str, Udf]:
+    builds = UdfBuilds(_cache_root() / "components")
+    try:
+        sources = {
+            "trivial": TRIVIAL_SOURCE,
+            "probe": PROBE_SOURCE,
+            "query_synonyms": (UDFS_DIR / "query_synonyms.py").read_text(),
+            "recency_boost": (UDFS_DIR / "recency_boost.py").read_text(),
+        }
+        built = {name: builds.build(name, source) for name, source in sources.items()}
+    finally:
+        builds.close()
+    return {name: Udf(name, udf.path, udf.sha256) for name, udf in built.items()}
+
+
+class Sandbox:
+    """An engine (epoch interruption on or off) and one warm instance per UDF, called the runtime's way."""
+
+    def __init__(self, udfs: dict[str, Udf], *, epochs: bool) -> None:
+        config = Config()
+        config.epoch_interruption = epochs
+        self.epochs = epochs
+        self.engine = Engine(config)
+        linker = Linker(self.engine)
+        linker.add_wasip2()
+        # What _Instance reads of its runtime: no ticker runs, and every call gets a deadline it never reaches.
+        runtime = SimpleNamespace(engine=self.engine, linker=linker, tick_s=0.001)
+        self.instances: dict[str, Any] = {}
+        for name, udf in udfs.items():
+            component = self._compile(udf)
+            index = component.get_export_index("run-batch")
+            if index is None:
+                raise RuntimeError(f"{udf.path} exports no run-batch")
+            holder = SimpleNamespace(component=component, sha256=udf.sha256, run_index=index)
+            self.instances[name] = udf_runtime._Instance(runtime, holder, 128 * _MIB)  # type: ignore[arg-type]
+
+    def _compile(self, udf: Udf) -> Component:
+        flavour = "epochs" if self.epochs else "no-epochs"
+        cached = bench_cache_dir() / "floors" / f"{udf.sha256}-{udf_runtime._WASMTIME_VERSION}-{flavour}.cwasm"
+        if cached.is_file():
+            try:
+                return Component.deserialize_file(self.engine, str(cached))
+            except WasmtimeError:
+                cached.unlink(missing_ok=True)
+        component = Component(self.engine, udf.path.read_bytes())
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(cached, component.serialize())
+        return component
+
+    def call(self, name: str, request: tuple[bytes, bytes]) -> bytes:
+        apart, batch = request
+        return bytes(self.instances[name].call(apart, batch, udf_runtime._NO_DEADLINE))
+
+    def close(self) -> None:
+        for instance in self.instances.values():
+            instance.close()
+
+
+# --- measuring ------------------------------------------------------------------------------------------------
+
+
+def request(params: dict[str, Any], values: Sequence[Any]) -> tuple[bytes, bytes]:
+    return udf_runtime._encode_request(params, values, None, 1 << 24)
+
+
+def p50_us(call: Callable[[], object], count: int) -> float:
+    for _ in range(max(20, count // 10)):
+        call()
+    samples: list[float] = []
+    clock = time.perf_counter_ns
+    for _ in range(count):
+        start = clock()
+        call()
+        samples.append((clock() - start) / 1000)
+    return statistics.median(samples)
+
+
+def per_item_us(call: Callable[[], object], batches: int) -> float:
+    call()
+    gc.collect()
+    start = time.perf_counter()
+    for _ in range(batches):
+        call()
+    return (time.perf_counter() - start) / (batches * BATCH) * 1e6
+
+
+@contextmanager
+def sandboxes(udfs: dict[str, Udf]) -> Iterator[dict[str, Sandbox]]:
+    opened = {"on": Sandbox(udfs, epochs=True), "off": Sandbox(udfs, epochs=False)}
+    try:
+        yield opened
+    finally:
+        for sandbox in opened.values():
+            sandbox.close()
+
+
+def run(cfg: Settings, log: Console) -> dict[str, Any]:
+    began = time.perf_counter()
+    log.print("building and compiling the components (cached on disk after the first run)")
+    udfs = build_udfs()
+    projection = _paths.projection(INPUT_FIELDS)
+    hits = [_paths.project(orjson.loads(doc), projection) for doc in make_docs(BATCH)]
+    query_params = {"synonyms": SYNONYMS}
+    calls: dict[str, tuple[str, tuple[bytes, bytes]]] = {
+        "query: trivial UDF, value None": ("trivial", request({}, [None])),
+        "query: trivial UDF, the query body": ("trivial", request({}, [QUERY_BODY])),
+        "query: query_synonyms, the query body": ("query_synonyms", request(query_params, [QUERY_BODY])),
+    }
+    batches: dict[str, tuple[str, tuple[bytes, bytes]]] = {
+        "documents: trivial UDF, per item of 1000": ("trivial", request({}, hits)),
+        "documents: recency_boost, per item of 1000": ("recency_boost", request(PARAMS, hits)),
+    }
+    probe_request = request({}, [QUERY_BODY])[1].decode("utf-8")
+    samples: dict[str, dict[str, list[float]]] = {}
+    with sandboxes(udfs) as boxes:
+        for name, (udf, req) in {**calls, **batches}.items():  # every answer checked once, outside the timing
+            for box in boxes.values():
+                answer = orjson.loads(box.call(udf, req))
+                if not isinstance(answer, list) or answer[1]:
+                    raise RuntimeError(f"{name}: the UDF failed: {answer!r}")
+        log.print(f"timing ({cfg.rounds} rounds, epoch interruption on and off in every round)")
+        for _ in range(cfg.rounds):
+            for flavour, box in boxes.items():
+                for name, (udf, req) in calls.items():
+                    figure = p50_us(functools.partial(box.call, udf, req), cfg.calls)
+                    samples.setdefault(name, {}).setdefault(flavour, []).append(figure)
+                for name, (udf, req) in batches.items():
+                    figure = per_item_us(functools.partial(box.call, udf, req), cfg.batches)
+                    samples.setdefault(name, {}).setdefault(flavour, []).append(figure)
+                probe = request({"n": cfg.probe_ops, "request": probe_request}, [None])
+                (ops,), _ = orjson.loads(box.call("probe", probe))
+                for op, ns in ops.items():
+                    samples.setdefault(f"guest: {op}", {}).setdefault(flavour, []).append(ns)
+    figures = {name: _figure(name, by) for name, by in samples.items()}
+    return {
+        "settings": {"quick": cfg.quick, "rounds": cfg.rounds, "calls": cfg.calls, "batches": cfg.batches},
+        "request_bytes": {name: len(req[0]) + len(req[1]) for name, (_, req) in {**calls, **batches}.items()},
+        "figures": figures,
+        "took_s": time.perf_counter() - began,
+    }
+
+
+def _figure(name: str, by_flavour: dict[str, list[float]]) -> dict[str, Any]:
+    on, off = statistics.median(by_flavour["on"]), statistics.median(by_flavour["off"])
+    unit = "ns" if name.startswith("guest:") else "us"
+    return {"epochs_on": on, "epochs_off": off, "on_over_off": on / off, "unit": unit}
+
+
+def print_report(report: dict[str, Any], console: Console) -> None:
+    table = Table(title="the sandbox's own cost (one run_batch call, host work excluded)")
+    table.add_column("figure")
+    table.add_column("epoch interruption on", justify="right")
+    table.add_column("off (no preemption)", justify="right")
+    table.add_column("on / off", justify="right")
+    for name, figure in report["figures"].items():
+        unit = figure["unit"]
+        on, off = f"{figure['epochs_on']:,.1f} {unit}", f"{figure['epochs_off']:,.1f} {unit}"
+        table.add_row(name, on, off, f"{figure['on_over_off']:.2f}x")
+    console.print(table)
+    console.print(f"took {report['took_s']:.0f} s; settings {report['settings']}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.floors", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--quick", action="store_true", help="few iterations: a smoke run")
+    args = parser.parse_args(argv)
+    log = Console(stderr=True, soft_wrap=True, highlight=False)
+    report = run(settings(args.quick), log)
+    if args.json:
+        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print_report(report, Console() if sys.stdout.isatty() else Console(width=120))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Smoke test of ``python -m benchmarks.floors``: it runs end to end and reports every figure, both ways.
+
+It checks that the benchmark works, not how fast anything is. Components come from the suite's on-disk
+caches (``$QP_TEST_CACHE``); the two engines' compiled forms go under the benchmark cache beside them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.timeout(900)
+def test_floors_quick_json_reports_every_figure_with_and_without_epochs() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.floors", "--quick", "--json"],
+        cwd=REPO,
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(done.stdout)
+    figures = report["figures"]
+    assert {name.split(":")[0] for name in figures} == {"query", "documents", "guest"}
+    assert len(figures) == 8
+    for name, figure in figures.items():
+        assert figure["epochs_on"] > 0 and figure["epochs_off"] > 0, name
+        assert math.isclose(figure["on_over_off"], figure["epochs_on"] / figure["epochs_off"]), name
+    # The request sizes say what crossed: the query body is more than a bare None, a batch more than one item.
+    sizes = report["request_bytes"]
+    assert sizes["query: trivial UDF, the query body"] > sizes["query: trivial UDF, value None"]
+    assert sizes["documents: trivial UDF, per item of 1000"] > 1000 * 20

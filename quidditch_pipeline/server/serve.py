@@ -9,6 +9,7 @@ committed and the service closed.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import sys
@@ -97,6 +98,11 @@ def run(args: argparse.Namespace) -> int:
                 f"admin token {'required' if token else 'not set'}",
                 highlight=False,
             )
+            # Everything loaded so far lives as long as the server: out of the collector's way. A full
+            # collection then walks only what requests made, not the ~60k objects of the loaded modules
+            # (measured: ~30 ms per full collection under _bulk load, 3-4 us per document; see README).
+            gc.collect()
+            gc.freeze()
             stop = threading.Event()
             demo = _start_demo(args, server, token, console, stop) if args.demo else None
             try:

@@ -46,12 +46,13 @@ class Registry:
         self._parsed: dict[tuple[str, int], PipelineDefinition] = {}
         self._associations = state.associations
         self._udfs = state.udfs
-        # name -> versions in semantic-version order, kept current on every UDF change (read per call).
-        self._udf_versions: dict[str, list[str]] = {}
+        # name -> versions in semantic-version order, replaced whole on every UDF change: :meth:`udf` reads it
+        # (and ``_udfs``) per call without the lock, and a tuple read then is the old one or the new one.
+        self._udf_versions: dict[str, tuple[str, ...]] = {}
         for udf_name, udf_version in self._udfs:
-            self._udf_versions.setdefault(udf_name, []).append(udf_version)
-        for versions in self._udf_versions.values():
-            versions.sort(key=parse_semver)
+            self._udf_versions[udf_name] = (*self._udf_versions.get(udf_name, ()), udf_version)
+        for udf_name, versions in self._udf_versions.items():
+            self._udf_versions[udf_name] = tuple(sorted(versions, key=parse_semver))
 
     # --- pipelines ------------------------------------------------------------------------------------------
 
@@ -256,25 +257,27 @@ class Registry:
                 return False
             self._storage.put_udf(record)
             self._udfs[(record.name, record.version)] = record
-            versions = self._udf_versions.setdefault(record.name, [])
-            versions.append(record.version)
-            versions.sort(key=parse_semver)
+            versions = (*self._udf_versions.get(record.name, ()), record.version)
+            self._udf_versions[record.name] = tuple(sorted(versions, key=parse_semver))
             return True
 
     def udf(self, name: str, version: str | None) -> UdfRecord:
-        """``version`` of ``name``, or its highest semantic version when ``version`` is ``None``."""
-        with self._lock:
-            if version is None:
-                versions = self._udf_versions.get(name)
-                if not versions:
-                    raise NotFoundError("udf", name)
-                version = versions[-1]
-            record = self._udfs.get((name, version))
-            if record is None:
-                if not self.udf_versions(name):
-                    raise NotFoundError("udf", name)
-                raise NotFoundError("udf", f"{name}@{version}")
-            return record
+        """``version`` of ``name``, or its highest semantic version when ``version`` is ``None``.
+
+        Read once per UDF stage call, so without the lock: each read below is one dict lookup, which the
+        writers (under the lock) change by whole assignments only.
+        """
+        if version is None:
+            versions = self._udf_versions.get(name)
+            if not versions:
+                raise NotFoundError("udf", name)
+            version = versions[-1]
+        record = self._udfs.get((name, version))
+        if record is None:
+            if not self.udf_versions(name):
+                raise NotFoundError("udf", name)
+            raise NotFoundError("udf", f"{name}@{version}")
+        return record
 
     def udf_versions(self, name: str) -> list[str]:
         """Versions of ``name``, lowest to highest by semantic version (1.9.0 < 1.10.0)."""
@@ -309,10 +312,13 @@ class Registry:
                     f"UDF [{name}] version [{version}] is used by pipeline(s) {', '.join(f'[{u}]' for u in users)}"
                 )
             self._storage.delete_udf(name, version)
-            del self._udfs[(name, version)]
-            self._udf_versions[name].remove(version)
-            if not self._udf_versions[name]:
+            # The versions first: a reader that still sees the old ones then still finds the record.
+            remaining = tuple(v for v in self._udf_versions[name] if v != version)
+            if remaining:
+                self._udf_versions[name] = remaining
+            else:
                 del self._udf_versions[name]
+            del self._udfs[(name, version)]
             return record
 
     def sha_in_use(self, sha256: str) -> bool:

@@ -196,11 +196,8 @@ class PipelineService:
         items: list[Item],
         params: dict[str, Any] | None = None,
         verbose: bool = False,
-    ) -> float:
-        run = Run(params or {}, None, verbose, self._clock, self.compiled)
-        start = self._clock.now()
-        pipeline.run(items, run)
-        return self._clock.now() - start
+    ) -> None:
+        pipeline.run(items, Run(params or {}, None, verbose, self._clock, self.compiled))
 
     def execute(
         self,
@@ -223,7 +220,9 @@ class PipelineService:
         for i, value in enumerate(batch):
             validate_input(compiled.type, value, "input" if inputs is None else f"inputs[{i}]")
         items = [Item(i, None, value, {"index": None}, trace=[] if verbose else None) for i, value in enumerate(batch)]
-        took = self._run(compiled, items, params, verbose)
+        start = self._clock.now()
+        self._run(compiled, items, params, verbose)
+        took = self._clock.now() - start
         results = [_execute_result(item, took / len(items), verbose) for item in items]
         if inputs is None:
             return results[0]

@@ -94,6 +94,7 @@ class PythonStage(Stage):
         self._mapping = ResultMapping(self.pipeline_type, hit_scope=False, target_field=target)
         self._hit_mapping = ResultMapping(self.pipeline_type, hit_scope=True, target_field=target)
         self.per_hit = self.pipeline_type is PipelineType.RESULT and config.scope == "hit"
+        self._ready: tuple[UdfRef, int] | None = None  # set by prepare(); read whole, never changed in place
 
     def params(self, run: Run) -> dict[str, Any]:
         """``pipeline.parameters < execute-time params < stage.config.parameters``."""
@@ -104,19 +105,29 @@ class PythonStage(Stage):
     def prepare(self, run: Run) -> None:
         """Resolve the UDF version and load its component (compiling it on first use) before the clock starts."""
         try:
-            ref = self._udfs.resolve(self.config.udf_name, self.config.udf_version)
-            self._runtime.load(ref.sha256, ref.path)
+            self._ready = self._resolve()
         except QuidditchError as exc:
             raise StageError(exc.message) from exc
 
+    def _resolve(self) -> tuple[UdfRef, int]:
+        """The UDF's artifact at the configured version (resolved now), loaded; the arity of its ``process``."""
+        ref = self._udfs.resolve(self.config.udf_name, self.config.udf_version)
+        return ref, self._runtime.load(ref.sha256, ref.path)
+
     def invoke(self, units: list[Unit], run: Run, deadline: float | None) -> list[Any]:
-        try:
-            ref = self._udfs.resolve(self.config.udf_name, self.config.udf_version)
-        except QuidditchError as exc:
-            return [StageError(exc.message)] * len(units)
+        # What prepare() resolved just before this call. Another thread's prepare() may have replaced it
+        # since, with the same UDF or (for an unpinned version) one registered since: either is loaded and
+        # is the configured version as of this run.
+        ready = self._ready
+        if ready is None:
+            try:
+                ready = self._resolve()
+            except QuidditchError as exc:
+                return [StageError(exc.message)] * len(units)
+        ref, arity = ready
         params = self.params(run)
         try:
-            return self._call(ref, units, params, run, deadline)
+            return self._call(ref, arity, units, params, run, deadline)
         except UdfCallError as exc:
             if len(units) == 1:
                 return [self._call_error(exc, ref)]
@@ -127,16 +138,16 @@ class PythonStage(Stage):
             own = None if self.timeout_s is None else run.clock.now() + self.timeout_s
             budget = run.deadline if own is None else own if run.deadline is None else min(own, run.deadline)
             try:
-                out.extend(self._call(ref, [unit], params, run, budget))
+                out.extend(self._call(ref, arity, [unit], params, run, budget))
             except UdfCallError as exc:
                 out.append(self._call_error(exc, ref))
         return out
 
     def _call(
-        self, ref: UdfRef, units: list[Unit], params: dict[str, Any], run: Run, deadline: float | None
+        self, ref: UdfRef, arity: int, units: list[Unit], params: dict[str, Any], run: Run, deadline: float | None
     ) -> list[Any]:
         metas = None
-        if self._runtime.load(ref.sha256, ref.path) == 3:  # only a process(value, params, meta) gets them
+        if arity == 3:  # only a process(value, params, meta) gets them
             metas = [
                 {
                     "index": unit.item.meta.get("index"),

@@ -432,6 +432,41 @@ def test_udf_versions_in_semver_order(reg: Registry) -> None:
     assert reg.udf_names() == ["f", "g"]
 
 
+def test_udf_lookups_without_the_lock_see_whole_versions_while_others_put_and_delete(reg: Registry) -> None:
+    # udf() reads without the registry lock (it runs once per UDF stage call): a reader racing puts and
+    # deletes must get the latest version as of some moment, never a half-made version list.
+    reg.put_udf(udf("f", "1.0.0", "1" * 64))
+    stop = threading.Event()
+    seen: set[str] = set()
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                record = reg.udf("f", None)
+                minor = int(record.version.split(".")[1])
+                assert record.sha256 == ("1" * 64 if minor == 0 else f"{minor:064x}"), record
+                seen.add(record.version)
+            except BaseException as exc:  # any failure at all is the finding
+                errors.append(exc)
+                return
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for thread in readers:
+        thread.start()
+    for minor in range(1, 200):
+        version = f"1.{minor}.0"
+        reg.put_udf(udf("f", version, f"{minor:064x}"))
+        reg.delete_udf("f", version)
+    stop.set()
+    for thread in readers:
+        thread.join()
+    assert errors == []
+    assert "1.0.0" in seen
+    assert seen <= {"1.0.0", *(f"1.{m}.0" for m in range(1, 200))}
+    assert reg.udf("f", None).version == "1.0.0"
+
+
 def test_udf_latest_is_the_highest_semver(reg: Registry) -> None:
     reg.put_udf(udf("f", "1.9.0", "9" * 64))
     reg.put_udf(udf("f", "1.10.0", "a" * 64))

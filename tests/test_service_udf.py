@@ -167,6 +167,8 @@ def test_udf_versions_are_immutable_and_latest_is_the_highest(
         svc.delete_udf("selector", "1.9.0")
     svc.delete_udf("selector", "1.10.0")
     assert svc.execute("latest", {"x": 1})["output"] == {"x": 1, "seen": True}  # now 1.9.0
+    svc.put_udf("selector", "2.0.0", hostile_udf.wasm)
+    assert svc.execute("latest", {"x": 1})["output"] == {"x": 1}  # the version put since, at the next run
     with pytest.raises(DefinitionError, match=r"stages\[0\]\.config\.udf_version"):
         svc.put_pipeline(pipeline("bad", "document", python_stage("selector", udf_version="3.0.0")))
     with pytest.raises(NotFoundError):

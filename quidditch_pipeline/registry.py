@@ -235,7 +235,9 @@ class Registry:
             del self._associations[(index, pipeline_type.value)]
 
     def pipeline_for(self, index: str, pipeline_type: PipelineType) -> str | None:
-        return self._associations.get((index, pipeline_type.value))
+        # Keyed by the type's string value; the StrEnum member hashes and compares as that string, and
+        # reading ``.value`` (an enum property) would cost more than the lookup.
+        return self._associations.get((index, pipeline_type))
 
     def associations(self, index: str) -> dict[str, str]:
         with self._lock:

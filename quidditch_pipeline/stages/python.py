@@ -159,7 +159,9 @@ class PythonStage(Stage):
                 for unit in units
             ]
         inputs = self._inputs
-        values = [unit.value for unit in units]
+        # An item-level unit's value is its item's: read it directly rather than through Unit.value, once
+        # per document.
+        values = [unit.value for unit in units] if self.per_hit else [unit.item.value for unit in units]
         timeout_s = None if deadline is None else max(deadline - run.clock.now(), 0.0)
         results = self._runtime.call_batch(
             ref.sha256,

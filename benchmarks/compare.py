@@ -369,7 +369,7 @@ def measure_throughput(
 ) -> dict[str, dict[int, float]]:
     """docs/s per contender and batch size: the median of ``cfg.rounds`` timed rounds.
 
-    Every round times every contender (after a short untimed warm-up), so that a change in the machine's
+    Every round times every contender (after an untimed warm-up of ~2,000 documents), so that a change in the machine's
     speed during the run (a shared machine drifts) falls on all of them alike rather than on one phase.
     """
     samples: dict[str, dict[int, list[float]]] = {}
@@ -377,7 +377,10 @@ def measure_throughput(
     for size in BATCH_SIZES:
         count = cfg.docs[size]
         batches = chunk(docs[:count], size)
-        warm = batches[: max(2, 200 // size)]  # at least one batch for each pool process and thread
+        # ~2,000 documents, and at least two batches for each pool process and thread: a fresh WASM instance
+        # runs its first batches slower (the guest's heap grows into new pages), and each round opens a
+        # fresh service, so a shorter warm-up would time the project's second thread (e) mostly cold.
+        warm = batches[: max(4, 2000 // size)]
         for _ in range(cfg.rounds):
             for group in groups:
                 with group() as contenders:

@@ -48,11 +48,12 @@ class Registry:
         self._udfs = state.udfs
         # name -> versions in semantic-version order, replaced whole on every UDF change: :meth:`udf` reads it
         # (and ``_udfs``) per call without the lock, and a tuple read then is the old one or the new one.
-        self._udf_versions: dict[str, tuple[str, ...]] = {}
+        grouped: dict[str, list[str]] = {}
         for udf_name, udf_version in self._udfs:
-            self._udf_versions[udf_name] = (*self._udf_versions.get(udf_name, ()), udf_version)
-        for udf_name, versions in self._udf_versions.items():
-            self._udf_versions[udf_name] = tuple(sorted(versions, key=parse_semver))
+            grouped.setdefault(udf_name, []).append(udf_version)
+        self._udf_versions: dict[str, tuple[str, ...]] = {
+            udf_name: tuple(sorted(versions, key=parse_semver)) for udf_name, versions in grouped.items()
+        }
 
     # --- pipelines ------------------------------------------------------------------------------------------
 

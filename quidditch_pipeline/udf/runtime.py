@@ -325,9 +325,7 @@ class _Pool:
                 if self._closed:
                     raise UdfLoadError("the UDF was unloaded, or its runtime closed")
                 idle = self._idle
-                if idle and idle[-1].memory_limit == memory_limit:  # the common case: the one used last
-                    return idle.pop()
-                for i in range(len(idle) - 1, -1, -1):
+                for i in range(len(idle) - 1, -1, -1):  # the one used last first: the common case
                     if idle[i].memory_limit == memory_limit:
                         return idle.pop(i)
                 if self._live >= self._runtime.pool_size and idle:

@@ -19,9 +19,13 @@
      │         │                ``memory`` or ``output``
      │         ├── UdfTimeoutError
      │         └── UdfMemoryError
+     ├── PipelineUnavailableError  an index's configured pipeline is missing or cannot be built: the
+     │                          writes or searches it guards are refused (fail closed, HTTP 400)
      ├── StorageError           the durable store could not be read or written
      ├── AuthenticationError    an admin route was called without the admin token (HTTP 401)
-     └── PayloadTooLargeError   a request is larger than the server's limits allow (HTTP 413)
+     ├── PayloadTooLargeError   a request is larger than the server's limits allow (HTTP 413)
+     └── RejectedExecutionError too much work at once: a bounded queue is full (HTTP 429)
+          └── CircuitBreakingError  request bytes in flight exceed the breaker's limit (HTTP 429)
 
 Errors of a dependency (wasmtime, componentize-py, tantivy, sqlite) are translated into these where they
 are caught, with ``raise ... from exc``.
@@ -33,14 +37,17 @@ from collections.abc import Sequence
 
 __all__ = [
     "AuthenticationError",
+    "CircuitBreakingError",
     "ConflictError",
     "DefinitionError",
     "InputError",
     "NotFoundError",
     "PayloadTooLargeError",
     "PipelineTimeoutError",
+    "PipelineUnavailableError",
     "QueryRejectedError",
     "QuidditchError",
+    "RejectedExecutionError",
     "StageError",
     "StageTimeoutError",
     "StorageError",
@@ -248,6 +255,23 @@ class UdfMemoryError(UdfCallError):
     kind = "memory"
 
 
+class PipelineUnavailableError(QuidditchError):
+    """The pipeline an index is configured with is missing or cannot be built; what it guards is refused."""
+
+    error_type = "illegal_argument_exception"
+    status = 400
+
+    def __init__(self, index: str, kind: str, pipeline: str, cause: str) -> None:
+        self.index = index
+        self.kind = kind
+        self.pipeline = pipeline
+        self.cause = cause
+        super().__init__(f"index [{index}]: {kind} pipeline [{pipeline}] is unavailable: {cause}")
+
+    def __repr__(self) -> str:
+        return f"PipelineUnavailableError(index={self.index!r}, kind={self.kind!r}, pipeline={self.pipeline!r})"
+
+
 class StorageError(QuidditchError):
     """The durable store failed."""
 
@@ -267,3 +291,16 @@ class PayloadTooLargeError(QuidditchError):
 
     error_type = "request_entity_too_large_exception"
     status = 413
+
+
+class RejectedExecutionError(QuidditchError):
+    """A bounded queue is full (server-side UDF builds, pipeline workers): try again later."""
+
+    error_type = "es_rejected_execution_exception"
+    status = 429
+
+
+class CircuitBreakingError(RejectedExecutionError):
+    """Request bytes in flight across all requests would exceed the breaker's limit."""
+
+    error_type = "circuit_breaking_exception"

@@ -1,7 +1,9 @@
 """Building a definition into runnable stages, their policies, timeouts and metrics resolved once.
 
 :func:`build_pipeline` resolves each stage's failure policy (its own, else the pipeline's; inside a composite,
-abort to the composite), timeout and parameters, and attaches its metric, when the pipeline is built.
+abort to the composite), timeout and parameters, and attaches its metric, when the pipeline is built. A
+``python`` stage's UDF must resolve then (its pinned version, or at least one version when unpinned): a
+pipeline that cannot be built this way is refused, never run without the stage.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from .definitions import FailurePolicy, PipelineDefinition, PipelineType, StageD
 from .definitions import NativeStage as NativeDef
 from .definitions import PipelineStage as PipelineDef
 from .definitions import PythonStage as PythonDef
-from .errors import DefinitionError
-from .executor import CompiledPipeline
+from .errors import DefinitionError, QuidditchError
+from .executor import CompiledPipeline, run_stages
 from .processors import PROCESSORS
 from .stages import CompositeStage, NativeStage, PipelineCallStage, PythonStage, Stage, UdfResolver, UdfRunner
 from .stats import PipelineMetrics
@@ -78,10 +80,15 @@ def _build(
         return NativeStage(processor.bind(sdef.config.options), per_hit=pdef.type is PipelineType.RESULT, **common)
     if isinstance(sdef, CompositeDef):
         children = [_build(c, f"{path}/", True, pdef, metrics, ctx, paths) for c in sdef.config.stages]
-        return CompositeStage(children, **common)
+        return CompositeStage(children, runner=run_stages, **common)
     if isinstance(sdef, PipelineDef):
         return PipelineCallStage(sdef.config.pipeline, **common)
     assert isinstance(sdef, PythonDef) and sdef.type is StageType.PYTHON
     if ctx.udfs is None or ctx.runtime is None:
         raise DefinitionError([(path, "python stages need a UDF runtime, and this service has none")])
+    # Resolved now (and again per run for an unpinned version): a stage whose UDF version is gone is not built.
+    try:
+        ctx.udfs.resolve(sdef.config.udf_name, sdef.config.udf_version)
+    except QuidditchError as exc:
+        raise DefinitionError([(f"{path}.config.udf_name", exc.message)]) from exc
     return PythonStage(sdef.config, udfs=ctx.udfs, runtime=ctx.runtime, pipeline_params=pdef.parameters, **common)

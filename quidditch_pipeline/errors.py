@@ -9,7 +9,9 @@
      ├── NotFoundError          an unknown pipeline, UDF, UDF version or index (HTTP 404)
      ├── ConflictError          in use, immutable version, wrong type (HTTP 409)
      ├── StageError             one stage failed for one input: pipeline, stage, type, input id, cause
-     │    └── StageTimeoutError the stage ran past its deadline (preempted, or checked when it returned)
+     │    ├── StageTimeoutError the stage ran past its deadline (preempted, or checked when it returned)
+     │    └── StageUnavailableError  the stage cannot run at all (its UDF or called pipeline is gone):
+     │                          the input fails whatever the stage's policy (fail closed)
      ├── PipelineTimeoutError   the whole pipeline ran past its deadline
      ├── QueryRejectedError     a query pipeline said no to a search request (HTTP 400)
      ├── UdfError               raised by the UDF toolchain and runtime
@@ -50,6 +52,7 @@ __all__ = [
     "RejectedExecutionError",
     "StageError",
     "StageTimeoutError",
+    "StageUnavailableError",
     "StorageError",
     "UdfBuildError",
     "UdfCallError",
@@ -185,6 +188,16 @@ class StageTimeoutError(StageError):
     """The stage ran past its deadline."""
 
     kind = "timeout"
+
+
+class StageUnavailableError(StageError):
+    """The stage cannot run at all: its UDF version or called pipeline is gone or cannot be loaded.
+
+    Unlike other stage errors no policy applies (``continue`` would pass the input on without the stage):
+    the input fails, and the service refuses the request with :class:`PipelineUnavailableError`.
+    """
+
+    kind = "unavailable"
 
 
 class PipelineTimeoutError(StageError):

@@ -9,14 +9,21 @@ the pipeline deadline, then does what ``retry.then`` says.
 A pipeline is itself a compound stage (:class:`CompiledPipeline`); ``composite`` and ``pipeline`` stages run
 their children through :func:`run_stages` too.
 
-Deadlines: ``timeout_ms`` of a stage and of a pipeline are per input. A batch of *n* items gets *n* times
-the budget, and a stage's budget is never more than what is left of the pipeline's. A stage that returns
-after its deadline has timed out even if it could not be preempted.
+Deadlines: ``timeout_ms`` of a stage and of a pipeline are per input, and judged per input. Each item
+carries the stage time it has spent against the pipeline's limit; each unit of a stage call gets its own
+budget (the stage's timeout, never more than what its item has left) and is charged what it took alone: a
+native stage times every unit, a compound stage reports what each copy spent in its children, a python stage
+is preempted per call and re-runs units alone after a whole-call failure. A unit that ran past its own budget
+has timed out even if it could not be preempted; its neighbours have not. Only what cannot be measured alone
+is charged an equal share of the call.
+
+Fail closed: a stage that cannot run at all (:class:`StageUnavailableError`: a UDF version or called pipeline
+gone) fails its input whatever the policy. A stage's answer of the wrong shape (not an object, a result set
+without a ``hits`` list, a hit without ``_score``) is a stage error under the stage's policy.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,21 +40,36 @@ __all__ = ["CompiledPipeline", "run_stages", "validate_input"]
 
 def validate_input(pipeline_type: PipelineType, value: Any, where: str = "input") -> None:
     """Refuse, before any stage runs, an input that the pipeline type cannot take."""
+    problem = _value_problem(pipeline_type, value, where)
+    if problem is not None:
+        raise InputError(problem)
+
+
+def _value_problem(pipeline_type: PipelineType, value: Any, where: str) -> str | None:
+    """What is wrong with ``value`` as the input (or a stage's output) of a ``pipeline_type`` pipeline."""
     if not isinstance(value, dict):
-        raise InputError(f"{where}: a {pipeline_type} pipeline takes a JSON object, got {_json_kind(value)}")
+        return f"{where}: a {pipeline_type} pipeline takes a JSON object, got {_json_kind(value)}"
     if pipeline_type is not PipelineType.RESULT:
-        return
+        return None
     hits = value.get("hits")
     if not isinstance(hits, list):
-        raise InputError(f"{where}.hits: a result pipeline's input needs a [hits] list")
+        return f"{where}.hits: a result pipeline's input needs a [hits] list"
     for i, hit in enumerate(hits):
-        if not isinstance(hit, dict):
-            raise InputError(f"{where}.hits[{i}]: a hit is an object, got {_json_kind(hit)}")
-        for key, kinds in (("_id", (str,)), ("_score", (int, float)), ("_source", (dict,))):
-            if key not in hit:
-                raise InputError(f"{where}.hits[{i}].{key}: field required")
-            if not isinstance(hit[key], kinds) or isinstance(hit[key], bool):
-                raise InputError(f"{where}.hits[{i}].{key}: wrong type {_json_kind(hit[key])}")
+        problem = _hit_problem(hit, f"{where}.hits[{i}]")
+        if problem is not None:
+            return problem
+    return None
+
+
+def _hit_problem(hit: Any, where: str) -> str | None:
+    if not isinstance(hit, dict):
+        return f"{where}: a hit is an object, got {_json_kind(hit)}"
+    for key, kinds in (("_id", (str,)), ("_score", (int, float)), ("_source", (dict,))):
+        if key not in hit:
+            return f"{where}.{key}: field required"
+        if not isinstance(hit[key], kinds) or isinstance(hit[key], bool):
+            return f"{where}.{key}: wrong type {_json_kind(hit[key])}"
+    return None
 
 
 def _json_kind(value: Any) -> str:
@@ -65,7 +87,7 @@ def run_stages(stages: Sequence[Stage], items: list[Item], run: Run) -> None:
     """Run ``stages`` in order over ``items``; each item ends active, dropped, rejected or failed."""
     success = Status.SUCCESS
     active = [item for item in items if item.status is success]
-    units: list[Unit] | None = None  # item-level units, shared by stages until an item leaves
+    units: list[Unit] | None = None  # item-level units, shared by untimed stages until an item leaves
     for stage in stages:
         if not active:
             return
@@ -76,10 +98,17 @@ def run_stages(stages: Sequence[Stage], items: list[Item], run: Run) -> None:
         if call.changed:
             active = [item for item in active if item.status is success]
             units = None
+        elif call.timed:
+            units = None  # their budgets were this stage's
 
 
 class _StageCall:
-    """One stage over the active items of a batch: attempts, policies, stats and trace."""
+    """One stage over the active items of a batch: attempts, policies, stats and trace.
+
+    Time is judged per unit: each unit gets its own budget (the stage's ``timeout_ms``, capped by what its
+    input has left of the pipeline's and by the caller's deadline) and is charged what it took alone when the
+    stage could measure that, else an equal share of the call.
+    """
 
     __slots__ = (
         "attempts",
@@ -95,6 +124,7 @@ class _StageCall:
         "retries",
         "run",
         "stage",
+        "timed",
         "timeouts",
         "took",
         "units",
@@ -120,66 +150,113 @@ class _StageCall:
         self.failed = self.dropped = self.retries = self.timeouts = 0
         self.last_error: StageError | None = None
         self.changed = False  # an item left the batch (failed, dropped, rejected)
+        self.timed = (
+            stage.timeout_s is not None or run.deadline is not None or any(item.limit is not None for item in items)
+        )
         self.end = 0.0
 
     def execute(self) -> None:
-        stage, run, clock = self.stage, self.run, self.run.clock
+        stage, clock = self.stage, self.run.clock
         n = len(self.units)
         if not stage.enabled:
             stage.metric.skip(n)
             self._trace(skipped=True)
             return
-        start = clock.now()
-        if run.deadline is not None and start >= run.deadline:
-            cause = PipelineTimeoutError("the pipeline's deadline passed before this stage started")
-            for i, unit in enumerate(self.units):
-                self._fail(i, unit, cause)
-            stage.metric.finish(0, 0, timeouts=n, error=cause.cause)
-            self._trace()
-            return
+        start = self.end = clock.now()
         stage.metric.begin(n)
+        try:
+            self._attempts(start)
+        except BaseException:
+            self.failed = n - self.dropped  # what became of the rest is unknown: none of it succeeded
+            raise
+        finally:
+            if self.copied:
+                self._finish_hits()
+            last = self.last_error
+            stage.metric.finish(
+                n,
+                (self.end - start) * 1e6,
+                succeeded=n - self.failed - self.dropped,
+                failed=self.failed,
+                dropped=self.dropped,
+                retries=self.retries,
+                timeouts=self.timeouts,
+                error=last.message if last is not None else None,
+            )
+        if self.run.verbose:
+            self._trace()
+
+    def _attempts(self, start: float) -> None:
+        stage, clock = self.stage, self.run.clock
         pending = self._attempt(None, 1, start)
         attempt = 1
         while pending:
             backoff = stage.retry.backoff_s(attempt)
-            if run.deadline is not None and clock.now() + backoff >= run.deadline:
-                for i in pending:
-                    self._give_up(i, self._error(i), stage.retry.then)
-                break
+            if self.timed:
+                pending = self._wait(pending, backoff)
+                if not pending:
+                    break
             clock.sleep(backoff)
             self.retries += len(pending)
             attempt += 1
             pending = self._attempt(pending, attempt, clock.now())
-        if self.copied:
-            self._finish_hits()
-        last = self.last_error
-        stage.metric.finish(
-            n,
-            (self.end - start) * 1e6,
-            succeeded=n - self.failed - self.dropped,
-            failed=self.failed,
-            dropped=self.dropped,
-            retries=self.retries,
-            timeouts=self.timeouts,
-            error=last.message if last is not None else None,
-        )
-        if run.verbose:
-            self._trace()
 
-    def _error(self, i: int) -> StageError:
-        return self.errors[i]
+    def _wait(self, pending: list[int], backoff: float) -> list[int]:
+        """The units that can wait ``backoff`` for their next attempt, charged for it; the others give up."""
+        units, deadline = self.units, self.run.deadline
+        late = deadline is not None and self.run.clock.now() + backoff >= deadline
+        waiting: list[int] = []
+        charged: set[int] = set()
+        for i in pending:
+            item = units[i].item
+            if late or (item.limit is not None and item.spent + backoff >= item.limit):
+                self._give_up(i, self.errors[i], self.stage.retry.then)
+                continue
+            waiting.append(i)
+            if id(item) not in charged:
+                charged.add(id(item))
+                item.spent += backoff
+        return waiting
+
+    def _budgets(self, indexes: Sequence[int], now: float) -> list[int]:
+        """Give each unit its budget for this attempt; fail those whose input has no time left."""
+        stage_budget, deadline = self.stage.timeout_s, self.run.deadline
+        live: list[int] = []
+        for i in indexes:
+            unit = self.units[i]
+            item = unit.item
+            budget = stage_budget
+            if item.limit is not None:
+                left = item.limit - item.spent
+                budget = left if budget is None else min(budget, left)
+            if deadline is not None:
+                budget = deadline - now if budget is None else min(budget, deadline - now)
+            if budget is not None and budget <= 0:
+                self.failed += 1
+                self.timeouts += 1
+                cause = PipelineTimeoutError("the pipeline's deadline passed before this stage started")
+                self._fail(i, unit, cause)
+                self.last_error = self.errors[i]
+                continue
+            unit.budget = budget
+            unit.took = None
+            live.append(i)
+        return live
 
     def _attempt(self, pending: list[int] | None, attempt: int, t0: float) -> list[int]:
         """Call the stage for the pending units (``None``: all); the units to retry."""
         stage, clock = self.stage, self.run.clock
         if pending is None:
             indexes: Sequence[int] = range(len(self.units))
-            units = self.units
         else:
             indexes = [i for i in pending if self.units[i].item.status is Status.SUCCESS]
-            units = [self.units[i] for i in indexes]
-            if not units:
-                return []
+            self.failed += len(pending) - len(indexes)  # their input was failed by a sibling hit meanwhile
+        timed = self.timed
+        if timed:
+            indexes = self._budgets(indexes, t0)
+        units = self.units if pending is None and not timed else [self.units[i] for i in indexes]
+        if not units:
+            return []
         try:
             stage.prepare(self.run)
         except Exception as exc:
@@ -189,32 +266,38 @@ class _StageCall:
             outcomes = []
         if stage.preemptive:
             t0 = clock.now()  # prepare() may have loaded a UDF: that time is not the stage's
-        deadline = self.run.deadline
-        if stage.timeout_s is not None:
-            own = t0 + stage.timeout_s * len(units)
-            deadline = own if deadline is None else min(deadline, own)
         if not outcomes:
             try:
-                outcomes = stage.invoke(units, self.run, deadline)
+                outcomes = stage.invoke(units, self.run)
             except StageError as exc:
                 outcomes = [exc] * len(units)
             except Exception as exc:  # a bug in a stage fails that stage, never the caller
                 outcomes = [StageError(f"{type(exc).__name__}: {exc}")] * len(units)
+        if len(outcomes) != len(units):
+            outcomes = [StageError(f"answered {len(outcomes)} outcomes for {len(units)} inputs")] * len(units)
         t1 = self.end = clock.now()
-        overran = deadline is not None and t1 > deadline and not stage.preemptive
         share = (t1 - t0) / len(units)
         retry: list[int] = []
         attempts, took = self.attempts, self.took
         verbose = self.run.verbose
+        check_timeout = timed and not stage.preemptive
         for i, unit, outcome in zip(indexes, units, outcomes, strict=True):
-            if verbose:
-                attempts[i] = attempt
-                took[i] += share
-            if overran and not isinstance(outcome, StageError):
-                budget_ms = (deadline - t0) * 1000 / len(units) if deadline is not None else 0.0
-                outcome = StageTimeoutError(
-                    f"ran {(t1 - t0) * 1000 / len(units):.1f} ms per input, past its budget of {budget_ms:.1f} ms"
-                )
+            if timed or verbose:
+                spent = share if unit.took is None or not timed else unit.took
+                if timed:
+                    unit.item.spent += spent
+                if verbose:
+                    attempts[i] = attempt
+                    took[i] += spent
+                budget = unit.budget
+                if check_timeout and budget is not None and spent > budget and not isinstance(outcome, StageError):
+                    outcome = StageTimeoutError(
+                        f"ran {spent * 1000:.1f} ms on this input, past its budget of {budget * 1000:.1f} ms"
+                    )
+            if outcome is not DROP and not isinstance(outcome, StageError):
+                problem = self._output_problem(unit, outcome)
+                if problem is not None:
+                    outcome = StageError(problem, cause_type="invalid_output")
             if outcome is DROP:
                 self.dropped += 1
                 self._drop(unit)
@@ -223,7 +306,12 @@ class _StageCall:
                 self.errors[i] = self.last_error = located
                 if located.kind == "timeout":
                     self.timeouts += 1
-                if unit.item.status is not Status.SUCCESS:
+                if unit.item.status is not Status.SUCCESS:  # a sibling hit failed the input already
+                    self.failed += 1
+                    continue
+                if located.kind == "unavailable":  # no policy may pass the input on without this stage
+                    self.failed += 1
+                    self._fail(i, unit, located)
                     continue
                 if stage.policy is FailurePolicy.RETRY and attempt < stage.retry.max_attempts:
                     retry.append(i)
@@ -235,6 +323,16 @@ class _StageCall:
             else:
                 self._apply_hit(unit, outcome)
         return retry
+
+    def _output_problem(self, unit: Unit, value: Any) -> str | None:
+        """Why a stage's answer for ``unit`` is not a value of the right shape (``None``: it is)."""
+        if unit.hit is not None:
+            problem = _hit_problem(value, "hit")
+        elif type(value) is dict and self.stage.pipeline_type is not PipelineType.RESULT:
+            return None  # the hot path: a document or a search body
+        else:
+            problem = _value_problem(self.stage.pipeline_type, value, "value")
+        return None if problem is None else f"returned an invalid {problem}"
 
     def _locate(self, unit: Unit, error: StageError) -> StageError:
         stage = self.stage
@@ -354,6 +452,8 @@ class CompiledPipeline:
         self.stages = stages
         self.metrics = metrics
         self.timeout_s = definition.timeout_ms / 1000.0 if definition.timeout_ms else None
+        #: The pipelines its ``pipeline`` stages call, by name.
+        self.calls = tuple(dict.fromkeys(target for _, target in definition.pipeline_targets()))
 
     def run(self, items: list[Item], run: Run) -> None:
         """Run the pipeline over ``items`` (already validated), recording its stats."""
@@ -366,15 +466,13 @@ class CompiledPipeline:
             return
         clock = run.clock
         start = clock.now()
-        deadline = run.deadline
-        if self.timeout_s is not None:
-            own = start + self.timeout_s * n
-            deadline = own if deadline is None else min(deadline, own)
+        limit = self.timeout_s
+        if limit is not None:  # per input: each item may spend this much stage time, whatever its batch does
+            for item in items:
+                item.limit = limit if item.limit is None else min(item.limit, limit)
         metric.begin(n)
         try:
-            run_stages(
-                self.stages, items, run if deadline is run.deadline else dataclasses.replace(run, deadline=deadline)
-            )
+            run_stages(self.stages, items, run)
         finally:
             took_us = (clock.now() - start) * 1e6
             succeeded = failed = dropped = timeouts = 0

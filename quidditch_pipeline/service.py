@@ -22,6 +22,7 @@ from .errors import (
     DefinitionError,
     InputError,
     NotFoundError,
+    PipelineUnavailableError,
     QueryRejectedError,
     QuidditchError,
     StageError,
@@ -237,15 +238,41 @@ class PipelineService:
         return build_pipeline(definition, 0, PipelineMetrics(definition.name), self._build_ctx)
 
     def _pick(self, index: str, kind: PipelineType, override: str | None) -> CompiledPipeline | None:
+        """The pipeline that guards ``index`` (``override``: named by the request; ``"_none"``: none).
+
+        Fails closed: a pipeline that is named but missing or cannot be built (nor any pipeline it calls)
+        raises :class:`PipelineUnavailableError`, so nothing is written or searched without it.
+        """
         if override == "_none":
             return None
         name = override if override is not None else self.registry.pipeline_for(index, kind)
         if name is None:
             return None
-        compiled = self.compiled(name)
+        try:
+            compiled = self.compiled(name)
+            if compiled.calls:
+                self._check_calls(compiled, {name})
+        except QuidditchError as exc:
+            raise PipelineUnavailableError(index, kind.value, name, exc.message) from exc
         if compiled.type is not kind:
             raise InputError(f"pipeline [{name}] is a {compiled.type} pipeline, not a {kind} pipeline")
         return compiled
+
+    def _check_calls(self, pipeline: CompiledPipeline, seen: set[str]) -> None:
+        """Build every pipeline that ``pipeline`` calls, transitively (once per revision, so this is cheap)."""
+        for target in pipeline.calls:
+            if target not in seen:
+                seen.add(target)
+                self._check_calls(self.compiled(target), seen)
+
+    def _unavailable(self, index: str, pipeline: CompiledPipeline, items: list[Item]) -> None:
+        """Fail closed when a stage turned out unavailable while running (e.g. a UDF deleted since the build)."""
+        for item in items:
+            error = item.error
+            if error is not None and error.kind == "unavailable" and item.status is Status.FAILED:
+                with self._lock:  # built again on the next request, which then fails at build time
+                    self._compiled.pop(pipeline.name, None)
+                raise PipelineUnavailableError(index, pipeline.type.value, pipeline.name, error.message)
 
     def process_document(
         self, index: str, doc_id: str | None, source: dict[str, Any], *, pipeline: str | None = None
@@ -273,6 +300,7 @@ class PipelineService:
         ]
         if run_items:
             self._run(compiled, run_items)
+            self._unavailable(index, compiled, run_items)
         if len(run_items) == len(items):
             return [_document_outcome(item) for item in run_items]
         outcomes = [
@@ -293,6 +321,7 @@ class PipelineService:
         validate_input(PipelineType.QUERY, body, "body")
         item = Item(0, None, body, {"index": index})
         self._run(compiled, [item])
+        self._unavailable(index, compiled, [item])
         if item.status is Status.REJECTED:
             raise QueryRejectedError(
                 f"query pipeline [{compiled.name}] rejected the search request", pipeline=compiled.name
@@ -322,6 +351,7 @@ class PipelineService:
         validate_input(PipelineType.RESULT, value, "response")
         item = Item(0, None, value, {"index": index})
         self._run(compiled, [item])
+        self._unavailable(index, compiled, [item])
         if item.status is Status.FAILED and item.error is not None:
             raise item.error
         new_hits: list[dict[str, Any]] = [] if item.status is Status.DROPPED else item.value["hits"]

@@ -10,7 +10,8 @@ so the hot path never looks one up by name. :meth:`Metric.snapshot` produces the
      "last_error": {"message": str, "time": "2026-11-22T10:00:00.000000+00:00"} | None}
 
 A pipeline's snapshot adds ``"name"`` and ``"stages": [{"name", "type", ...the same keys}]``; a stage inside
-a composite is named by its path, ``group/inner``. Counts are per input (per hit for a hit-scoped stage).
+a composite is named by its path, ``group/inner``. Counts are per input (per hit for a hit-scoped stage), and
+every input that reaches a pipeline or stage is counted once: ``count = succeeded + failed + dropped + skipped``.
 """
 
 from __future__ import annotations
@@ -108,7 +109,8 @@ class Metric:
             kind = event[0]
             if kind is _BEGIN:
                 self.current += event[1]
-            elif kind is _SKIP:
+            elif kind is _SKIP:  # counted too: count = succeeded + failed + dropped + skipped
+                self.count += event[1]
                 self.skipped += event[1]
             else:
                 n, total_us, succeeded, failed, dropped, retries, timeouts, error, at = event
@@ -157,7 +159,7 @@ class Metric:
                     "p95": pct.get(95, 0),
                     "p99": pct.get(99, 0),
                     "max": hist.get_max_value() if total else 0,
-                    "mean": round(self.total_us / self.count, 1) if self.count else 0.0,
+                    "mean": round(self.total_us / timed, 1) if (timed := self.count - self.skipped) else 0.0,
                 },
                 "last_error": None
                 if self.last_error is None or self.last_error_time is None

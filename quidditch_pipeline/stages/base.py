@@ -5,25 +5,30 @@ stage is called on :class:`Unit` s: the item itself, or for a hit-scoped stage o
 item's hits. :meth:`Stage.invoke` answers one outcome per unit, in order: the unit's new value, ``DROP``, or
 a :class:`~quidditch_pipeline.errors.StageError`. Everything else (policies, retries, deadlines, stats,
 the verbose trace) is the executor's, the same for every stage type.
+
+Time is per input: an :class:`Item` carries the stage time it has ``spent`` against its ``limit`` (the
+pipeline's ``timeout_ms``), and the executor gives each :class:`Unit` its own ``budget`` for a stage call. A
+stage that can measure what each unit took writes it to :attr:`Unit.took`, so a unit is judged by its own
+time, never by its neighbours'.
+
+Stages never import the executor: a compound stage is handed a :data:`StageRunner` when it is built, and a
+``pipeline`` stage finds its target through :attr:`Run.resolve` as a :class:`RunnablePipeline`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .._clock import Clock
 from ..definitions import FailurePolicy, PipelineType, RetryPolicy
 from ..errors import StageError
 from ..stats import Metric
 
-if TYPE_CHECKING:
-    from ..executor import CompiledPipeline
-
-__all__ = ["Item", "Run", "Stage", "Status", "Unit"]
+__all__ = ["Item", "Run", "RunnablePipeline", "Stage", "StageRunner", "Status", "Unit"]
 
 
 class Status(StrEnum):
@@ -46,6 +51,10 @@ class Item:
     error: StageError | None = None
     trace: list[dict[str, Any]] | None = None
     resort: bool = False
+    #: Seconds of stage time this input has spent in the current pipeline, and how many it may spend
+    #: (``None``: no limit). Kept only while a limit applies.
+    spent: float = 0.0
+    limit: float | None = None
 
     @property
     def label(self) -> str:
@@ -65,6 +74,10 @@ class Unit:
     hit: int | None = None
     #: A compound stage's nested trace for this unit (verbose runs only).
     children: list[dict[str, Any]] | None = None
+    #: Seconds this unit may take in the current stage call (``None``: no limit), set by the executor.
+    budget: float | None = None
+    #: Seconds this unit took in the current stage call, when the stage could measure it alone.
+    took: float | None = None
 
     @property
     def value(self) -> Any:
@@ -73,15 +86,25 @@ class Unit:
         return self.item.value["hits"][self.hit]
 
 
+class RunnablePipeline(Protocol):
+    """What a ``pipeline`` stage calls: a built pipeline of some type that runs a batch of items."""
+
+    @property
+    def type(self) -> PipelineType: ...
+
+    def run(self, items: list[Item], run: Run) -> None: ...
+
+
 @dataclass(slots=True)
 class Run:
     """One execution of a pipeline over a batch: what every stage call in it shares."""
 
     params: dict[str, Any]
+    #: The caller's wall-clock deadline for the whole run (``None``: none); per-input limits are on items.
     deadline: float | None
     verbose: bool
     clock: Clock
-    resolve: Callable[[str], CompiledPipeline]
+    resolve: Callable[[str], RunnablePipeline]
     depth: int = 0
 
 
@@ -123,8 +146,16 @@ class Stage(ABC):
         return None
 
     @abstractmethod
-    def invoke(self, units: list[Unit], run: Run, deadline: float | None) -> list[Any]:
-        """One outcome per unit: a new value, ``DROP`` or a ``StageError``. Must not change the inputs."""
+    def invoke(self, units: list[Unit], run: Run) -> list[Any]:
+        """One outcome per unit: a new value, ``DROP`` or a ``StageError``. Must not change the inputs.
+
+        Each unit may take ``unit.budget`` seconds; a stage that can tell what each unit took sets
+        ``unit.took`` (the executor otherwise charges every unit an equal share of the call).
+        """
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.pipeline}/{self.path}>"
+
+
+#: Runs stages in order over a batch of items (the executor's ``run_stages``, handed to compound stages).
+StageRunner = Callable[[Sequence[Stage], list[Item], Run], None]

@@ -1,8 +1,9 @@
 """The ``composite`` and ``pipeline`` stages: compound stages that run other stages as one.
 
-Both call :func:`~quidditch_pipeline.executor.run_stages` (through :meth:`CompiledPipeline.run` for a
-``pipeline`` stage) on a copy of each unit, then report what became of it as the stage's outcome, so the
-compound stage's own failure policy decides what a failure inside it means.
+Both run their children on a copy of each unit (a composite through the :data:`~.base.StageRunner` it was
+built with, a ``pipeline`` stage through its target's ``run``), then report what became of it as the stage's
+outcome, so the compound stage's own failure policy decides what a failure inside it means. Each copy carries
+its unit's budget as its limit, and what it spent is what the unit took.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import dataclasses
 from typing import Any
 
 from .._outcome import DROP
-from ..errors import StageError
-from .base import Item, Run, Stage, Status, Unit
+from ..errors import QuidditchError, StageError, StageUnavailableError
+from .base import Item, Run, Stage, StageRunner, Status, Unit
 
 __all__ = ["CompositeStage", "PipelineCallStage"]
 
@@ -29,6 +30,7 @@ def _sub_items(units: list[Unit], run: Run) -> list[Item]:
             value=u.value,
             meta=u.item.meta,
             trace=[] if run.verbose else None,
+            limit=u.budget,
         )
         for u in units
     ]
@@ -38,6 +40,7 @@ def _outcomes(units: list[Unit], subs: list[Item]) -> list[Any]:
     out: list[Any] = []
     for unit, sub in zip(units, subs, strict=True):
         unit.children = sub.trace
+        unit.took = sub.spent
         if sub.status is Status.FAILED:
             out.append(sub.error or StageError("failed"))
         elif sub.status in (Status.DROPPED, Status.REJECTED):
@@ -48,15 +51,14 @@ def _outcomes(units: list[Unit], subs: list[Item]) -> list[Any]:
 
 
 class CompositeStage(Stage):
-    def __init__(self, children: list[Stage], **common: Any) -> None:
+    def __init__(self, children: list[Stage], *, runner: StageRunner, **common: Any) -> None:
         super().__init__(**common)
         self.children = children
+        self._run_stages = runner
 
-    def invoke(self, units: list[Unit], run: Run, deadline: float | None) -> list[Any]:
-        from ..executor import run_stages
-
+    def invoke(self, units: list[Unit], run: Run) -> list[Any]:
         subs = _sub_items(units, run)
-        run_stages(self.children, subs, dataclasses.replace(run, deadline=deadline))
+        self._run_stages(self.children, subs, run)
         return _outcomes(units, subs)
 
 
@@ -65,12 +67,15 @@ class PipelineCallStage(Stage):
         super().__init__(**common)
         self.target = target
 
-    def invoke(self, units: list[Unit], run: Run, deadline: float | None) -> list[Any]:
+    def invoke(self, units: list[Unit], run: Run) -> list[Any]:
         if run.depth >= MAX_CALL_DEPTH:
             return [StageError(f"pipeline calls nest deeper than {MAX_CALL_DEPTH}")] * len(units)
-        target = run.resolve(self.target)
+        try:
+            target = run.resolve(self.target)
+        except QuidditchError as exc:  # deleted or unbuildable since this pipeline was built: fail closed
+            return [StageUnavailableError(f"pipeline [{self.target}] is unavailable: {exc.message}")] * len(units)
         if target.type is not self.pipeline_type:
             return [StageError(f"pipeline [{self.target}] is a {target.type} pipeline")] * len(units)
         subs = _sub_items(units, run)
-        target.run(subs, dataclasses.replace(run, deadline=deadline, depth=run.depth + 1))
+        target.run(subs, dataclasses.replace(run, depth=run.depth + 1))
         return _outcomes(units, subs)

@@ -4,6 +4,9 @@ The batch's values cross in one call; what comes back is one small raw result pe
 :class:`~quidditch_pipeline.mapping.ResultMapping` applies to the unit on the host. When the whole call fails
 (a trap, a timeout, running out of memory) and it carried more than one unit, each unit is called again on
 its own with its own budget, so one runaway document fails alone and its neighbours go on.
+
+A UDF version that cannot be resolved or loaded makes the stage unavailable (:class:`StageUnavailableError`):
+the input fails whatever the stage's policy, rather than passing on without the UDF.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any, NamedTuple, Protocol
 
 from .. import _paths
 from ..definitions import PipelineType, PythonConfig
-from ..errors import QuidditchError, StageError, StageTimeoutError, UdfCallError
+from ..errors import QuidditchError, StageError, StageTimeoutError, StageUnavailableError, UdfCallError
 from ..mapping import ResultMapping, UnmappableResult
 from .base import Run, Stage, Unit
 
@@ -107,14 +110,14 @@ class PythonStage(Stage):
         try:
             self._ready = self._resolve()
         except QuidditchError as exc:
-            raise StageError(exc.message) from exc
+            raise StageUnavailableError(exc.message) from exc
 
     def _resolve(self) -> tuple[UdfRef, int]:
         """The UDF's artifact at the configured version (resolved now), loaded; the arity of its ``process``."""
         ref = self._udfs.resolve(self.config.udf_name, self.config.udf_version)
         return ref, self._runtime.load(ref.sha256, ref.path)
 
-    def invoke(self, units: list[Unit], run: Run, deadline: float | None) -> list[Any]:
+    def invoke(self, units: list[Unit], run: Run) -> list[Any]:
         # What prepare() resolved just before this call. Another thread's prepare() may have replaced it
         # since, with the same UDF or (for an unpinned version) one registered since: either is loaded and
         # is the configured version as of this run.
@@ -123,28 +126,31 @@ class PythonStage(Stage):
             try:
                 ready = self._resolve()
             except QuidditchError as exc:
-                return [StageError(exc.message)] * len(units)
+                return [StageUnavailableError(exc.message)] * len(units)
         ref, arity = ready
         params = self.params(run)
+        # One call for the batch, preempted when the sum of its units' budgets is spent.
+        budgets = [unit.budget for unit in units if unit.budget is not None]
         try:
-            return self._call(ref, arity, units, params, run, deadline)
+            return self._call(ref, arity, units, params, sum(budgets) if len(budgets) == len(units) else None)
         except UdfCallError as exc:
             if len(units) == 1:
                 return [self._call_error(exc, ref)]
         # The batch failed as a whole: find the unit(s) to blame by calling each alone, each with its own
-        # per-input budget (bounded by the pipeline's deadline, not by the batch's, which is spent).
+        # budget (the batch's time is spent, but not by the units that are not to blame), timed alone.
+        now = run.clock.now
         out: list[Any] = []
         for unit in units:
-            own = None if self.timeout_s is None else run.clock.now() + self.timeout_s
-            budget = run.deadline if own is None else own if run.deadline is None else min(own, run.deadline)
+            t0 = now()
             try:
-                out.extend(self._call(ref, arity, [unit], params, run, budget))
+                out.extend(self._call(ref, arity, [unit], params, unit.budget))
             except UdfCallError as exc:
                 out.append(self._call_error(exc, ref))
+            unit.took = now() - t0
         return out
 
     def _call(
-        self, ref: UdfRef, arity: int, units: list[Unit], params: dict[str, Any], run: Run, deadline: float | None
+        self, ref: UdfRef, arity: int, units: list[Unit], params: dict[str, Any], timeout_s: float | None
     ) -> list[Any]:
         metas = None
         if arity == 3:  # only a process(value, params, meta) gets them
@@ -162,7 +168,6 @@ class PythonStage(Stage):
         # An item-level unit's value is its item's: read it directly rather than through Unit.value, once
         # per document.
         values = [unit.value for unit in units] if self.per_hit else [unit.item.value for unit in units]
-        timeout_s = None if deadline is None else max(deadline - run.clock.now(), 0.0)
         results = self._runtime.call_batch(
             ref.sha256,
             ref.path,

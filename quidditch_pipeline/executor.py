@@ -471,8 +471,10 @@ class CompiledPipeline:
             for item in items:
                 item.limit = limit if item.limit is None else min(item.limit, limit)
         metric.begin(n)
+        finished = False
         try:
             run_stages(self.stages, items, run)
+            finished = True
         finally:
             took_us = (clock.now() - start) * 1e6
             succeeded = failed = dropped = timeouts = 0
@@ -488,6 +490,8 @@ class CompiledPipeline:
                     timeouts += cause is not None and cause.kind == "timeout"
                 elif status is Status.DROPPED or status is Status.REJECTED:
                     dropped += 1
+            if not finished:  # an exception escaped: what looked active did not succeed
+                failed, succeeded = failed + succeeded, 0
             metric.finish(
                 n,
                 took_us,

@@ -40,12 +40,14 @@ CALLS: dict[str, int] = {}
 
 
 class CostConfig(BaseModel):
-    """``cost``: spends ``doc[field]`` ms of fake time; fails while ``doc["fail"]`` is set (or for its first
-    ``doc["failures"]`` calls), drops when ``doc["drop"]`` is set."""
+    """``fake_cost``: spends ``doc[field]`` ms of fake time; fails while ``doc[fail]`` is set (or for the first
+    ``doc["failures"]`` calls of ``doc["key"]``), drops when ``doc[drop]`` is set, else counts in ``doc[mark]``."""
 
     model_config = ConfigDict(extra="forbid")
     field: str = "cost_ms"
     mark: str = "ran"
+    fail: str = "fail"
+    drop: str = "drop"
 
 
 def _cost(doc: dict[str, Any], config: CostConfig) -> dict[str, Any] | Drop:
@@ -55,9 +57,9 @@ def _cost(doc: dict[str, Any], config: CostConfig) -> dict[str, Any] | Drop:
         CALLS[key] = CALLS.get(key, 0) + 1
         if CALLS[key] <= int(doc.get("failures", 0)):
             raise ProcessorError(f"failure {CALLS[key]} of [{key}]")
-    if doc.get("fail"):
+    if doc.get(config.fail):
         raise ProcessorError("failing on purpose")
-    if doc.get("drop"):
+    if doc.get(config.drop):
         return DROP
     doc[config.mark] = doc.get(config.mark, 0) + 1
     return doc
@@ -74,7 +76,7 @@ def fake_processors() -> Iterator[None]:
 
 def cost(name: str, **extra: Any) -> dict[str, Any]:
     """A native stage running ``fake_cost``; ``extra`` holds stage keys (timeout_ms, on_failure, enabled)."""
-    config = {k: extra.pop(k) for k in ("field", "mark") if k in extra}
+    config = {k: extra.pop(k) for k in ("field", "mark", "fail", "drop") if k in extra}
     return {"name": name, "type": "native", "config": {"processor": "fake_cost", **config}, **extra}
 
 

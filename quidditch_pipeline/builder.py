@@ -40,7 +40,9 @@ def build_pipeline(
 ) -> CompiledPipeline:
     """Build ``definition`` into a :class:`CompiledPipeline` with its stage metrics attached."""
     paths: list[str] = []
-    stages = [_build(s, "", False, definition, metrics, ctx, paths) for s in definition.stages]
+    stages = [
+        _build(s, "", f"stages[{i}]", False, definition, metrics, ctx, paths) for i, s in enumerate(definition.stages)
+    ]
     metrics.set_layout(paths)
     return CompiledPipeline(definition, revision, stages, metrics)
 
@@ -48,13 +50,14 @@ def build_pipeline(
 def _build(
     sdef: StageDefinition,
     prefix: str,
+    field: str,
     nested: bool,
     pdef: PipelineDefinition,
     metrics: PipelineMetrics,
     ctx: BuildContext,
     paths: list[str],
 ) -> Stage:
-    path = f"{prefix}{sdef.name}"
+    path = f"{prefix}{sdef.name}"  # the stage's name path (stats, errors); ``field`` is its definition's
     paths.append(path)
     # Inside a composite, a stage without its own policy hands its failure to the composite.
     default = FailurePolicy.ABORT if nested else pdef.on_failure
@@ -76,19 +79,22 @@ def _build(
     if isinstance(sdef, NativeDef):
         processor = PROCESSORS.get(sdef.config.processor)
         if processor is None:
-            raise DefinitionError([(f"{path}.config.processor", "unknown native processor")])
+            raise DefinitionError([(f"{field}.config.processor", "unknown native processor")])
         return NativeStage(processor.bind(sdef.config.options), per_hit=pdef.type is PipelineType.RESULT, **common)
     if isinstance(sdef, CompositeDef):
-        children = [_build(c, f"{path}/", True, pdef, metrics, ctx, paths) for c in sdef.config.stages]
+        children = [
+            _build(c, f"{path}/", f"{field}.config.stages[{i}]", True, pdef, metrics, ctx, paths)
+            for i, c in enumerate(sdef.config.stages)
+        ]
         return CompositeStage(children, runner=run_stages, **common)
     if isinstance(sdef, PipelineDef):
         return PipelineCallStage(sdef.config.pipeline, **common)
     assert isinstance(sdef, PythonDef) and sdef.type is StageType.PYTHON
     if ctx.udfs is None or ctx.runtime is None:
-        raise DefinitionError([(path, "python stages need a UDF runtime, and this service has none")])
+        raise DefinitionError([(field, "python stages need a UDF runtime, and this service has none")])
     # Resolved now (and again per run for an unpinned version): a stage whose UDF version is gone is not built.
     try:
         ctx.udfs.resolve(sdef.config.udf_name, sdef.config.udf_version)
     except QuidditchError as exc:
-        raise DefinitionError([(f"{path}.config.udf_name", exc.message)]) from exc
+        raise DefinitionError([(f"{field}.config.udf_name", exc.message)]) from exc
     return PythonStage(sdef.config, udfs=ctx.udfs, runtime=ctx.runtime, pipeline_params=pdef.parameters, **common)

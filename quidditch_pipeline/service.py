@@ -263,7 +263,11 @@ class PipelineService:
         for target in pipeline.calls:
             if target not in seen:
                 seen.add(target)
-                self._check_calls(self.compiled(target), seen)
+                try:
+                    called = self.compiled(target)
+                except QuidditchError as exc:
+                    raise QuidditchError(f"it calls pipeline [{target}], which is unavailable: {exc.message}") from exc
+                self._check_calls(called, seen)
 
     def _unavailable(self, index: str, pipeline: CompiledPipeline, items: list[Item]) -> None:
         """Fail closed when a stage turned out unavailable while running (e.g. a UDF deleted since the build)."""

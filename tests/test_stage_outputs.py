@@ -59,9 +59,7 @@ def hits(*scores: float) -> dict[str, Any]:
     return {"hits": [{"_id": str(i), "_score": s, "_source": {"n": i}} for i, s in enumerate(scores)]}
 
 
-@pytest.mark.parametrize(
-    ("answer", "kind"), [("none", "null"), ("list", "a list"), ("string", "a string")]
-)
+@pytest.mark.parametrize(("answer", "kind"), [("none", "null"), ("list", "a list"), ("string", "a string")])
 def test_a_host_processor_returning_a_non_object_fails_its_stage(answer: str, kind: str) -> None:
     p = build({"stages": [bad("bad", answer)]})
     [item] = run(p, [{"a": 1}])

@@ -12,7 +12,7 @@ import dataclasses
 from typing import Any
 
 from .._outcome import DROP
-from ..errors import QuidditchError, StageError, StageUnavailableError
+from ..errors import StageError, StageUnavailableError
 from .base import Item, Run, Stage, StageRunner, Status, Unit
 
 __all__ = ["CompositeStage", "PipelineCallStage"]
@@ -72,8 +72,8 @@ class PipelineCallStage(Stage):
             return [StageError(f"pipeline calls nest deeper than {MAX_CALL_DEPTH}")] * len(units)
         try:
             target = run.resolve(self.target)
-        except QuidditchError as exc:  # deleted or unbuildable since this pipeline was built: fail closed
-            return [StageUnavailableError(f"pipeline [{self.target}] is unavailable: {exc.message}")] * len(units)
+        except Exception as exc:  # deleted or unbuildable since this pipeline was built: fail closed
+            return [StageUnavailableError(f"pipeline [{self.target}] is unavailable: {exc}")] * len(units)
         if target.type is not self.pipeline_type:
             return [StageError(f"pipeline [{self.target}] is a {target.type} pipeline")] * len(units)
         subs = _sub_items(units, run)

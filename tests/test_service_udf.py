@@ -80,6 +80,19 @@ def test_one_runaway_document_is_preempted_and_its_neighbours_go_on(svc: Pipelin
     assert svc.process_document("idx", "4", {}) == {"seen": True}
 
 
+def test_under_a_pipeline_timeout_the_runaway_fails_alone_and_its_neighbours_keep_their_own_budget(
+    svc: PipelineService,
+) -> None:
+    # Pipeline and stage both allow 100 ms per input. The batch call is preempted at 3 x 100 ms; each input is
+    # then called alone with its own 100 ms, not with what is left of the batch's 300 ms (nothing).
+    svc.put_pipeline(pipeline("docs", "document", python_stage("selector", timeout_ms=100), timeout_ms=100))
+    svc.associate("idx", "document", "docs")
+    outcomes = svc.process_documents("idx", [("1", {}), ("2", {"loop": True}), ("3", {})])
+    assert [o.status for o in outcomes] == ["success", "failed", "success"]
+    assert outcomes[0].source == {"seen": True} and outcomes[2].source == {"seen": True}
+    assert outcomes[1].error is not None and outcomes[1].error.kind == "timeout"
+
+
 def test_params_merge_and_meta_reach_the_guest(svc: PipelineService) -> None:
     stage = python_stage("hostile", parameters={"do": "params", "stage": 1}, target_field="x")
     svc.put_pipeline(pipeline("p", "document", stage, parameters={"pipe": 1, "stage": 0, "run": 0}))

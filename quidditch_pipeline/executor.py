@@ -150,9 +150,9 @@ class _StageCall:
         self.failed = self.dropped = self.retries = self.timeouts = 0
         self.last_error: StageError | None = None
         self.changed = False  # an item left the batch (failed, dropped, rejected)
-        self.timed = (
-            stage.timeout_s is not None or run.deadline is not None or any(item.limit is not None for item in items)
-        )
+        # The items of one run share whether they have a limit (their pipeline, or their compound stage's
+        # budget, sets it for all of them), so the first one tells.
+        self.timed = stage.timeout_s is not None or run.deadline is not None or items[0].limit is not None
         self.end = 0.0
 
     def execute(self) -> None:
@@ -281,6 +281,7 @@ class _StageCall:
         attempts, took = self.attempts, self.took
         verbose = self.run.verbose
         check_timeout = timed and not stage.preemptive
+        plain = stage.pipeline_type is not PipelineType.RESULT  # any object is a document or a search body
         for i, unit, outcome in zip(indexes, units, outcomes, strict=True):
             if timed or verbose:
                 spent = share if unit.took is None or not timed else unit.took
@@ -294,7 +295,7 @@ class _StageCall:
                     outcome = StageTimeoutError(
                         f"ran {spent * 1000:.1f} ms on this input, past its budget of {budget * 1000:.1f} ms"
                     )
-            if outcome is not DROP and not isinstance(outcome, StageError):
+            if outcome is not DROP and not (plain and type(outcome) is dict) and not isinstance(outcome, StageError):
                 problem = self._output_problem(unit, outcome)
                 if problem is not None:
                     outcome = StageError(problem, cause_type="invalid_output")
@@ -328,8 +329,6 @@ class _StageCall:
         """Why a stage's answer for ``unit`` is not a value of the right shape (``None``: it is)."""
         if unit.hit is not None:
             problem = _hit_problem(value, "hit")
-        elif type(value) is dict and self.stage.pipeline_type is not PipelineType.RESULT:
-            return None  # the hot path: a document or a search body
         else:
             problem = _value_problem(self.stage.pipeline_type, value, "value")
         return None if problem is None else f"returned an invalid {problem}"

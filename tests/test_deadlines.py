@@ -20,7 +20,7 @@ from quidditch_pipeline._clock import SYSTEM_CLOCK
 from quidditch_pipeline.builder import BuildContext
 from quidditch_pipeline.errors import UdfTimeoutError
 from quidditch_pipeline.processors import PROCESSORS, register_processor
-from quidditch_pipeline.stages import Item, Status, UdfRef
+from quidditch_pipeline.stages import Item, Run, Status, UdfRef
 from tests.engine_fakes import CALLS, CLOCK, build, cost, fake_processors, run
 
 
@@ -200,3 +200,13 @@ def test_a_python_stage_reruns_each_input_alone_with_its_own_budget() -> None:
     assert items[0].value == {"cost_ms": 10, "udf": True}
     assert [n for n, _ in runtime.calls] == [3, 1, 1, 1]
     assert [t for _, t in runtime.calls] == pytest.approx([0.3, 0.1, 0.1, 0.1])
+
+
+def test_a_callers_deadline_caps_every_input_of_the_run() -> None:
+    p = build({"stages": [cost("a"), cost("b", field="then_ms")]})
+    items = [Item(i, f"d{i}", v, {"index": "idx"}) for i, v in enumerate([{"cost_ms": 200}, {"then_ms": 10}])]
+    p.run(items, Run({}, CLOCK.now() + 0.150, False, CLOCK, {}.__getitem__))
+    # d0 overruns the caller's 150 ms in stage a; by then the caller's deadline has passed for d1 too.
+    assert timed_out(items[0]) and items[0].error is not None and items[0].error.stage == "a"
+    assert timed_out(items[1]) and items[1].error is not None and items[1].error.stage == "b"
+    assert "deadline passed before this stage started" in items[1].error.message

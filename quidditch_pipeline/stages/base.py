@@ -52,7 +52,7 @@ class Item:
     trace: list[dict[str, Any]] | None = None
     resort: bool = False
     #: Seconds of stage time this input has spent in the current pipeline, and how many it may spend
-    #: (``None``: no limit). Kept only while a limit applies.
+    #: (``None``: no limit). Kept only while a limit applies; the items of one run all have one or none.
     spent: float = 0.0
     limit: float | None = None
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from .base import Item, Run, Stage, Status, Unit
+from .base import Item, Run, RunnablePipeline, Stage, StageRunner, Status, Unit
 from .composite import CompositeStage, PipelineCallStage
 from .native import NativeStage
 from .python import PythonStage, UdfRef, UdfResolver, UdfRunner
@@ -15,7 +15,9 @@ __all__ = [
     "PipelineCallStage",
     "PythonStage",
     "Run",
+    "RunnablePipeline",
     "Stage",
+    "StageRunner",
     "Status",
     "UdfRef",
     "UdfResolver",

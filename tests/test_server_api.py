@@ -571,7 +571,9 @@ def test_document_pipeline_hook_drop_abort_override(client: httpx.Client) -> Non
     assert client.get(f"/{name}/_doc/4").json()["_source"] == {"title": "AS IS", "spam": True}
     client.put(f"/{name}/_doc/5", params={"pipeline": other}, json={"title": "KEPT"})
     assert client.get(f"/{name}/_doc/5").json()["_source"] == {"title": "KEPT", "via": "other"}
-    error(client.put(f"/{name}/_doc/6", params={"pipeline": "ghost"}, json={}), 404, "resource_not_found_exception")
+    refused = client.put(f"/{name}/_doc/6", params={"pipeline": "ghost"}, json={})
+    ghost = error(refused, 400, "illegal_argument_exception")
+    assert f"index [{name}]: document pipeline [ghost] is unavailable" in ghost["reason"]  # fail closed
 
 
 # --------------------------------------------------------------------------------------------- bulk

@@ -165,7 +165,18 @@ class _StageCall:
         start = self.end = clock.now()
         stage.metric.begin(n)
         try:
-            self._attempts(start)
+            pending = self._attempt(None, 1, start)
+            attempt = 1
+            while pending:
+                backoff = stage.retry.backoff_s(attempt)
+                if self.timed:
+                    pending = self._wait(pending, backoff)
+                    if not pending:
+                        break
+                clock.sleep(backoff)
+                self.retries += len(pending)
+                attempt += 1
+                pending = self._attempt(pending, attempt, clock.now())
         except BaseException:
             self.failed = n - self.dropped  # what became of the rest is unknown: none of it succeeded
             raise
@@ -185,21 +196,6 @@ class _StageCall:
             )
         if self.run.verbose:
             self._trace()
-
-    def _attempts(self, start: float) -> None:
-        stage, clock = self.stage, self.run.clock
-        pending = self._attempt(None, 1, start)
-        attempt = 1
-        while pending:
-            backoff = stage.retry.backoff_s(attempt)
-            if self.timed:
-                pending = self._wait(pending, backoff)
-                if not pending:
-                    break
-            clock.sleep(backoff)
-            self.retries += len(pending)
-            attempt += 1
-            pending = self._attempt(pending, attempt, clock.now())
 
     def _wait(self, pending: list[int], backoff: float) -> list[int]:
         """The units that can wait ``backoff`` for their next attempt, charged for it; the others give up."""

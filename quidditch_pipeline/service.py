@@ -374,11 +374,19 @@ class PipelineService:
         if name is not None:
             if not self.registry.exists(name):
                 raise NotFoundError("pipeline", name)
-            self.compiled(name)  # attaches the stage layout even before the first run
+            self._layout(name)
             return self.stats_registry.snapshot(name)
         for stored in self.registry.names():
-            self.compiled(stored)
+            self._layout(stored)
         return self.stats_registry.snapshot()
+
+    def _layout(self, name: str) -> None:
+        """Attach ``name``'s stage layout to its stats even before its first run, when it can be built: one
+        that cannot (fail closed on its hooks) still shows what it recorded."""
+        try:
+            self.compiled(name)
+        except QuidditchError:
+            return
 
     def reset_stats(self, name: str | None = None) -> None:
         if name is not None and not self.registry.exists(name):

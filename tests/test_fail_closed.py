@@ -134,6 +134,9 @@ def test_a_udf_gone_refuses_documents_even_when_its_stage_would_continue(
         cause = unavailable(raised, "document", "docs")
         assert "stages[0].config.udf_name" in cause and "hostile" in cause
         assert svc.process_document("idx", "1", {"a": 1}, pipeline="_none") == {"a": 1}  # _none still skips
+        # Stats still answer, for it and for all: only the hooks it guards are refused.
+        assert svc.stats("docs")["count"] == 0
+        assert svc.stats()["pipelines"]["docs"]["count"] == 0
 
 
 def test_a_udf_gone_inside_a_composite_refuses(registry: Registry) -> None:

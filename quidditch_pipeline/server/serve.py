@@ -25,7 +25,7 @@ from ..errors import QuidditchError
 from ..service import PipelineService
 from .app import create_app
 from .demo import find_udf_dir, run_demo
-from .search import TantivyBackend
+from .engine import TantivyBackend
 
 __all__ = ["main", "register", "run"]
 

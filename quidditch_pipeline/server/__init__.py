@@ -9,7 +9,7 @@ pipelines of a :class:`~quidditch_pipeline.PipelineService` on every document, s
 
 from __future__ import annotations
 
-from ..errors import AuthenticationError, PayloadTooLargeError
+from ..errors import AuthenticationError, CircuitBreakingError, PayloadTooLargeError, RequestTimeoutError
 from ._limits import ServerLimits
 from .app import create_app
 from .engine import (
@@ -23,11 +23,13 @@ from .engine import (
 
 __all__ = [
     "AuthenticationError",
+    "CircuitBreakingError",
     "DocumentExistsError",
     "IndexExistsError",
     "IndexNotFoundError",
     "InvalidIndexNameError",
     "PayloadTooLargeError",
+    "RequestTimeoutError",
     "SearchBackend",
     "ServerLimits",
     "TantivyBackend",

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import (
     DefinitionError,
@@ -112,3 +114,58 @@ def _allowed_methods(routes: Sequence[BaseRoute], request: Request) -> list[str]
         if match is not Match.NONE and isinstance(route, APIRoute):
             methods |= route.methods or set()
     return sorted(methods)
+
+
+class UnexpectedErrors:
+    """How many requests failed with an exception nobody meant to raise (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def record(self) -> None:
+        with self._lock:
+            self._count += 1
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return self._count
+
+
+_INTERNAL: Final = "an internal error occurred; the server log has the details"
+
+
+class UnexpectedErrorGuard:
+    """The last line: any exception that escapes the routes and their handlers becomes an ES-shaped 500.
+
+    The body says nothing about internals (no exception text, no traceback); the log has the traceback, and
+    ``errors`` counts it (``GET /_nodes/stats``). Starlette's own last line answers plain text and re-raises.
+    """
+
+    def __init__(self, app: ASGIApp, errors: UnexpectedErrors) -> None:
+        self.app = app
+        self.errors = errors
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            self.errors.record()
+            log.exception("%s %s failed unexpectedly", scope.get("method"), scope.get("path"))
+            if started:
+                # Too late for an error answer: the status line is out. Closing the connection tells the client.
+                return
+            response = JsonResponse(error_body("internal_server_error", _INTERNAL, 500), status_code=500)
+            await response(scope, receive, send)

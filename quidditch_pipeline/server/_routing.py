@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 
-from ._limits import ServerLimits
+from ._errors import UnexpectedErrors
+from ._limits import InFlightBreaker, ServerLimits
 from .engine import SearchBackend
 
 if TYPE_CHECKING:
@@ -32,10 +33,14 @@ def refresh_flag(value: str | None) -> bool:
 
 @dataclass(eq=False)
 class AppContext:
+    """What the routers share: the service, the backend, the limits and the server's own counters."""
+
     service: PipelineService
     backend: SearchBackend
     limits: ServerLimits
     admin: list[Any]
+    breaker: InFlightBreaker
+    unexpected: UnexpectedErrors
     #: Serialises index create/delete/settings, which change the backend and the service together.
     index_admin: threading.Lock = field(default_factory=threading.Lock)
 

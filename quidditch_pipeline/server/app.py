@@ -21,8 +21,8 @@ from fastapi import FastAPI
 from .. import __version__
 from ..errors import QuidditchError
 from ._auth import admin_dependency
-from ._errors import install_error_handlers
-from ._limits import ServerLimits
+from ._errors import UnexpectedErrorGuard, UnexpectedErrors, install_error_handlers
+from ._limits import InFlightBreaker, RequestGuard, ServerLimits
 from ._openapi import openapi
 from ._pretty import PrettyJsonMiddleware
 from ._responses import JsonResponse
@@ -60,8 +60,15 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    ctx = AppContext(service, backend, limits or ServerLimits(), admin_dependency(admin_token))
+    limits = limits or ServerLimits()
+    ctx = AppContext(
+        service, backend, limits, admin_dependency(admin_token), InFlightBreaker(limits.max_in_flight_bytes),
+        UnexpectedErrors(),
+    )  # fmt: skip
+    # The last added is the outermost: the error guard sees everything, the request guard every body read.
     app.add_middleware(PrettyJsonMiddleware)
+    app.add_middleware(RequestGuard, breaker=ctx.breaker, body_timeout_s=limits.body_timeout_s)
+    app.add_middleware(UnexpectedErrorGuard, errors=ctx.unexpected)
     _sync_associations(service, backend)
     # Order matters: the index routes (``/{index}``) come last so the ``_``-prefixed resources win.
     routers = [module.router(ctx) for module in (root, pipelines, udfs, indexes, documents, search)]
@@ -73,7 +80,12 @@ def create_app(
 
 
 def _sync_associations(service: PipelineService, backend: SearchBackend) -> None:
-    """Make the service's index associations match the stored index settings (the settings win)."""
+    """Make the registry's index associations match the stored index settings (the settings win).
+
+    Associations only give the registry's in-use protection (a pipeline an index uses cannot be deleted).
+    Requests never rely on them: each names the pipeline its index's settings configure (``_pipelines``), so
+    an association that cannot be restored here (its pipeline is gone) leaves the index failing closed.
+    """
     for info in backend.list_indexes():
         current = service.associations(info.name)
         for kind in PIPELINE_SETTINGS:
@@ -86,4 +98,8 @@ def _sync_associations(service: PipelineService, backend: SearchBackend) -> None
                 else:
                     service.associate(info.name, kind, wanted)
             except QuidditchError as exc:
-                log.warning("index [%s]: cannot restore its %s pipeline [%s]: %s", info.name, kind, wanted, exc)
+                log.warning(
+                    "index [%s]: its %s pipeline [%s] is unavailable (%s); what it guards is refused until it is "
+                    "stored again",
+                    info.name, kind, wanted, exc,
+                )  # fmt: skip

@@ -76,6 +76,16 @@ class _Pending:
     source: dict[str, Any] | None
 
 
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    """One op of a bulk, checked and ready: its result, translog entry, and document (``None``: a delete)."""
+
+    result: WriteResult
+    entry: bytes
+    document: tantivy.Document | None
+    source: dict[str, Any] | None
+
+
 @dataclass(eq=False)
 class _Index:
     """One open index. ``lock`` guards the writer, the translog and ``pending``."""
@@ -210,6 +220,9 @@ class TantivyBackend:
                 (staging / "tantivy").mkdir(parents=True)
                 tantivy.Index(schema(), path=str(staging / "tantivy"), reuse=False)
                 _write_json_atomic(staging / "settings.json", self._meta(info))
+                # The new directories' entries are durable before the index is renamed into place.
+                fsync_dir(staging / "tantivy")
+                fsync_dir(staging)
                 os.rename(staging, target)
                 fsync_dir(self._root)
                 self._indexes[name] = self._open(target)
@@ -305,54 +318,98 @@ class TantivyBackend:
     ) -> list[WriteResult | QuidditchError]:
         """Apply ``ops`` in order in one writer transaction; one result (or error) per op.
 
-        The writes are in the translog (fsynced) when this returns; ``refresh`` also makes them searchable.
+        Acknowledged exactly when durable, visible only then: every op is checked and turned into its tantivy
+        document first (an op that cannot be stored fails alone), then the batch's entries go to the translog
+        (written and fsynced), and only then to the writer and the real-time map. When the translog or the
+        writer fails, every op of the batch answers that error and nothing of it is visible, now or after a
+        restart. ``refresh`` also makes the writes searchable.
         """
         results: list[WriteResult | QuidditchError] = []
         with self._locked(index) as handle:
             current = self._current_versions(
                 handle, [op.id for op in ops if not (isinstance(op, IndexOp) and op.auto_id)]
             )
-            writer = self._writer(handle)
-            entries: list[bytes] = []
+            planned: list[_Planned] = []
             for op in ops:
-                try:
-                    validate_doc_id(op.id)
-                except InputError as exc:
-                    results.append(exc)
-                    continue
-                existing = current.get(op.id)
-                if isinstance(op, DeleteOp):
-                    if existing is None:
-                        results.append(WriteResult(op.id, 1, "not_found"))
-                        continue
-                    writer.delete_documents_by_term("_id", op.id)
-                    current[op.id] = None
-                    handle.pending[op.id] = _Pending(existing + 1, None)
-                    entries.append(delete_entry(op.id))
-                    results.append(WriteResult(op.id, existing + 1, "deleted"))
-                    continue
-                if op.create and existing is not None:
-                    results.append(DocumentExistsError(op.id, existing))
-                    continue
-                version = 1 if existing is None else existing + 1
-                raw = orjson.dumps(op.source)
-                try:
-                    document = make_document(op.id, version, op.source, raw)
-                except ValueError as exc:
-                    results.append(InputError(f"failed to parse document [{op.id}]: {exc}"))
-                    continue
-                if existing is not None:
-                    writer.delete_documents_by_term("_id", op.id)
-                writer.add_document(document)
-                current[op.id] = version
-                handle.pending[op.id] = _Pending(version, op.source)
-                entries.append(index_entry(op.id, version, raw))
-                results.append(WriteResult(op.id, version, "created" if existing is None else "updated"))
-            if entries:
-                handle.translog.append(entries)
+                outcome = self._plan(op, current)
+                if isinstance(outcome, _Planned):
+                    planned.append(outcome)
+                    results.append(outcome.result)
+                else:
+                    results.append(outcome)
+            if planned:
+                failure = self._apply(handle, planned)
+                if failure is not None:
+                    return [failure if isinstance(r, WriteResult) and r.result != "not_found" else r for r in results]
             if refresh or len(handle.pending) >= MAX_PENDING_WRITES:
-                self._commit_and_truncate(handle)
+                try:
+                    self._commit_and_truncate(handle)
+                except StorageError:
+                    # The writes are durable in the translog and acknowledged; the periodic refresh tries again.
+                    log.exception("refresh of index [%s] after a write failed", handle.name)
         return results
+
+    @staticmethod
+    def _plan(op: IndexOp | DeleteOp, current: dict[str, int | None]) -> _Planned | WriteResult | QuidditchError:
+        """What ``op`` will write (``current`` follows it, so later ops of the batch see it), or why it cannot."""
+        try:
+            validate_doc_id(op.id)
+        except InputError as exc:
+            return exc
+        existing = current.get(op.id)
+        if isinstance(op, DeleteOp):
+            if existing is None:
+                return WriteResult(op.id, 1, "not_found")
+            current[op.id] = None
+            return _Planned(WriteResult(op.id, existing + 1, "deleted"), delete_entry(op.id), None, None)
+        if op.create and existing is not None:
+            return DocumentExistsError(op.id, existing)
+        version = 1 if existing is None else existing + 1
+        try:
+            raw = orjson.dumps(op.source)
+            document = make_document(op.id, version, op.source, raw)
+        except (TypeError, ValueError) as exc:
+            # orjson.JSONEncodeError is a TypeError: a value JSON cannot hold (an integer past 64 bits, ...).
+            return InputError(f"failed to parse document [{op.id}]: {exc}")
+        current[op.id] = version
+        result = WriteResult(op.id, version, "created" if existing is None else "updated")
+        return _Planned(result, index_entry(op.id, version, raw), document, op.source)
+
+    def _apply(self, handle: _Index, planned: list[_Planned]) -> QuidditchError | None:
+        """Log ``planned`` durably, then apply it; the error that refused the whole batch, if one did."""
+        mark = handle.translog.size
+        try:
+            handle.translog.append([p.entry for p in planned])
+        except StorageError as exc:
+            return exc
+        writer = self._writer(handle)
+        try:
+            for p in planned:
+                writer.delete_documents_by_term("_id", p.result.id)
+                if p.document is not None:
+                    writer.add_document(p.document)
+        except ValueError as exc:
+            # Take the batch back out of the translog and the writer; earlier pending writes stay.
+            error = StorageError(f"cannot write to index [{handle.name}]: {exc}")
+            handle.translog.rollback(mark)
+            self._restore_writer(handle)
+            return error
+        for p in planned:
+            handle.pending[p.result.id] = _Pending(p.result.version, p.source)
+        return None
+
+    def _restore_writer(self, handle: _Index) -> None:
+        """Roll the writer back to the last commit and re-apply the pending writes (the translog holds them)."""
+        writer = self._writer(handle)
+        try:
+            writer.rollback()
+            for doc_id, pending in handle.pending.items():
+                writer.delete_documents_by_term("_id", doc_id)
+                if pending.source is not None:
+                    raw = orjson.dumps(pending.source)
+                    writer.add_document(make_document(doc_id, pending.version, pending.source, raw))
+        except ValueError as exc:
+            handle.translog.fail(StorageError(f"cannot restore the writer of index [{handle.name}]: {exc}"))
 
     def _current_versions(self, handle: _Index, ids: Sequence[str]) -> dict[str, int | None]:
         """The version each id has now (``None``: absent), real-time: pending writes first, then the index."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal
 
@@ -19,12 +20,15 @@ from ...errors import (
     QuidditchError,
     StageError,
 )
+from ...service import DocumentOutcome
 from .._body import json_object, parse_object, read_body
 from .._errors import error_of
+from .._pipelines import pipeline_name, run_guarded
 from .._responses import EXISTS, BulkBody, DocBody, ErrorBody, JsonResponse, WriteBody, json_body_doc, responses
 from .._routing import AppContext, PipelineParam, RefreshParam, refresh_flag, route
 from ..engine import (
     DeleteOp,
+    IndexInfo,
     IndexOp,
     WriteResult,
     validate_doc_id,
@@ -119,6 +123,16 @@ def _parse_bulk(raw: bytes, default_index: str | None, max_items: int) -> list[_
         doc_id = meta.get("_id")
         if doc_id is not None and not isinstance(doc_id, str):
             doc_id = str(doc_id)
+        op_type = meta.get("op_type")
+        if op_type is not None:
+            # ``op_type: create`` on an index action is a create: refused, never an overwrite, if the id exists.
+            fits = action in {"index", "create"} and op_type in {"index", "create"}
+            if not fits or (action, op_type) == ("create", "index"):
+                raise DefinitionError(
+                    [(f"line {number}", f"op_type [{op_type}] does not fit the {action} action")],
+                    subject="bulk request",
+                )
+            action = op_type
         pipeline = meta.get("pipeline")
         item = _BulkItem(action, index, doc_id, pipeline if isinstance(pipeline, str) else None)
         items.append(item)
@@ -159,9 +173,11 @@ def router(ctx: AppContext) -> APIRouter:
         create: bool,
         auto_id: bool = False,
     ) -> Response:
-        backend.get_index(index)
+        info = backend.get_index(index)
         validate_doc_id(doc_id)
-        processed = svc.process_document(index, doc_id, source, pipeline=pipeline)
+        processed = run_guarded(
+            info, "document", pipeline, lambda name: svc.process_document(index, doc_id, source, pipeline=name)
+        )
         if processed is None:
             return JsonResponse(_noop_body(index, doc_id))
         (result,) = backend.bulk(index, [IndexOp(doc_id, processed, create=create, auto_id=auto_id)], refresh=refresh)
@@ -274,20 +290,19 @@ def router(ctx: AppContext) -> APIRouter:
     def run_bulk(raw: bytes, default_index: str | None, pipeline: str | None, refresh: bool) -> dict[str, Any]:
         started = time.perf_counter()
         items = _parse_bulk(raw, default_index, ctx.limits.max_bulk_items)
-        existing: set[str] = set()
+        infos: dict[str, IndexInfo] = {}
         for item in items:
             if item.error is not None or item.index is None:
                 continue
             try:
-                if item.index not in existing:
+                if item.index not in infos:
                     validate_index_name(item.index)
-                    backend.get_index(item.index)
-                    existing.add(item.index)
+                    infos[item.index] = backend.get_index(item.index)
                 if item.id is not None:
                     validate_doc_id(item.id)
             except QuidditchError as exc:
                 item.error = exc
-        run_document_pipelines(items, pipeline)
+        run_document_pipelines(items, infos, pipeline)
         write(items, refresh)
         return {
             "took": int((time.perf_counter() - started) * 1000),
@@ -295,15 +310,20 @@ def router(ctx: AppContext) -> APIRouter:
             "items": [item.response() for item in items],
         }
 
-    def run_document_pipelines(items: list[_BulkItem], pipeline: str | None) -> None:
+    def batch_runner(index: str, group: list[_BulkItem]) -> Callable[[str], list[DocumentOutcome]]:
+        batch = [(item.id, item.source or {}) for item in group]
+        return lambda name: svc.process_documents(index, batch, pipeline=name)
+
+    def run_document_pipelines(items: list[_BulkItem], infos: dict[str, IndexInfo], pipeline: str | None) -> None:
         """One batch per (index, pipeline): each stage runs once over the batch."""
         groups: dict[tuple[str, str | None], list[_BulkItem]] = {}
         for item in items:
             if item.action in {"index", "create"} and item.error is None and item.index is not None:
                 groups.setdefault((item.index, item.pipeline or pipeline), []).append(item)
-        for (index, name), group in groups.items():
+        for (index, override), group in groups.items():
+            name = pipeline_name(infos[index], "document", override)
             try:
-                outcomes = svc.process_documents(index, [(item.id, item.source or {}) for item in group], pipeline=name)
+                outcomes = run_guarded(infos[index], "document", override, batch_runner(index, group))
             except QuidditchError as exc:
                 for item in group:
                     item.error = exc

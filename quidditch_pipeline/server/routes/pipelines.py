@@ -92,7 +92,8 @@ def router(ctx: AppContext) -> APIRouter:
     async def put_pipeline(name: str, request: Request) -> dict[str, Any]:
         """Create or replace a pipeline: stores a new revision (JSON, or YAML with Content-Type application/yaml)."""
         raw = await read_body(request, ctx.limits.max_body_bytes)
-        definition = _definition_body(raw, request.headers.get("content-type", ""))
+        # Parsing runs in the thread pool too: a hostile body must not hold the event loop.
+        definition = await run_in_threadpool(_definition_body, raw, request.headers.get("content-type", ""))
         return await run_in_threadpool(svc.put_pipeline, definition, name)
 
     @route(router, ["GET"], "/_pipeline/{name}", responses=responses(OpenBody, 400, 404))
@@ -142,12 +143,27 @@ def router(ctx: AppContext) -> APIRouter:
     return router
 
 
+class _PlainYamlLoader(yaml.SafeLoader):
+    """YAML without aliases: an alias is how a few hundred bytes expand into a billion nodes (billion laughs),
+    and a pipeline definition has no use for one."""
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in a pipeline definition", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
 def _definition_body(raw: bytes, content_type: str) -> dict[str, Any]:
     if "yaml" in content_type.lower():
         try:
-            value = yaml.safe_load(raw)
+            value = yaml.load(raw, Loader=_PlainYamlLoader)
         except yaml.YAMLError as exc:
             raise DefinitionError([("", f"not valid YAML: {exc}")]) from exc
+        except RecursionError as exc:
+            raise DefinitionError([("", "not valid YAML: nested too deeply")]) from exc
         if not isinstance(value, dict):
             raise DefinitionError([("", f"a pipeline definition is an object, got {type(value).__name__}")])
         return value

@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ...errors import InputError
 from .._body import json_object
+from .._pipelines import NO_PIPELINE, run_guarded
 from .._responses import OBJECT, CountBody, SearchBody, json_body_doc, responses
 from .._routing import AppContext, route
 
@@ -46,17 +47,23 @@ def router(ctx: AppContext) -> APIRouter:
         search_pipeline: str | None,
         started: float,
     ) -> dict[str, Any]:
-        backend.get_index(index)
+        info = backend.get_index(index)
         if search_pipeline not in {None, "_none"}:
             raise InputError(
                 "search_pipeline accepts only _none (skip both pipelines); name pipelines with "
                 "query_pipeline and result_pipeline"
             )
         body = _with_url_params(body, q, size, offset)
-        skip = search_pipeline == "_none"
-        body = svc.process_query(index, body, pipeline="_none" if skip else query_pipeline)
-        response = backend.search(index, body)
-        response = svc.process_results(index, body, response, pipeline="_none" if skip else result_pipeline)
+        if search_pipeline == NO_PIPELINE:
+            query_pipeline = result_pipeline = NO_PIPELINE
+        query = run_guarded(info, "query", query_pipeline, lambda name: svc.process_query(index, body, pipeline=name))
+        response = backend.search(index, query)
+        response = run_guarded(
+            info,
+            "result",
+            result_pipeline,
+            lambda name: svc.process_results(index, query, response, pipeline=name),
+        )
         hits = response["hits"]["hits"]
         response["hits"]["max_score"] = max((hit["_score"] for hit in hits), default=None)
         # took covers the pipelines too: it is what the caller waited for.

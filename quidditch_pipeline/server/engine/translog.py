@@ -127,10 +127,15 @@ class Translog:
         self._failed = error
 
     def truncate(self) -> None:
-        """Empty the translog (its writes are committed to tantivy)."""
-        self.rollback(0)
-        if self._failed is not None:
-            raise self._failed
+        """Empty the translog (its writes are committed to tantivy); an empty translog is whole again."""
+        try:
+            os.ftruncate(self._fd, 0)
+            if self._fsync:
+                os.fsync(self._fd)
+        except OSError as exc:
+            raise StorageError(f"cannot truncate the translog of index [{self._name}]: {exc}") from exc
+        self._size = 0
+        self._failed = None
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -73,12 +73,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"seconds a request body may take to arrive; past it 408 (default: {defaults.body_timeout_s:g})",
     )
     parser.add_argument(
-        "--limit-concurrency",
-        type=int,
-        default=None,
-        help="connections and requests at once; past it uvicorn answers 503 (default: no limit)",
-    )
-    parser.add_argument(
         "--demo",
         action="store_true",
         help="register the example UDFs, demo pipelines and a sample 'products' index first",
@@ -118,7 +112,6 @@ def run(args: argparse.Namespace) -> int:
                 # An idle keep-alive connection is closed after this; h11 also bounds a request's head at
                 # 16 KiB, so slow or endless headers cost one small buffer each, never a worker thread.
                 timeout_keep_alive=KEEP_ALIVE_S,
-                limit_concurrency=args.limit_concurrency,
             )
             server = uvicorn.Server(config)
             console.print(

@@ -130,7 +130,11 @@ class TantivyBackend:
         self._indexes: dict[str, _Index] = {}
         self._stop = threading.Event()
         try:
-            self._root.mkdir(parents=True, exist_ok=True)
+            if not self._root.is_dir():
+                self._root.mkdir(parents=True)
+                if fsync:
+                    # The new directory's entry: indexes created in it must not vanish with it after a crash.
+                    fsync_dir(self._root.parent)
             shutil.rmtree(self._work, ignore_errors=True)
             self._work.mkdir(parents=True)
             for path in sorted(self._root.iterdir()):

@@ -389,7 +389,8 @@ class TantivyBackend:
         writer = self._writer(handle)
         try:
             for p in planned:
-                writer.delete_documents_by_term("_id", p.result.id)
+                if p.result.result != "created":
+                    writer.delete_documents_by_term("_id", p.result.id)
                 if p.document is not None:
                     writer.add_document(p.document)
         except ValueError as exc:

@@ -26,6 +26,7 @@
      ├── StorageError           the durable store could not be read or written
      ├── AuthenticationError    an admin route was called without the admin token (HTTP 401)
      ├── PayloadTooLargeError   a request is larger than the server's limits allow (HTTP 413)
+     ├── RequestTimeoutError    a request body did not arrive within the server's read deadline (HTTP 408)
      └── RejectedExecutionError too much work at once: a bounded queue is full (HTTP 429)
           └── CircuitBreakingError  request bytes in flight exceed the breaker's limit (HTTP 429)
 
@@ -50,6 +51,7 @@ __all__ = [
     "QueryRejectedError",
     "QuidditchError",
     "RejectedExecutionError",
+    "RequestTimeoutError",
     "StageError",
     "StageTimeoutError",
     "StageUnavailableError",
@@ -304,6 +306,13 @@ class PayloadTooLargeError(QuidditchError):
 
     error_type = "request_entity_too_large_exception"
     status = 413
+
+
+class RequestTimeoutError(QuidditchError):
+    """A request body did not arrive within the server's read deadline (a slow or stalled client)."""
+
+    error_type = "request_timeout_exception"
+    status = 408
 
 
 class RejectedExecutionError(QuidditchError):

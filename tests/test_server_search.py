@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from quidditch_pipeline.errors import DefinitionError, InputError, StorageError
-from quidditch_pipeline.server.search import (
+from quidditch_pipeline.server.engine import (
     DeleteOp,
     DocumentExistsError,
     IndexExistsError,
@@ -289,7 +289,7 @@ def test_close_commits_and_a_reopen_keeps_everything(tmp_path: Path) -> None:
 _CRASH = textwrap.dedent(
     """
     import os, sys
-    from quidditch_pipeline.server.search import TantivyBackend, IndexOp
+    from quidditch_pipeline.server.engine import TantivyBackend, IndexOp
     backend = TantivyBackend(sys.argv[1])
     backend.create_index("products", {"index.refresh_interval": "-1"})
     backend.bulk("products", [IndexOp(str(i), {"n": i}) for i in range(50)])

@@ -1,15 +1,18 @@
 """The reference host: an HTTP server (FastAPI) with an embedded tantivy search engine whose indexes run the
 pipelines of a :class:`~quidditch_pipeline.PipelineService` on every document, search and result set.
 
-* :mod:`.search` — ``SearchBackend`` and its tantivy implementation (indexes, documents, the query DSL);
-* :mod:`.app` — ``create_app``: the HTTP API of DESIGN §6;
+* :mod:`.app` — ``create_app``: joins the routers of :mod:`.routes` (one per resource) into the API of DESIGN §6;
+* :mod:`.engine` — the storage engine beside it: ``SearchBackend`` and its tantivy implementation, the translog,
+  the query DSL, index settings;
 * :mod:`.serve` — the ``serve`` command (uvicorn, graceful shutdown, ``--demo``).
 """
 
 from __future__ import annotations
 
-from .app import AuthenticationError, PayloadTooLargeError, ServerLimits, create_app
-from .search import (
+from ..errors import AuthenticationError, CircuitBreakingError, PayloadTooLargeError, RequestTimeoutError
+from ._limits import ServerLimits
+from .app import create_app
+from .engine import (
     DocumentExistsError,
     IndexExistsError,
     IndexNotFoundError,
@@ -20,11 +23,13 @@ from .search import (
 
 __all__ = [
     "AuthenticationError",
+    "CircuitBreakingError",
     "DocumentExistsError",
     "IndexExistsError",
     "IndexNotFoundError",
     "InvalidIndexNameError",
     "PayloadTooLargeError",
+    "RequestTimeoutError",
     "SearchBackend",
     "ServerLimits",
     "TantivyBackend",

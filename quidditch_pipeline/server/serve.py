@@ -23,15 +23,18 @@ from rich.console import Console
 
 from ..errors import QuidditchError
 from ..service import PipelineService
+from ._limits import ServerLimits
 from .app import create_app
 from .demo import find_udf_dir, run_demo
-from .search import TantivyBackend
+from .engine import TantivyBackend
 
 __all__ = ["main", "register", "run"]
 
 TOKEN_ENV = "QUIDDITCH_ADMIN_TOKEN"
 #: How long a shutdown waits for in-flight requests (a UDF build takes ~10 s).
 GRACEFUL_SHUTDOWN_S = 30
+#: Seconds an idle keep-alive connection stays open.
+KEEP_ALIVE_S = 5
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -54,6 +57,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--admin-token",
         default=None,
         help=f"require 'Authorization: Bearer TOKEN' on admin routes (default: ${TOKEN_ENV})",
+    )
+    defaults = ServerLimits()
+    parser.add_argument(
+        "--max-in-flight-bytes",
+        type=int,
+        default=defaults.max_in_flight_bytes,
+        help="request body bytes in flight across all requests; past it a request is answered 429 "
+        f"circuit_breaking_exception (default: {defaults.max_in_flight_bytes})",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=defaults.body_timeout_s,
+        help=f"seconds a request body may take to arrive; past it 408 (default: {defaults.body_timeout_s:g})",
     )
     parser.add_argument(
         "--demo",
@@ -82,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
             return 1
         with backend:
-            app = create_app(service, backend, admin_token=token)
+            limits = ServerLimits(max_in_flight_bytes=args.max_in_flight_bytes, body_timeout_s=args.body_timeout)
+            app = create_app(service, backend, admin_token=token, limits=limits)
             config = uvicorn.Config(
                 app,
                 host=args.host,
@@ -91,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
                 lifespan="off",
                 ws="none",
                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+                # An idle keep-alive connection is closed after this; h11 also bounds a request's head at
+                # 16 KiB, so slow or endless headers cost one small buffer each, never a worker thread.
+                timeout_keep_alive=KEEP_ALIVE_S,
             )
             server = uvicorn.Server(config)
             console.print(

@@ -1,0 +1,40 @@
+"""Which pipeline guards a request, failing closed: the index's stored settings are the source of truth.
+
+Each ``_doc``, ``_bulk`` and ``_search`` names its pipeline to the service explicitly: the request's override
+(``?pipeline=``, ``?query_pipeline=``, ``?result_pipeline=``; ``_none`` skips), else the pipeline the index's
+settings configure, else none. So an index whose pipeline is missing or cannot be built refuses what that
+pipeline guards (``PipelineUnavailableError``, 400, naming index and pipeline), at start-up as at any time,
+instead of passing documents or searches through unprocessed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final, TypeVar
+
+from ..errors import NotFoundError, PipelineUnavailableError
+from .engine import IndexInfo
+
+T = TypeVar("T")
+
+#: The service's name for "no pipeline".
+NO_PIPELINE: Final = "_none"
+
+
+def pipeline_name(info: IndexInfo, kind: str, override: str | None) -> str:
+    """The pipeline of ``kind`` that guards a request on the index (``_none``: none)."""
+    if override is not None:
+        return override
+    return info.pipeline(kind) or NO_PIPELINE
+
+
+def run_guarded(info: IndexInfo, kind: str, override: str | None, run: Callable[[str], T]) -> T:
+    """``run(name)`` with the guarding pipeline's name; the index's own pipeline missing is refused as
+    unavailable (a pipeline the request named itself stays a 404)."""
+    name = pipeline_name(info, kind, override)
+    try:
+        return run(name)
+    except NotFoundError as exc:
+        if override is not None:
+            raise
+        raise PipelineUnavailableError(info.name, kind, name, exc.message) from exc

@@ -1,0 +1,369 @@
+"""Document routes: ``_doc``, ``_create`` and ``_bulk`` (through the index's document pipeline), get, delete."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Final, Literal
+
+import orjson
+from fastapi import APIRouter, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from ...errors import (
+    DefinitionError,
+    InputError,
+    NotFoundError,
+    PayloadTooLargeError,
+    QuidditchError,
+    StageError,
+)
+from ...service import DocumentOutcome
+from .._body import json_object, parse_object, read_body
+from .._errors import error_of
+from .._pipelines import pipeline_name, run_guarded
+from .._responses import EXISTS, BulkBody, DocBody, ErrorBody, JsonResponse, WriteBody, json_body_doc, responses
+from .._routing import AppContext, PipelineParam, RefreshParam, refresh_flag, route
+from ..engine import (
+    DeleteOp,
+    IndexInfo,
+    IndexOp,
+    WriteResult,
+    validate_doc_id,
+    validate_index_name,
+)
+
+
+def _write_body(index: str, result: WriteResult, *, refreshed: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "_index": index,
+        "_id": result.id,
+        "_version": result.version,
+        "result": result.result,
+        "_shards": {"total": 1, "successful": 1, "failed": 0},
+    }
+    if refreshed:
+        body["forced_refresh"] = True
+    return body
+
+
+def _noop_body(index: str, doc_id: str) -> dict[str, Any]:
+    return {"_index": index, "_id": doc_id, "result": "noop", "_shards": {"total": 0, "successful": 0, "failed": 0}}
+
+
+def _new_id() -> str:
+    # 20 URL-safe characters, like Elasticsearch's generated ids.
+    return secrets.token_urlsafe(15)
+
+
+@dataclass(slots=True)
+class _BulkItem:
+    action: str
+    index: str | None
+    id: str | None
+    pipeline: str | None
+    source: dict[str, Any] | None = None
+    auto_id: bool = False
+    error: QuidditchError | None = None
+    result: WriteResult | None = None
+    dropped: bool = False
+
+    def response(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"_index": self.index, "_id": self.id}
+        if self.error is not None:
+            body.update(status=self.error.status, error=error_of(self.error)["error"])
+        elif self.dropped:
+            body.update(_noop_body(self.index or "", self.id or ""), status=200)
+        else:
+            assert self.result is not None and self.index is not None
+            body.update(_write_body(self.index, self.result), status=self.result.status)
+        return {self.action: body}
+
+
+_BULK_META: Final = frozenset({"_index", "_id", "pipeline", "routing", "require_alias", "op_type"})
+
+
+def _parse_bulk(raw: bytes, default_index: str | None, max_items: int) -> list[_BulkItem]:
+    """NDJSON action lines, each followed by a source line except for ``delete``."""
+    lines = raw.split(b"\n")
+    items: list[_BulkItem] = []
+    number = 0
+    while number < len(lines):
+        line = lines[number].strip()
+        number += 1
+        if not line:
+            continue
+        try:
+            action_line = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise DefinitionError([(f"line {number}", f"not valid JSON: {exc}")], subject="bulk request") from exc
+        if not isinstance(action_line, dict) or len(action_line) != 1:
+            raise DefinitionError(
+                [(f"line {number}", "an action line is an object with one key: index, create, delete or update")],
+                subject="bulk request",
+            )
+        ((action, meta),) = action_line.items()
+        if action not in {"index", "create", "delete", "update"}:
+            raise DefinitionError(
+                [(f"line {number}", f"unknown action [{action}]; expected one of create, delete, index, update")],
+                subject="bulk request",
+            )
+        if not isinstance(meta, dict) or set(meta) - _BULK_META:
+            unknown = sorted(set(meta) - _BULK_META) if isinstance(meta, dict) else ["(not an object)"]
+            raise DefinitionError(
+                [(f"line {number}", f"unknown action parameter {unknown[0]}")], subject="bulk request"
+            )
+        if len(items) >= max_items:
+            raise PayloadTooLargeError(f"a bulk request may hold at most {max_items} actions")
+        index = meta.get("_index", default_index)
+        if not isinstance(index, str):
+            raise DefinitionError([(f"line {number}", "index is missing")], subject="bulk request")
+        doc_id = meta.get("_id")
+        if doc_id is not None and not isinstance(doc_id, str):
+            doc_id = str(doc_id)
+        op_type = meta.get("op_type")
+        if op_type is not None:
+            # ``op_type: create`` on an index action is a create: refused, never an overwrite, if the id exists.
+            fits = action in {"index", "create"} and op_type in {"index", "create"}
+            if not fits or (action, op_type) == ("create", "index"):
+                raise DefinitionError(
+                    [(f"line {number}", f"op_type [{op_type}] does not fit the {action} action")],
+                    subject="bulk request",
+                )
+            action = op_type
+        pipeline = meta.get("pipeline")
+        item = _BulkItem(action, index, doc_id, pipeline if isinstance(pipeline, str) else None)
+        items.append(item)
+        if action == "delete":
+            if doc_id is None:
+                raise DefinitionError([(f"line {number}", "id is missing for delete")], subject="bulk request")
+            continue
+        if number >= len(lines) or not lines[number].strip():
+            raise DefinitionError(
+                [(f"line {number + 1}", f"the {action} action needs a source line")], subject="bulk request"
+            )
+        source_line = lines[number]
+        number += 1
+        if action == "update":
+            item.error = InputError("the update action is not supported; use index to replace the document")
+            continue
+        try:
+            item.source = parse_object(source_line, required=True, what=f"document source (line {number})")
+        except DefinitionError as exc:
+            item.error = exc
+            continue
+        if doc_id is None:
+            item.id, item.auto_id = _new_id(), True
+    return items
+
+
+def router(ctx: AppContext) -> APIRouter:
+    router = APIRouter()
+    svc, backend = ctx.service, ctx.backend
+
+    def write_one(
+        index: str,
+        doc_id: str,
+        source: dict[str, Any],
+        pipeline: str | None,
+        refresh: bool,
+        *,
+        create: bool,
+        auto_id: bool = False,
+    ) -> Response:
+        info = backend.get_index(index)
+        validate_doc_id(doc_id)
+        processed = run_guarded(
+            info, "document", pipeline, lambda name: svc.process_document(index, doc_id, source, pipeline=name)
+        )
+        if processed is None:
+            return JsonResponse(_noop_body(index, doc_id))
+        (result,) = backend.bulk(index, [IndexOp(doc_id, processed, create=create, auto_id=auto_id)], refresh=refresh)
+        if isinstance(result, QuidditchError):
+            raise result
+        return JsonResponse(_write_body(index, result, refreshed=refresh), status_code=result.status)
+
+    doc_body = json_body_doc({"type": "object", "description": "the document's source"})
+    write_responses = {
+        **responses(WriteBody, 400, 404, 409, 413, ok_status=201),
+        200: {"model": WriteBody, "description": "Replaced, or dropped by the pipeline (noop)"},
+    }
+
+    @route(router, ["PUT", "POST"], "/{index}/_doc/{doc_id:path}", responses=write_responses, openapi_extra=doc_body)
+    async def index_document(
+        index: str,
+        doc_id: str,
+        request: Request,
+        pipeline: PipelineParam = None,
+        refresh: RefreshParam = None,
+        op_type: Annotated[Literal["index", "create"], Query()] = "index",
+    ) -> Response:
+        """Index a document under an id, through the index's document pipeline (or ``?pipeline=``)."""
+        source = await json_object(request, ctx.limits.max_body_bytes, required=True)
+        return await run_in_threadpool(
+            write_one, index, doc_id, source, pipeline, refresh_flag(refresh), create=op_type == "create"
+        )
+
+    @route(router, ["PUT", "POST"], "/{index}/_create/{doc_id:path}", responses=write_responses, openapi_extra=doc_body)
+    async def create_document(
+        index: str, doc_id: str, request: Request, pipeline: PipelineParam = None, refresh: RefreshParam = None
+    ) -> Response:
+        """Index a document only if its id is new (409 otherwise)."""
+        source = await json_object(request, ctx.limits.max_body_bytes, required=True)
+        return await run_in_threadpool(write_one, index, doc_id, source, pipeline, refresh_flag(refresh), create=True)
+
+    @route(router, ["POST"], "/{index}/_doc", responses=write_responses, openapi_extra=doc_body)
+    async def index_document_auto_id(
+        index: str, request: Request, pipeline: PipelineParam = None, refresh: RefreshParam = None
+    ) -> Response:
+        """Index a document under a generated id."""
+        source = await json_object(request, ctx.limits.max_body_bytes, required=True)
+        return await run_in_threadpool(
+            write_one, index, _new_id(), source, pipeline, refresh_flag(refresh), create=True, auto_id=True
+        )
+
+    @route(
+        router,
+        ["GET"],
+        "/{index}/_doc/{doc_id:path}",
+        responses={
+            **responses(DocBody, 400),
+            404: {"model": ErrorBody | DocBody, "description": "No such index (error), or no such document"},
+        },
+    )
+    def get_document(index: str, doc_id: str) -> Response:
+        """Real-time get: a document is here as soon as it is acknowledged."""
+        doc = backend.get_doc(index, doc_id)
+        if doc is None:
+            return JsonResponse({"_index": index, "_id": doc_id, "found": False}, status_code=404)
+        return JsonResponse(
+            {"_index": index, "_id": doc_id, "_version": doc.version, "found": True, "_source": doc.source}
+        )
+
+    @route(router, ["HEAD"], "/{index}/_doc/{doc_id:path}", response_class=Response, responses=EXISTS)
+    def document_exists(index: str, doc_id: str) -> Response:
+        try:
+            found = backend.get_doc(index, doc_id) is not None
+        except NotFoundError:
+            found = False
+        return Response(status_code=200 if found else 404)
+
+    @route(
+        router,
+        ["DELETE"],
+        "/{index}/_doc/{doc_id:path}",
+        responses={
+            **responses(WriteBody, 400),
+            404: {"model": ErrorBody | WriteBody, "description": "No such index (error), or no such document"},
+        },
+    )
+    def delete_document(index: str, doc_id: str, refresh: RefreshParam = None) -> Response:
+        (result,) = backend.bulk(index, [DeleteOp(doc_id)], refresh=refresh_flag(refresh))
+        if isinstance(result, QuidditchError):
+            raise result
+        return JsonResponse(_write_body(index, result), status_code=result.status)
+
+    bulk_doc = {
+        "requestBody": {
+            "required": True,
+            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+        }
+    }
+    bulk_responses = responses(BulkBody, 400, 404, 413)
+
+    @route(router, ["POST", "PUT"], "/_bulk", responses=bulk_responses, openapi_extra=bulk_doc)
+    async def bulk(request: Request, pipeline: PipelineParam = None, refresh: RefreshParam = None) -> dict[str, Any]:
+        """NDJSON index, create and delete actions; one result per action, in order."""
+        raw = await read_body(request, ctx.limits.max_body_bytes)
+        return await run_in_threadpool(run_bulk, raw, None, pipeline, refresh_flag(refresh))
+
+    @route(router, ["POST", "PUT"], "/{index}/_bulk", responses=bulk_responses, openapi_extra=bulk_doc)
+    async def bulk_index(
+        index: str, request: Request, pipeline: PipelineParam = None, refresh: RefreshParam = None
+    ) -> dict[str, Any]:
+        """Bulk with a default index for actions that name none."""
+        raw = await read_body(request, ctx.limits.max_body_bytes)
+        return await run_in_threadpool(run_bulk, raw, index, pipeline, refresh_flag(refresh))
+
+    def run_bulk(raw: bytes, default_index: str | None, pipeline: str | None, refresh: bool) -> dict[str, Any]:
+        started = time.perf_counter()
+        items = _parse_bulk(raw, default_index, ctx.limits.max_bulk_items)
+        infos: dict[str, IndexInfo] = {}
+        for item in items:
+            if item.error is not None or item.index is None:
+                continue
+            try:
+                if item.index not in infos:
+                    validate_index_name(item.index)
+                    infos[item.index] = backend.get_index(item.index)
+                if item.id is not None:
+                    validate_doc_id(item.id)
+            except QuidditchError as exc:
+                item.error = exc
+        run_document_pipelines(items, infos, pipeline)
+        write(items, refresh)
+        return {
+            "took": int((time.perf_counter() - started) * 1000),
+            "errors": any(item.error is not None for item in items),
+            "items": [item.response() for item in items],
+        }
+
+    def batch_runner(index: str, group: list[_BulkItem]) -> Callable[[str], list[DocumentOutcome]]:
+        batch = [(item.id, item.source or {}) for item in group]
+        return lambda name: svc.process_documents(index, batch, pipeline=name)
+
+    def run_document_pipelines(items: list[_BulkItem], infos: dict[str, IndexInfo], pipeline: str | None) -> None:
+        """One batch per (index, pipeline): each stage runs once over the batch."""
+        groups: dict[tuple[str, str | None], list[_BulkItem]] = {}
+        for item in items:
+            if item.action in {"index", "create"} and item.error is None and item.index is not None:
+                groups.setdefault((item.index, item.pipeline or pipeline), []).append(item)
+        for (index, override), group in groups.items():
+            name = pipeline_name(infos[index], "document", override)
+            try:
+                outcomes = run_guarded(infos[index], "document", override, batch_runner(index, group))
+            except QuidditchError as exc:
+                for item in group:
+                    item.error = exc
+                continue
+            for item, outcome in zip(group, outcomes, strict=True):
+                if outcome.status == "dropped":
+                    item.dropped = True
+                elif outcome.status == "failed":
+                    item.error = _outcome_error(outcome.error, name, item.id)
+                else:
+                    item.source = outcome.source
+
+    def write(items: list[_BulkItem], refresh: bool) -> None:
+        by_index: dict[str, list[_BulkItem]] = {}
+        for item in items:
+            if item.error is None and not item.dropped and item.index is not None:
+                by_index.setdefault(item.index, []).append(item)
+        for index, group in by_index.items():
+            ops = [
+                DeleteOp(item.id or "")
+                if item.action == "delete"
+                else IndexOp(item.id or "", item.source or {}, create=item.action == "create", auto_id=item.auto_id)
+                for item in group
+            ]
+            try:
+                results = backend.bulk(index, ops, refresh=refresh)
+            except QuidditchError as exc:
+                for item in group:
+                    item.error = exc
+                continue
+            for item, result in zip(group, results, strict=True):
+                if isinstance(result, QuidditchError):
+                    item.error = result
+                else:
+                    item.result = result
+
+    return router
+
+
+def _outcome_error(error: object, pipeline: str | None, doc_id: str | None) -> QuidditchError:
+    if isinstance(error, QuidditchError):
+        return error
+    return StageError(str(error), pipeline=pipeline or "", input_id=doc_id)

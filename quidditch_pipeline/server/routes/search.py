@@ -1,0 +1,120 @@
+"""``_search`` (query pipeline, tantivy, result pipeline) and ``_count``."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Final
+
+from fastapi import APIRouter, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from ...errors import InputError
+from .._body import json_object
+from .._pipelines import NO_PIPELINE, run_guarded
+from .._responses import OBJECT, CountBody, SearchBody, json_body_doc, responses
+from .._routing import AppContext, route
+
+_SEARCH_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    "properties": {
+        "query": {
+            "type": "object",
+            "description": "match_all, match, match_phrase, multi_match, term, terms, "
+            "ids, range, exists, query_string, bool, constant_score, match_none",
+        },
+        "size": {"type": "integer", "minimum": 0, "maximum": 10_000},
+        "from": {"type": "integer", "minimum": 0, "maximum": 10_000},
+        "_source": {"type": "boolean"},
+        "track_total_hits": {"type": "boolean"},
+        "ext": {"type": "object", "description": "free-form, for pipelines"},
+    },
+}
+
+
+def router(ctx: AppContext) -> APIRouter:
+    router = APIRouter()
+    svc, backend = ctx.service, ctx.backend
+    search_body = json_body_doc(_SEARCH_SCHEMA, required=False)
+
+    def run_search(
+        index: str,
+        body: dict[str, Any],
+        q: str | None,
+        size: int | None,
+        offset: int | None,
+        query_pipeline: str | None,
+        result_pipeline: str | None,
+        search_pipeline: str | None,
+        started: float,
+    ) -> dict[str, Any]:
+        info = backend.get_index(index)
+        if search_pipeline not in {None, "_none"}:
+            raise InputError(
+                "search_pipeline accepts only _none (skip both pipelines); name pipelines with "
+                "query_pipeline and result_pipeline"
+            )
+        body = _with_url_params(body, q, size, offset)
+        if search_pipeline == NO_PIPELINE:
+            query_pipeline = result_pipeline = NO_PIPELINE
+        query = run_guarded(info, "query", query_pipeline, lambda name: svc.process_query(index, body, pipeline=name))
+        response = backend.search(index, query)
+        response = run_guarded(
+            info,
+            "result",
+            result_pipeline,
+            lambda name: svc.process_results(index, query, response, pipeline=name),
+        )
+        hits = response["hits"]["hits"]
+        response["hits"]["max_score"] = max((hit["_score"] for hit in hits), default=None)
+        # took covers the pipelines too: it is what the caller waited for.
+        response["took"] = int((time.perf_counter() - started) * 1000)
+        return response
+
+    async def search(
+        index: str,
+        request: Request,
+        q: Annotated[str | None, Query(description="a query_string query")] = None,
+        size: Annotated[int | None, Query(ge=0, le=10_000)] = None,
+        from_: Annotated[int | None, Query(alias="from", ge=0, le=10_000)] = None,
+        query_pipeline: Annotated[str | None, Query(description="instead of the index's query pipeline")] = None,
+        result_pipeline: Annotated[str | None, Query(description="instead of the index's result pipeline")] = None,
+        search_pipeline: Annotated[str | None, Query(description="_none skips both pipelines")] = None,
+    ) -> dict[str, Any]:
+        """Search: the query pipeline rewrites the body, tantivy runs it, the result pipeline reworks the hits."""
+        started = time.perf_counter()
+        body = await json_object(request, ctx.limits.max_body_bytes, required=False)
+        return await run_in_threadpool(
+            run_search, index, body, q, size, from_, query_pipeline, result_pipeline, search_pipeline, started
+        )
+
+    search_responses = responses(SearchBody, 400, 404, 413)
+    route(router, ["GET"], "/{index}/_search", responses=search_responses)(search)
+    route(router, ["POST"], "/{index}/_search", responses=search_responses, openapi_extra=search_body)(search)
+
+    async def count(
+        index: str, request: Request, q: Annotated[str | None, Query(description="a query_string query")] = None
+    ) -> dict[str, Any]:
+        """How many documents match (pipelines do not run)."""
+        body = await json_object(request, ctx.limits.max_body_bytes, required=False)
+        body = _with_url_params(body, q, None, None)
+        total = await run_in_threadpool(backend.count, index, body)
+        return {"count": total, "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0}}
+
+    count_body = json_body_doc({"type": "object", "properties": {"query": OBJECT}}, required=False)
+    count_responses = responses(CountBody, 400, 404, 413)
+    route(router, ["GET"], "/{index}/_count", responses=count_responses)(count)
+    route(router, ["POST"], "/{index}/_count", responses=count_responses, openapi_extra=count_body)(count)
+
+    return router
+
+
+def _with_url_params(body: dict[str, Any], q: str | None, size: int | None, offset: int | None) -> dict[str, Any]:
+    if q is not None:
+        if "query" in body:
+            raise InputError("give the query either as ?q= or in the body, not both")
+        body = {**body, "query": {"query_string": {"query": q}}}
+    if size is not None:
+        body = {**body, "size": size}
+    if offset is not None:
+        body = {**body, "from": offset}
+    return body

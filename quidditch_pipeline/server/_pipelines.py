@@ -4,18 +4,14 @@ Each ``_doc``, ``_bulk`` and ``_search`` names its pipeline to the service expli
 (``?pipeline=``, ``?query_pipeline=``, ``?result_pipeline=``; ``_none`` skips), else the pipeline the index's
 settings configure, else none. So an index whose pipeline is missing or cannot be built refuses what that
 pipeline guards (``PipelineUnavailableError``, 400, naming index and pipeline), at start-up as at any time,
-instead of passing documents or searches through unprocessed.
+instead of passing documents or searches through unprocessed: the service raises that error itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Final, TypeVar
+from typing import Final
 
-from ..errors import NotFoundError, PipelineUnavailableError
 from .engine import IndexInfo
-
-T = TypeVar("T")
 
 #: The service's name for "no pipeline".
 NO_PIPELINE: Final = "_none"
@@ -27,14 +23,3 @@ def pipeline_name(info: IndexInfo, kind: str, override: str | None) -> str:
         return override
     return info.pipeline(kind) or NO_PIPELINE
 
-
-def run_guarded(info: IndexInfo, kind: str, override: str | None, run: Callable[[str], T]) -> T:
-    """``run(name)`` with the guarding pipeline's name; the index's own pipeline missing is refused as
-    unavailable (a pipeline the request named itself stays a 404)."""
-    name = pipeline_name(info, kind, override)
-    try:
-        return run(name)
-    except NotFoundError as exc:
-        if override is not None:
-            raise
-        raise PipelineUnavailableError(info.name, kind, name, exc.message) from exc

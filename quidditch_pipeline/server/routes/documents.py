@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal
 
@@ -20,10 +19,9 @@ from ...errors import (
     QuidditchError,
     StageError,
 )
-from ...service import DocumentOutcome
 from .._body import json_object, parse_object, read_body
 from .._errors import error_of
-from .._pipelines import pipeline_name, run_guarded
+from .._pipelines import pipeline_name
 from .._responses import EXISTS, BulkBody, DocBody, ErrorBody, JsonResponse, WriteBody, json_body_doc, responses
 from .._routing import AppContext, PipelineParam, RefreshParam, refresh_flag, route
 from ..engine import (
@@ -175,9 +173,7 @@ def router(ctx: AppContext) -> APIRouter:
     ) -> Response:
         info = backend.get_index(index)
         validate_doc_id(doc_id)
-        processed = run_guarded(
-            info, "document", pipeline, lambda name: svc.process_document(index, doc_id, source, pipeline=name)
-        )
+        processed = svc.process_document(index, doc_id, source, pipeline=pipeline_name(info, "document", pipeline))
         if processed is None:
             return JsonResponse(_noop_body(index, doc_id))
         (result,) = backend.bulk(index, [IndexOp(doc_id, processed, create=create, auto_id=auto_id)], refresh=refresh)
@@ -310,10 +306,6 @@ def router(ctx: AppContext) -> APIRouter:
             "items": [item.response() for item in items],
         }
 
-    def batch_runner(index: str, group: list[_BulkItem]) -> Callable[[str], list[DocumentOutcome]]:
-        batch = [(item.id, item.source or {}) for item in group]
-        return lambda name: svc.process_documents(index, batch, pipeline=name)
-
     def run_document_pipelines(items: list[_BulkItem], infos: dict[str, IndexInfo], pipeline: str | None) -> None:
         """One batch per (index, pipeline): each stage runs once over the batch."""
         groups: dict[tuple[str, str | None], list[_BulkItem]] = {}
@@ -323,7 +315,7 @@ def router(ctx: AppContext) -> APIRouter:
         for (index, override), group in groups.items():
             name = pipeline_name(infos[index], "document", override)
             try:
-                outcomes = run_guarded(infos[index], "document", override, batch_runner(index, group))
+                outcomes = svc.process_documents(index, [(item.id, item.source or {}) for item in group], pipeline=name)
             except QuidditchError as exc:
                 for item in group:
                     item.error = exc

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ...errors import InputError
 from .._body import json_object
-from .._pipelines import NO_PIPELINE, run_guarded
+from .._pipelines import NO_PIPELINE, pipeline_name
 from .._responses import OBJECT, CountBody, SearchBody, json_body_doc, responses
 from .._routing import AppContext, route
 
@@ -56,13 +56,9 @@ def router(ctx: AppContext) -> APIRouter:
         body = _with_url_params(body, q, size, offset)
         if search_pipeline == NO_PIPELINE:
             query_pipeline = result_pipeline = NO_PIPELINE
-        query = run_guarded(info, "query", query_pipeline, lambda name: svc.process_query(index, body, pipeline=name))
-        response = backend.search(index, query)
-        response = run_guarded(
-            info,
-            "result",
-            result_pipeline,
-            lambda name: svc.process_results(index, query, response, pipeline=name),
+        query = svc.process_query(index, body, pipeline=pipeline_name(info, "query", query_pipeline))
+        response = svc.process_results(
+            index, query, backend.search(index, query), pipeline=pipeline_name(info, "result", result_pipeline)
         )
         hits = response["hits"]["hits"]
         response["hits"]["max_score"] = max((hit["_score"] for hit in hits), default=None)

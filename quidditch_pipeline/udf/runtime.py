@@ -35,7 +35,7 @@ from wasmtime import Config, Engine, Store, WasiConfig, WasmtimeError
 from wasmtime import _ffi as ffi
 from wasmtime.component import Component, ExportIndex, Func, Linker
 
-from .._files import write_atomically
+from .._files import file_lock, write_atomically
 from ..errors import InputError, UdfCallError, UdfLoadError, UdfMemoryError, UdfTimeoutError
 
 __all__ = ["ABI", "UdfItemError", "UdfItemResult", "UdfRuntime", "UdfRuntimeStats"]
@@ -537,6 +537,14 @@ class UdfRuntime:
 
     def _compiled(self, sha256: str, wasm_path: Path) -> Component:
         cache = self.compiled_path(sha256)
+        if cache is None:
+            return self._compile(sha256, wasm_path, None)
+        # Processes sharing the cache folder (pipeline workers) compile each component once: the first takes
+        # the lock and compiles, the others wait on it and then map the file it wrote.
+        with file_lock(cache.with_name(cache.name + ".lock")):
+            return self._compile(sha256, wasm_path, cache)
+
+    def _compile(self, sha256: str, wasm_path: Path, cache: Path | None) -> Component:
         if cache is not None and cache.is_file():
             try:
                 component = Component.deserialize_file(self.engine, str(cache))

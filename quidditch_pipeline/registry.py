@@ -41,12 +41,14 @@ class Registry:
         self._storage = storage
         self._now = now
         self._lock = threading.RLock()
-        self._parsed: dict[tuple[str, int], PipelineDefinition] = {}
         self._adopt()
 
     def _adopt(self) -> None:
         """Take the stored state as this registry's view (at start-up, and on :meth:`refresh`)."""
         state = self._storage.load()
+        # Parsed definitions are keyed by (name, revision); a pipeline deleted and re-created elsewhere
+        # reuses revision numbers, so what was parsed before is not trusted.
+        self._parsed: dict[tuple[str, int], PipelineDefinition] = {}
         self._history: dict[str, list[Revision]] = state.revisions
         self._associations = state.associations
         self._udfs = state.udfs

@@ -265,15 +265,20 @@ class WorkerPool:
         return [a if a is not None else ItemAnswer(_wire.FAILED, error=WorkerError("no answer")) for a in answers]
 
     def _acquire(self, *, block: bool, since: float) -> _Slot | None:
-        with self._lock:
-            while not self._idle:
-                if not block or self._closed:
-                    return None
-                left = since + self._acquire_timeout_s - time.monotonic()
-                if left <= 0:
-                    return None
-                self._freed.wait(left)
-            return self._idle.popleft()
+        """An idle worker whose process is alive (one found dead while idle is replaced), or None."""
+        while True:
+            with self._lock:
+                while not self._idle:
+                    if not block or self._closed:
+                        return None
+                    left = since + self._acquire_timeout_s - time.monotonic()
+                    if left <= 0:
+                        return None
+                    self._freed.wait(left)
+                slot = self._idle.popleft()
+            if slot.process is not None and slot.process.poll() is None:
+                return slot
+            self._retire(slot, self._death(slot) + ", while idle")
 
     def _release(self, slot: _Slot) -> None:
         with self._lock:

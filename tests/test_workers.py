@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
@@ -28,6 +29,7 @@ from quidditch_pipeline import (
 )
 from quidditch_pipeline.storage import MemoryStorage
 from quidditch_pipeline.udf import UdfRuntime
+from tests.server_harness import ServerProcess
 from tests.udf_fixtures import BuiltUdf, UdfBuilds
 
 
@@ -274,3 +276,27 @@ def test_processes_sharing_a_compiled_cache_compile_a_component_once(tmp_path: P
     finally:
         for runtime in runtimes:
             runtime.close()
+
+
+def test_serve_runs_one_worker_per_usable_core_by_default_and_workers_n_when_asked(tmp_path: Path) -> None:
+    cores = len(os.sched_getaffinity(0))
+    with ServerProcess(tmp_path / "default") as server:
+        workers = httpx.get(f"{server.url}/_pipeline/_stats", timeout=30).json()["workers"]
+        assert len(workers) == cores and all(w["alive"] for w in workers)
+        pids = [w["pid"] for w in workers]
+        assert server.terminate() == 0
+    for pid in pids:  # the workers went with the server
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    with ServerProcess(tmp_path / "one", extra=("--workers", "1")) as server, httpx.Client(
+        base_url=server.url, timeout=30
+    ) as client:
+        definition = pipeline("tag", native("t", "set", field="tagged", value=True))
+        assert client.put("/_pipeline/tag", json=definition).status_code == 200
+        assert client.put("/logs").status_code == 200
+        lines = b"".join(b'{"index":{"_id":"%d"}}\n{"n":%d}\n' % (i, i) for i in range(300))
+        bulk = client.post("/logs/_bulk", content=lines, params={"pipeline": "tag", "refresh": "true"}).json()
+        assert bulk["errors"] is False
+        assert client.get("/logs/_doc/299").json()["_source"] == {"n": 299, "tagged": True}
+        [worker] = client.get("/_pipeline/_stats").json()["workers"]
+        assert worker["items"] == 300 and client.get("/_pipeline/tag/_stats").json()["count"] == 300

@@ -43,11 +43,10 @@ def fsync_dir(path: Path) -> None:
 
 @contextmanager
 def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block; blocks until free.
-
-    The kernel releases it when its holder exits, killed or not, so a crashed holder never wedges the others.
+    """Hold an exclusive ``flock`` on the existing file or folder ``path`` for the ``with`` block (blocks until
+    free). The kernel releases it when its holder exits, killed or not, so a crash never wedges the others.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

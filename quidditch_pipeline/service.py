@@ -410,6 +410,8 @@ class PipelineService:
     ) -> list[ItemAnswer]:
         """Run ``compiled`` over inputs given as JSON bytes in the worker processes; one answer per input."""
         assert self._pool is not None
+        if not payloads:
+            return []
         pins, udfs = self._worker_plan(compiled)
         header = {"pipeline": compiled.name, "pins": pins, "udfs": udfs, "index": index, "params": params or {}}
         per_input = compiled.timeout_s

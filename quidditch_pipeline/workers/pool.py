@@ -262,7 +262,8 @@ class WorkerPool:
                     del inflight[conn]
                     self._hung(chunk, pipeline, answers)
             waited_since = time.monotonic()
-        return [a if a is not None else ItemAnswer(_wire.FAILED, error=WorkerError("no answer")) for a in answers]
+        lost = WorkerError("the worker pool lost track of this item (a bug): it was not processed")
+        return [a if a is not None else ItemAnswer(_wire.FAILED, error=lost) for a in answers]
 
     def _acquire(self, *, block: bool, since: float) -> _Slot | None:
         """An idle worker whose process is alive (one found dead while idle is replaced), or None."""

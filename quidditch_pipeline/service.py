@@ -43,7 +43,7 @@ from .udf.artifacts import ArtifactStore
 from .udf.runtime import UdfRuntime
 from .udf.store import UdfStore
 from .workers import _wire
-from .workers.pool import ItemAnswer, WorkerPool
+from .workers.pool import BatchAnswer, WorkerPool
 from .workers.worker import WorkerConfig, parse_input
 
 __all__ = ["DocumentOutcome", "JsonDocumentOutcome", "PipelineService"]
@@ -347,17 +347,16 @@ class PipelineService:
         answers = self._in_workers(
             compiled, index, [items[i][0] for i in sent], [orjson.dumps(items[i][1]) for i in sent]
         )
-        for i, answer in zip(sent, answers, strict=True):
+        for k, (i, code) in enumerate(zip(sent, answers.codes, strict=True)):
             doc_id, source = items[i]
-            code = answer.code
             if code == _wire.UNCHANGED:
                 outcomes[i] = DocumentOutcome(doc_id, "success", source, None)
             elif code == _wire.CHANGED:
-                outcomes[i] = DocumentOutcome(doc_id, "success", orjson.loads(answer.data or b"null"), None)
+                outcomes[i] = DocumentOutcome(doc_id, "success", orjson.loads(answers.data[k] or b"null"), None)
             elif code == _wire.DROPPED:
                 outcomes[i] = DocumentOutcome(doc_id, "dropped", None, None)
             else:
-                outcomes[i] = DocumentOutcome(doc_id, "failed", None, answer.error or StageError("failed"))
+                outcomes[i] = DocumentOutcome(doc_id, "failed", None, _answer_error(answers, k))
         return outcomes
 
     def process_documents_json(
@@ -374,7 +373,18 @@ class PipelineService:
         compiled = self._pick(index, PipelineType.DOCUMENT, pipeline)
         if compiled is not None and self._pool is not None:
             answers = self._in_workers(compiled, index, [doc_id for doc_id, _ in items], [raw for _, raw in items])
-            return [_json_outcome(doc_id, raw, answer) for (doc_id, raw), answer in zip(items, answers, strict=True)]
+            data = answers.data
+            answered: list[JsonDocumentOutcome] = []
+            for i, ((doc_id, raw), code) in enumerate(zip(items, answers.codes, strict=True)):
+                if code == _wire.UNCHANGED:
+                    answered.append(JsonDocumentOutcome(doc_id, "success", raw, None))
+                elif code == _wire.CHANGED:
+                    answered.append(JsonDocumentOutcome(doc_id, "success", data[i], None))
+                elif code == _wire.DROPPED:
+                    answered.append(JsonDocumentOutcome(doc_id, "dropped", None, None))
+                else:
+                    answered.append(JsonDocumentOutcome(doc_id, "failed", None, _answer_error(answers, i)))
+            return answered
         outcomes: list[JsonDocumentOutcome] = []
         run_items: list[Item] = []
         meta = {"index": index}
@@ -407,11 +417,11 @@ class PipelineService:
         ids: Sequence[str | None],
         payloads: Sequence[bytes],
         params: dict[str, Any] | None = None,
-    ) -> list[ItemAnswer]:
+    ) -> BatchAnswer:
         """Run ``compiled`` over inputs given as JSON bytes in the worker processes; one answer per input."""
         assert self._pool is not None
         if not payloads:
-            return []
+            return BatchAnswer([], [], {})
         pins, udfs = self._worker_plan(compiled)
         header = {"pipeline": compiled.name, "pins": pins, "udfs": udfs, "index": index, "params": params or {}}
         per_input = compiled.timeout_s
@@ -420,10 +430,10 @@ class PipelineService:
         answers = self._pool.run(
             header, ids, payloads, (lambda n: per_input * n) if per_input is not None else (lambda n: fixed)
         )
-        lost = [a.error for a in answers if isinstance(a.error, (WorkerError, RejectedExecutionError))]
+        lost = [e for e in answers.errors.values() if isinstance(e, (WorkerError, RejectedExecutionError))]
         if lost:
             # Items a worker never answered for count as executions that failed, as they would in-process.
-            took_us = (self._clock.now() - start) * 1e6 * len(lost) / len(answers)
+            took_us = (self._clock.now() - start) * 1e6 * len(lost) / len(payloads)
             compiled.metrics.pipeline.finish(len(lost), took_us, failed=len(lost), error=lost[-1].message)
         return answers
 
@@ -462,19 +472,18 @@ class PipelineService:
         if self._pool is None or not self._search_in_workers:
             self._run(compiled, [item])
             return
-        answer = self._in_workers(compiled, item.meta["index"], [None], [orjson.dumps(item.value)])[0]
-        code = answer.code
+        answers = self._in_workers(compiled, item.meta["index"], [None], [orjson.dumps(item.value)])
+        code = answers.codes[0]
         if code == _wire.CHANGED:
-            item.value = orjson.loads(answer.data or b"null")
+            item.value = orjson.loads(answers.data[0] or b"null")
         elif code == _wire.DROPPED:
             item.status = Status.DROPPED
         elif code == _wire.REJECTED:
             item.status = Status.REJECTED
         elif code == _wire.FAILED:
+            error = _answer_error(answers, 0)
             item.status = Status.FAILED
-            item.error = answer.error if isinstance(answer.error, StageError) else StageError(
-                str(answer.error), pipeline=compiled.name
-            )
+            item.error = error if isinstance(error, StageError) else StageError(error.message, pipeline=compiled.name)
 
     def process_query(self, index: str, body: dict[str, Any], *, pipeline: str | None = None) -> dict[str, Any]:
         """The search body as the query pipeline rewrote it; raises ``QueryRejectedError`` on a reject."""
@@ -705,15 +714,9 @@ def _not_an_object(doc_id: str | None) -> DocumentOutcome:
     return DocumentOutcome(doc_id, "failed", None, InputError(f"document [{doc_id}]: the source must be a JSON object"))
 
 
-def _json_outcome(doc_id: str | None, raw: bytes, answer: ItemAnswer) -> JsonDocumentOutcome:
-    code = answer.code
-    if code == _wire.UNCHANGED:
-        return JsonDocumentOutcome(doc_id, "success", raw, None)
-    if code == _wire.CHANGED:
-        return JsonDocumentOutcome(doc_id, "success", answer.data, None)
-    if code == _wire.DROPPED:
-        return JsonDocumentOutcome(doc_id, "dropped", None, None)
-    return JsonDocumentOutcome(doc_id, "failed", None, answer.error or StageError("failed"))
+def _answer_error(answers: BatchAnswer, position: int) -> QuidditchError:
+    error = answers.errors.get(position)
+    return error if error is not None else StageError("failed without an error (a worker answered no reason)")
 
 
 def _document_outcome(item: Item) -> DocumentOutcome:

@@ -8,7 +8,7 @@ way in.
 
 from __future__ import annotations
 
-from .pool import ItemAnswer, WorkerPool
+from .pool import BatchAnswer, WorkerPool
 from .worker import WorkerConfig
 
-__all__ = ["ItemAnswer", "WorkerConfig", "WorkerPool"]
+__all__ = ["BatchAnswer", "WorkerConfig", "WorkerPool"]

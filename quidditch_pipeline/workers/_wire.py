@@ -14,6 +14,7 @@ value is the one sent: nothing crosses back), ``DROPPED``, ``REJECTED`` (a query
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -36,6 +37,7 @@ __all__ = [
     "FAILED",
     "REJECTED",
     "UNCHANGED",
+    "cut",
     "decode",
     "encode",
     "error_from_wire",
@@ -86,6 +88,17 @@ def split(body: memoryview, sizes: Sequence[int]) -> list[memoryview]:
     if offset != len(body):
         raise ValueError(f"a frame's body holds {len(body)} bytes, its header accounts for {offset}")
     return pieces
+
+
+def cut(body: memoryview, sizes: Sequence[int]) -> list[bytes]:
+    """:func:`split`, as ``bytes`` (one copy of the body, then one slice per piece)."""
+    if not sizes:
+        return []
+    data = bytes(body)
+    offsets = list(itertools.accumulate(sizes, initial=0))
+    if offsets[-1] != len(data):
+        raise ValueError(f"a frame's body holds {len(data)} bytes, its header accounts for {offsets[-1]}")
+    return [data[a:b] for a, b in itertools.pairwise(offsets)]
 
 
 def error_to_wire(error: QuidditchError) -> dict[str, Any]:

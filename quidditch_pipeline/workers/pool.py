@@ -31,16 +31,22 @@ from ..errors import QuidditchError, RejectedExecutionError, WorkerError
 from . import _wire
 from .worker import WorkerConfig
 
-__all__ = ["ItemAnswer", "WorkerPool"]
+__all__ = ["BatchAnswer", "WorkerPool"]
 
 
 @dataclass(slots=True)
-class ItemAnswer:
-    """A worker's answer for one input: a ``_wire`` code, the new JSON (``CHANGED`` only) and the error."""
+class BatchAnswer:
+    """The answers for a batch's inputs, by position: a ``_wire`` code each, the new JSON bytes of the
+    ``CHANGED`` ones (None elsewhere) and the error of the ``FAILED`` ones (parallel lists: no object per
+    input, which the parent would pay for on every document)."""
 
-    code: int
-    data: bytes | None = None
-    error: QuidditchError | None = None
+    codes: list[int]
+    data: list[bytes | None]
+    errors: dict[int, QuidditchError]
+
+    def fail(self, start: int, stop: int, error: QuidditchError) -> None:
+        self.codes[start:stop] = [_wire.FAILED] * (stop - start)
+        self.errors.update(dict.fromkeys(range(start, stop), error))
 
 
 @dataclass(eq=False)
@@ -215,14 +221,14 @@ class WorkerPool:
         ids: Sequence[str | None],
         payloads: Sequence[bytes],
         budget_s: Callable[[int], float],
-    ) -> list[ItemAnswer]:
+    ) -> BatchAnswer:
         """Run one batch: ``header`` (pipeline, pins, index, params) with the inputs' JSON ``payloads``.
 
         ``budget_s(n)`` is how long a chunk of ``n`` inputs may take in a worker; the wait for its answer is
         bounded by that plus ``grace_s``. One answer per input, in order.
         """
         n = len(payloads)
-        answers: list[ItemAnswer | None] = [None] * n
+        answers = BatchAnswer([_wire.FAILED] * n, [None] * n, {})
         pipeline = str(header["pipeline"])
         chunks = max(1, min(self.size, math.ceil(n / self.min_chunk)))
         bounds = [(n * i // chunks, n * (i + 1) // chunks) for i in range(chunks)]
@@ -238,7 +244,7 @@ class WorkerPool:
                         f"no pipeline worker became free within {self._acquire_timeout_s:.0f} s"
                     )
                     for start, stop in bounds:
-                        answers[start:stop] = [ItemAnswer(_wire.FAILED, error=error)] * (stop - start)
+                        answers.fail(start, stop, error)
                     bounds = []
                     break
                 start, stop = bounds.pop(0)
@@ -262,8 +268,7 @@ class WorkerPool:
                     del inflight[conn]
                     self._hung(chunk, pipeline, answers)
             waited_since = time.monotonic()
-        lost = WorkerError("the worker pool lost track of this item (a bug): it was not processed")
-        return [a if a is not None else ItemAnswer(_wire.FAILED, error=lost) for a in answers]
+        return answers
 
     def _acquire(self, *, block: bool, since: float) -> _Slot | None:
         """An idle worker whose process is alive (one found dead while idle is replaced), or None."""
@@ -307,14 +312,14 @@ class WorkerPool:
             return None
         return _Chunk(start, stop, slot, now, now + budget_s(stop - start) + self.grace_s)
 
-    def _receive(self, chunk: _Chunk, pipeline: str, answers: list[ItemAnswer | None]) -> None:
+    def _receive(self, chunk: _Chunk, pipeline: str, answers: BatchAnswer) -> None:
         slot = chunk.slot
         assert slot.conn is not None
         try:
             frame = slot.conn.recv_bytes()
         except (EOFError, OSError):
             cause = self._death(slot)
-            self._fail(chunk, answers, WorkerError(
+            answers.fail(chunk.start, chunk.stop, WorkerError(
                 f"pipeline worker {slot.pid} died ({cause}) while running this batch", pid=slot.pid, pipeline=pipeline
             ))
             self._retire(slot, cause)
@@ -326,34 +331,31 @@ class WorkerPool:
         header, body = _wire.decode(frame)
         self._merge_stats(header["stats"])
         if "error" in header:
-            self._fail(chunk, answers, _wire.error_from_wire(header["error"], pipeline))
+            answers.fail(chunk.start, chunk.stop, _wire.error_from_wire(header["error"], pipeline))
             return
-        errors = header["errors"]
-        changed = iter(_wire.split(body, header["sizes"]))
-        for offset, code in enumerate(header["codes"]):
-            if code == _wire.CHANGED:
-                answers[chunk.start + offset] = ItemAnswer(code, bytes(next(changed)))
-            elif code == _wire.FAILED:
-                error = _wire.error_from_wire(errors[str(offset)], pipeline)
-                answers[chunk.start + offset] = ItemAnswer(code, error=error)
-            else:
-                answers[chunk.start + offset] = ItemAnswer(code)
+        start = chunk.start
+        codes = header["codes"]
+        answers.codes[start : chunk.stop] = codes
+        changed = _wire.cut(body, header["sizes"])
+        if changed:
+            positions = [start + i for i, code in enumerate(codes) if code == _wire.CHANGED]
+            data = answers.data
+            for position, piece in zip(positions, changed, strict=True):
+                data[position] = piece
+        for offset, error in header["errors"].items():
+            answers.errors[start + int(offset)] = _wire.error_from_wire(error, pipeline)
 
-    def _hung(self, chunk: _Chunk, pipeline: str, answers: list[ItemAnswer | None]) -> None:
+    def _hung(self, chunk: _Chunk, pipeline: str, answers: BatchAnswer) -> None:
         slot = chunk.slot
         waited = time.monotonic() - chunk.sent
         cause = f"no answer within {waited:.1f} s, killed"
-        self._fail(chunk, answers, WorkerError(
+        answers.fail(chunk.start, chunk.stop, WorkerError(
             f"pipeline worker {slot.pid} did not answer within the batch's deadline plus {self.grace_s:g} s "
             f"({waited:.1f} s) and was killed; this batch was not processed",
             pid=slot.pid,
             pipeline=pipeline,
         ))
         self._retire(slot, cause)
-
-    @staticmethod
-    def _fail(chunk: _Chunk, answers: list[ItemAnswer | None], error: QuidditchError) -> None:
-        answers[chunk.start : chunk.stop] = [ItemAnswer(_wire.FAILED, error=error)] * (chunk.stop - chunk.start)
 
     @staticmethod
     def _death(slot: _Slot) -> str:

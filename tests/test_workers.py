@@ -135,6 +135,19 @@ def test_a_large_batch_is_cut_over_the_workers_and_comes_back_in_order(pooled: P
     assert {"pid", "batches", "items", "busy_ms", "restarts", "alive"} <= workers[0].keys()
 
 
+def test_retries_and_deadlines_run_in_the_worker_and_count_in_the_parent(pooled: PipelineService) -> None:
+    stage = python("hostile", parameters={"do": "loop"}, on_failure="retry", timeout_ms=50)
+    pooled.put_pipeline(pipeline("retrying", stage, retry={"max_attempts": 3, "initial_backoff_ms": 5}))
+    pooled.associate("retry-idx", "document", "retrying")
+    start = time.monotonic()
+    [out] = pooled.process_documents_json("retry-idx", [("1", b"{}")])
+    assert time.monotonic() - start < 3 * 0.05 + 1.0  # preempted at each attempt's budget, in the worker
+    assert out.status == "failed" and isinstance(out.error, StageError) and out.error.kind == "timeout"
+    assert (out.error.pipeline, out.error.stage, out.error.input_id) == ("retrying", "hostile", "1")
+    [stage_stats] = pooled.stats("retrying")["stages"]
+    assert (stage_stats["count"], stage_stats["retries"], stage_stats["timeouts"]) == (1, 2, 3)
+
+
 def test_dict_documents_go_through_the_workers_too(pooled: PipelineService) -> None:
     pooled.put_pipeline(pipeline("dicts", native("up", "uppercase", field="t")))
     pooled.associate("dict-idx", "document", "dicts")

@@ -426,15 +426,22 @@ class PipelineService:
         header = {"pipeline": compiled.name, "pins": pins, "udfs": udfs, "index": index, "params": params or {}}
         per_input = compiled.timeout_s
         fixed = self._worker_batch_timeout_s
+        metric = compiled.metrics.pipeline
+        metric.begin(len(payloads))  # in flight in the workers: ``current`` shows them here meanwhile
         start = self._clock.now()
-        answers = self._pool.run(
-            header, ids, payloads, (lambda n: per_input * n) if per_input is not None else (lambda n: fixed)
-        )
+        try:
+            answers = self._pool.run(
+                header, ids, payloads, (lambda n: per_input * n) if per_input is not None else (lambda n: fixed)
+            )
+        except BaseException:
+            metric.begin(-len(payloads))
+            raise
         lost = [e for e in answers.errors.values() if isinstance(e, (WorkerError, RejectedExecutionError))]
+        metric.begin(len(lost) - len(payloads))  # the answered ones: the workers' own events counted them
         if lost:
             # Items a worker never answered for count as executions that failed, as they would in-process.
             took_us = (self._clock.now() - start) * 1e6 * len(lost) / len(payloads)
-            compiled.metrics.pipeline.finish(len(lost), took_us, failed=len(lost), error=lost[-1].message)
+            metric.finish(len(lost), took_us, failed=len(lost), error=lost[-1].message)
         return answers
 
     def _worker_plan(self, root: CompiledPipeline) -> tuple[dict[str, list[Any]], list[list[Any]]]:

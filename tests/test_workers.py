@@ -145,6 +145,13 @@ def test_retries_and_deadlines_run_in_the_worker_and_count_in_the_parent(pooled:
     assert out.status == "failed" and isinstance(out.error, StageError) and out.error.kind == "timeout"
     assert (out.error.pipeline, out.error.stage, out.error.input_id) == ("retrying", "hostile", "1")
     [stage_stats] = pooled.stats("retrying")["stages"]
+    # While a batch is out in a worker, the parent's ``current`` counts it.
+    thread = threading.Thread(target=pooled.process_documents_json, args=("retry-idx", [("2", b"{}"), ("3", b"{}")]))
+    thread.start()
+    time.sleep(0.1)
+    in_flight = pooled.stats("retrying")["current"]
+    thread.join()
+    assert (in_flight, pooled.stats("retrying")["current"]) == (2, 0)
     assert (stage_stats["count"], stage_stats["retries"], stage_stats["timeouts"]) == (1, 2, 3)
 
 
@@ -237,6 +244,7 @@ def test_killed_workers_fail_only_their_items_and_are_replaced(pooled: PipelineS
     total = sum(len(b) for b in sent)
     stats = pooled.stats("slow")
     assert (stats["count"], stats["succeeded"] + stats["failed"], stats["failed"]) == (total, total, died)
+    assert stats["current"] == 0
     # The pool goes on (a worker killed while idle is found when next picked) and refills itself.
     outs = pooled.process_documents_json("slow-idx", [(str(i), b"{}") for i in range(100)])
     assert all(o.status == "success" for o in outs)

@@ -33,9 +33,10 @@ from .errors import (
     UdfLoadError,
     UdfMemoryError,
     UdfTimeoutError,
+    WorkerError,
 )
 from .processors import ProcessorError, register_processor
-from .service import DocumentOutcome, PipelineService
+from .service import DocumentOutcome, JsonDocumentOutcome, PipelineService
 
 __all__ = [
     "DROP",
@@ -45,6 +46,7 @@ __all__ = [
     "Drop",
     "FailurePolicy",
     "InputError",
+    "JsonDocumentOutcome",
     "NotFoundError",
     "PipelineDefinition",
     "PipelineService",
@@ -66,6 +68,7 @@ __all__ = [
     "UdfLoadError",
     "UdfMemoryError",
     "UdfTimeoutError",
+    "WorkerError",
     "dump_definition",
     "load_definition",
     "parse_definition",

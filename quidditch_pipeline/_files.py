@@ -1,12 +1,16 @@
-"""Durable file writes: a temporary file in the same folder, fsynced, then renamed into place."""
+"""Durable file writes (a temporary file in the same folder, fsynced, then renamed into place) and a lock
+that processes sharing a folder take around work only one of them should do."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["fsync_dir", "write_atomically"]
+__all__ = ["file_lock", "fsync_dir", "write_atomically"]
 
 
 def write_atomically(path: Path, data: bytes | bytearray) -> None:
@@ -33,5 +37,18 @@ def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the existing file or folder ``path`` for the ``with`` block (blocks until
+    free). The kernel releases it when its holder exits, killed or not, so a crash never wedges the others.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
     finally:
         os.close(fd)

@@ -23,6 +23,8 @@
      │         └── UdfMemoryError
      ├── PipelineUnavailableError  an index's configured pipeline is missing or cannot be built: the
      │                          writes or searches it guards are refused (fail closed, HTTP 400)
+     ├── WorkerError            a pipeline worker process died or hung while it held the item (HTTP 503:
+     │                          the item was not processed; sending it again is safe)
      ├── StorageError           the durable store could not be read or written
      ├── AuthenticationError    an admin route was called without the admin token (HTTP 401)
      ├── PayloadTooLargeError   a request is larger than the server's limits allow (HTTP 413)
@@ -62,6 +64,7 @@ __all__ = [
     "UdfLoadError",
     "UdfMemoryError",
     "UdfTimeoutError",
+    "WorkerError",
 ]
 
 
@@ -285,6 +288,21 @@ class PipelineUnavailableError(QuidditchError):
 
     def __repr__(self) -> str:
         return f"PipelineUnavailableError(index={self.index!r}, kind={self.kind!r}, pipeline={self.pipeline!r})"
+
+
+class WorkerError(QuidditchError):
+    """The pipeline worker process that held this item died or stopped answering; the item was not processed."""
+
+    error_type = "pipeline_worker_exception"
+    status = 503
+
+    def __init__(self, message: str, *, pid: int | None = None, pipeline: str = "") -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.pipeline = pipeline
+
+    def __repr__(self) -> str:
+        return f"WorkerError(pid={self.pid!r}, pipeline={self.pipeline!r}, message={self.message!r})"
 
 
 class StorageError(QuidditchError):

@@ -41,9 +41,15 @@ class Registry:
         self._storage = storage
         self._now = now
         self._lock = threading.RLock()
-        state = storage.load()
-        self._history: dict[str, list[Revision]] = state.revisions
+        self._adopt()
+
+    def _adopt(self) -> None:
+        """Take the stored state as this registry's view (at start-up, and on :meth:`refresh`)."""
+        state = self._storage.load()
+        # Parsed definitions are keyed by (name, revision); a pipeline deleted and re-created elsewhere
+        # reuses revision numbers, so what was parsed before is not trusted.
         self._parsed: dict[tuple[str, int], PipelineDefinition] = {}
+        self._history: dict[str, list[Revision]] = state.revisions
         self._associations = state.associations
         self._udfs = state.udfs
         # name -> versions in semantic-version order, replaced whole on every UDF change: :meth:`udf` reads it
@@ -54,6 +60,11 @@ class Registry:
         self._udf_versions: dict[str, tuple[str, ...]] = {
             udf_name: tuple(sorted(versions, key=parse_semver)) for udf_name, versions in grouped.items()
         }
+
+    def refresh(self) -> None:
+        """Re-read the storage: what another process (the parent of a pipeline worker) stored since."""
+        with self._lock:
+            self._adopt()
 
     # --- pipelines ------------------------------------------------------------------------------------------
 

@@ -1,19 +1,23 @@
 """``PipelineService``: the one object an embedding search engine talks to (DESIGN §7).
 
 It ties the registry (durable definitions, associations, UDF versions), the UDF store and WASM runtime,
-the stats and the executor together, and runs the three hooks: :meth:`process_documents` before documents
-are written, :meth:`process_query` before a search, :meth:`process_results` after it.
+the stats and the executor together, and runs the three hooks: :meth:`process_documents` (and its raw-JSON
+twin :meth:`process_documents_json`) before documents are written, :meth:`process_query` before a search,
+:meth:`process_results` after it. With ``workers=N`` document batches run in N worker processes
+(:mod:`quidditch_pipeline.workers`), with the same semantics and statistics.
 """
 
 from __future__ import annotations
 
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from ._clock import SYSTEM_CLOCK, Clock
 from .builder import BuildContext, build_pipeline
@@ -25,8 +29,10 @@ from .errors import (
     PipelineUnavailableError,
     QueryRejectedError,
     QuidditchError,
+    RejectedExecutionError,
     StageError,
     UdfCallError,
+    WorkerError,
 )
 from .executor import CompiledPipeline, snapshot, validate_input
 from .mapping import UnmappableResult, map_udf_result
@@ -37,8 +43,11 @@ from .storage import MemoryStorage, SqliteStorage, Storage
 from .udf.artifacts import ArtifactStore
 from .udf.runtime import UdfRuntime
 from .udf.store import UdfStore
+from .workers import _wire
+from .workers.pool import BatchAnswer, WorkerPool
+from .workers.worker import WorkerConfig, parse_input
 
-__all__ = ["DocumentOutcome", "PipelineService"]
+__all__ = ["DocumentOutcome", "JsonDocumentOutcome", "PipelineService"]
 
 _UNSET: Any = object()
 
@@ -50,6 +59,16 @@ class DocumentOutcome:
     id: str | None
     status: str  # "success" | "dropped" | "failed"
     source: dict[str, Any] | None
+    error: QuidditchError | None
+
+
+@dataclass(slots=True)
+class JsonDocumentOutcome:
+    """:class:`DocumentOutcome` with the source as JSON bytes (``None`` unless ``status`` is ``success``)."""
+
+    id: str | None
+    status: str  # "success" | "dropped" | "failed"
+    source_json: bytes | None
     error: QuidditchError | None
 
 
@@ -67,7 +86,17 @@ class PipelineService:
         default_udf_timeout_ms: float = 1000.0,
         memory_limit_mb: int = 128,
         pool_size: int = 4,
+        workers: int = 0,
+        worker_grace_s: float = 5.0,
+        worker_batch_timeout_s: float = 60.0,
+        search_in_workers: bool = False,
     ) -> None:
+        """``workers``: worker processes for document batches (0: run in this process). A worker's wait is
+        bounded by the batch's deadline (the pipeline's ``timeout_ms`` per input, else
+        ``worker_batch_timeout_s`` per chunk) plus ``worker_grace_s``; ``search_in_workers`` sends query and
+        result pipelines to the workers too (off: one round trip costs more than their whole pipeline)."""
+        if workers < 0:
+            raise ValueError("workers must be >= 0")
         self.registry = Registry(storage)
         self._owns_runtime = runtime is None  # a runtime handed in is shared: its owner closes it
         self.runtime = runtime or UdfRuntime(compiled_cache_dir, pool_size=pool_size, memory_limit_mb=memory_limit_mb)
@@ -78,6 +107,26 @@ class PipelineService:
         self._lock = threading.Lock()
         self._compiled: dict[str, CompiledPipeline] = {}
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
+        self._worker_batch_timeout_s = worker_batch_timeout_s
+        self._search_in_workers = search_in_workers
+        self._pool: WorkerPool | None = None
+        if workers:
+            if not isinstance(storage, SqliteStorage):
+                self.close()
+                raise ValueError("workers need a registry they can read: open the service on a data directory")
+            config = WorkerConfig(
+                registry_path=str(storage.path),
+                artifacts_dir=str(artifacts_dir),
+                compiled_cache_dir=None if self.runtime.cache_dir is None else str(self.runtime.cache_dir),
+                pool_size=self.runtime.pool_size,
+                memory_limit_mb=max(1, self.runtime.memory_limit_bytes >> 20),
+                default_udf_timeout_ms=default_udf_timeout_ms,
+            )
+            try:
+                self._pool = WorkerPool(workers, config, merge_stats=self.stats_registry.merge, grace_s=worker_grace_s)
+            except BaseException:
+                self.close()
+                raise
 
     @classmethod
     def open(cls, data_dir: str | Path, **options: Any) -> PipelineService:
@@ -94,14 +143,22 @@ class PipelineService:
 
     @classmethod
     def in_memory(cls, **options: Any) -> PipelineService:
-        """A service that keeps nothing after :meth:`close` (components go to a temporary folder)."""
+        """A service that keeps nothing after :meth:`close` (components go to a temporary folder; with
+        ``workers``, the registry too, in SQLite, so that the worker processes can read it)."""
         tmp = tempfile.TemporaryDirectory(prefix="quidditch-")
         options.setdefault("compiled_cache_dir", Path(tmp.name) / "compiled")
-        service = cls(MemoryStorage(), Path(tmp.name) / "udfs", **options)
+        storage: Storage = MemoryStorage()
+        if options.get("workers"):
+            storage = SqliteStorage(Path(tmp.name) / "registry.sqlite")
+        service = cls(storage, Path(tmp.name) / "udfs", **options)
         service._tempdir = tmp
         return service
 
     def close(self) -> None:
+        pool = getattr(self, "_pool", None)  # absent when __init__ failed before the pool
+        if pool is not None:
+            pool.close()
+            self._pool = None
         if self._owns_runtime:
             self.runtime.close()
         self.registry.close()
@@ -271,9 +328,15 @@ class PipelineService:
 
     def _unavailable(self, index: str, pipeline: CompiledPipeline, items: list[Item]) -> None:
         """Fail closed when a stage turned out unavailable while running (e.g. a UDF deleted since the build)."""
-        for item in items:
-            error = item.error
-            if error is not None and error.kind == "unavailable" and item.status is Status.FAILED:
+        self._refuse_unavailable(index, pipeline, (item.error for item in items if item.status is Status.FAILED))
+
+    def _refuse_unavailable(
+        self, index: str, pipeline: CompiledPipeline, errors: Iterable[QuidditchError | None]
+    ) -> None:
+        """Raise :class:`PipelineUnavailableError` when one of ``errors`` (in process or from a worker) says a
+        stage could not run at all."""
+        for error in errors:
+            if isinstance(error, StageError) and error.kind == "unavailable":
                 with self._lock:  # built again on the next request, which then fails at build time
                     self._compiled.pop(pipeline.name, None)
                 raise PipelineUnavailableError(index, pipeline.type.value, pipeline.name, error.message)
@@ -298,6 +361,8 @@ class PipelineService:
         compiled = self._pick(index, PipelineType.DOCUMENT, pipeline)
         if compiled is None:
             return [DocumentOutcome(doc_id, "success", source, None) for doc_id, source in items]
+        if self._pool is not None:
+            return self._documents_in_workers(compiled, index, items)
         meta = {"index": index}  # read-only, shared by the batch's items
         run_items = [
             Item(i, doc_id, source, meta) for i, (doc_id, source) in enumerate(items) if isinstance(source, dict)
@@ -307,15 +372,166 @@ class PipelineService:
             self._unavailable(index, compiled, run_items)
         if len(run_items) == len(items):
             return [_document_outcome(item) for item in run_items]
-        outcomes = [
-            DocumentOutcome(
-                doc_id, "failed", None, InputError(f"document [{doc_id}]: the source must be a JSON object")
-            )
-            for doc_id, _ in items
-        ]
+        outcomes = [_not_an_object(doc_id) for doc_id, _ in items]
         for item in run_items:
             outcomes[item.position] = _document_outcome(item)
         return outcomes
+
+    def _documents_in_workers(
+        self, compiled: CompiledPipeline, index: str, items: Sequence[tuple[str | None, dict[str, Any]]]
+    ) -> list[DocumentOutcome]:
+        outcomes = [_not_an_object(doc_id) for doc_id, _ in items]
+        sent = [i for i, (_, source) in enumerate(items) if isinstance(source, dict)]
+        answers = self._in_workers(
+            compiled, index, [items[i][0] for i in sent], [orjson.dumps(items[i][1]) for i in sent]
+        )
+        for k, (i, code) in enumerate(zip(sent, answers.codes, strict=True)):
+            doc_id, source = items[i]
+            if code == _wire.UNCHANGED:
+                outcomes[i] = DocumentOutcome(doc_id, "success", source, None)
+            elif code == _wire.CHANGED:
+                outcomes[i] = DocumentOutcome(doc_id, "success", orjson.loads(answers.data[k] or b"null"), None)
+            elif code == _wire.DROPPED:
+                outcomes[i] = DocumentOutcome(doc_id, "dropped", None, None)
+            else:
+                outcomes[i] = DocumentOutcome(doc_id, "failed", None, _answer_error(answers, k))
+        self._refuse_unavailable(index, compiled, (outcome.error for outcome in outcomes))
+        return outcomes
+
+    def process_documents_json(
+        self,
+        index: str,
+        items: Sequence[tuple[str | None, bytes]],
+        *,
+        pipeline: str | None = None,
+    ) -> list[JsonDocumentOutcome]:
+        """:meth:`process_documents` on documents given as JSON bytes, answering JSON bytes: the way in for a
+        ``_bulk`` whose lines need not be parsed by this process when workers run the pipeline. A document
+        whose bytes are not a JSON object fails alone; an unchanged document answers the bytes it came with.
+        """
+        compiled = self._pick(index, PipelineType.DOCUMENT, pipeline)
+        if compiled is not None and self._pool is not None:
+            answers = self._in_workers(compiled, index, [doc_id for doc_id, _ in items], [raw for _, raw in items])
+            data = answers.data
+            answered: list[JsonDocumentOutcome] = []
+            for i, ((doc_id, raw), code) in enumerate(zip(items, answers.codes, strict=True)):
+                if code == _wire.UNCHANGED:
+                    answered.append(JsonDocumentOutcome(doc_id, "success", raw, None))
+                elif code == _wire.CHANGED:
+                    answered.append(JsonDocumentOutcome(doc_id, "success", data[i], None))
+                elif code == _wire.DROPPED:
+                    answered.append(JsonDocumentOutcome(doc_id, "dropped", None, None))
+                else:
+                    answered.append(JsonDocumentOutcome(doc_id, "failed", None, _answer_error(answers, i)))
+            self._refuse_unavailable(index, compiled, (outcome.error for outcome in answered))
+            return answered
+        outcomes: list[JsonDocumentOutcome] = []
+        run_items: list[Item] = []
+        meta = {"index": index}
+        for pos, (doc_id, raw) in enumerate(items):
+            try:
+                value = parse_input(PipelineType.DOCUMENT, doc_id, raw)
+            except InputError as exc:
+                outcomes.append(JsonDocumentOutcome(doc_id, "failed", None, exc))
+                continue
+            outcomes.append(JsonDocumentOutcome(doc_id, "success", raw, None))
+            run_items.append(Item(pos, doc_id, value, meta))
+        if compiled is None or not run_items:
+            return outcomes
+        originals = [item.value for item in run_items]
+        self._run(compiled, run_items)
+        self._unavailable(index, compiled, run_items)
+        for item, original in zip(run_items, originals, strict=True):
+            outcome = _document_outcome(item)
+            out = outcomes[item.position]
+            out.status, out.error = outcome.status, outcome.error
+            if outcome.status != "success":
+                out.source_json = None
+            elif item.value is not original:
+                out.source_json = orjson.dumps(item.value)
+        return outcomes
+
+    def _in_workers(
+        self,
+        compiled: CompiledPipeline,
+        index: str | None,
+        ids: Sequence[str | None],
+        payloads: Sequence[bytes],
+        params: dict[str, Any] | None = None,
+    ) -> BatchAnswer:
+        """Run ``compiled`` over inputs given as JSON bytes in the worker processes; one answer per input."""
+        assert self._pool is not None
+        if not payloads:
+            return BatchAnswer([], [], {})
+        pins, udfs = self._worker_plan(compiled)
+        header = {"pipeline": compiled.name, "pins": pins, "udfs": udfs, "index": index, "params": params or {}}
+        per_input = compiled.timeout_s
+        fixed = self._worker_batch_timeout_s
+        metric = compiled.metrics.pipeline
+        metric.begin(len(payloads))  # in flight in the workers: ``current`` shows them here meanwhile
+        start = self._clock.now()
+        try:
+            answers = self._pool.run(
+                header, ids, payloads, (lambda n: per_input * n) if per_input is not None else (lambda n: fixed)
+            )
+        except BaseException:
+            metric.begin(-len(payloads))
+            raise
+        lost = [e for e in answers.errors.values() if isinstance(e, (WorkerError, RejectedExecutionError))]
+        metric.begin(len(lost) - len(payloads))  # the answered ones: the workers' own events counted them
+        if lost:
+            # Items a worker never answered for count as executions that failed, as they would in-process.
+            took_us = (self._clock.now() - start) * 1e6 * len(lost) / len(payloads)
+            metric.finish(len(lost), took_us, failed=len(lost), error=lost[-1].message)
+        return answers
+
+    def _worker_plan(self, root: CompiledPipeline) -> tuple[dict[str, list[Any]], list[list[Any]]]:
+        """What a worker must run exactly as this process would: the revision (and its time, which tells a
+        re-created pipeline's revision 1 from the old one) of ``root`` and of every pipeline it calls, and the
+        version each of their UDF stages resolves to now."""
+        stored = self.registry.get(root.name, root.revision)
+        pins: dict[str, list[Any]] = {root.name: [root.revision, stored.updated_at]}
+        udfs: list[list[Any]] = []
+        seen: set[tuple[str, str | None]] = set()
+        todo = [root.definition]
+        while todo:
+            definition = todo.pop()
+            for _, udf, version in definition.udf_references():
+                if (udf, version) in seen:
+                    continue
+                seen.add((udf, version))
+                try:
+                    udfs.append([udf, version is not None, self.registry.udf(udf, version).version])
+                except NotFoundError:
+                    continue  # the stage fails in the worker, as it would here
+            for _, target in definition.pipeline_targets():
+                if target in pins:
+                    continue
+                try:
+                    nested = self.registry.get(target)
+                except NotFoundError:
+                    continue
+                pins[target] = [nested.revision, nested.updated_at]
+                todo.append(nested.definition)
+        return pins, udfs
+
+    def _run_one(self, compiled: CompiledPipeline, item: Item) -> None:
+        """Run a query or result pipeline over one input: here, or in a worker with ``search_in_workers``."""
+        if self._pool is None or not self._search_in_workers:
+            self._run(compiled, [item])
+            return
+        answers = self._in_workers(compiled, item.meta["index"], [None], [orjson.dumps(item.value)])
+        code = answers.codes[0]
+        if code == _wire.CHANGED:
+            item.value = orjson.loads(answers.data[0] or b"null")
+        elif code == _wire.DROPPED:
+            item.status = Status.DROPPED
+        elif code == _wire.REJECTED:
+            item.status = Status.REJECTED
+        elif code == _wire.FAILED:
+            error = _answer_error(answers, 0)
+            item.status = Status.FAILED
+            item.error = error if isinstance(error, StageError) else StageError(error.message, pipeline=compiled.name)
 
     def process_query(self, index: str, body: dict[str, Any], *, pipeline: str | None = None) -> dict[str, Any]:
         """The search body as the query pipeline rewrote it; raises ``QueryRejectedError`` on a reject."""
@@ -324,7 +540,7 @@ class PipelineService:
             return body
         validate_input(PipelineType.QUERY, body, "body")
         item = Item(0, None, body, {"index": index})
-        self._run(compiled, [item])
+        self._run_one(compiled, item)
         self._unavailable(index, compiled, [item])
         if item.status is Status.REJECTED:
             raise QueryRejectedError(
@@ -354,7 +570,7 @@ class PipelineService:
         value = {"hits": hits, "total": outer.get("total"), "query": body}
         validate_input(PipelineType.RESULT, value, "response")
         item = Item(0, None, value, {"index": index})
-        self._run(compiled, [item])
+        self._run_one(compiled, item)
         self._unavailable(index, compiled, [item])
         if item.status is Status.FAILED and item.error is not None:
             raise item.error
@@ -378,7 +594,14 @@ class PipelineService:
             return self.stats_registry.snapshot(name)
         for stored in self.registry.names():
             self._layout(stored)
-        return self.stats_registry.snapshot()
+        snapshot = self.stats_registry.snapshot()
+        if self._pool is not None:
+            snapshot["workers"] = self._pool.describe()
+        return snapshot
+
+    def workers(self) -> list[dict[str, Any]]:
+        """The worker processes (empty without workers): pid, batches, items, busy time, restarts, last exit."""
+        return [] if self._pool is None else self._pool.describe()
 
     def _layout(self, name: str) -> None:
         """Attach ``name``'s stage layout to its stats even before its first run, when it can be built: one
@@ -543,6 +766,15 @@ def _execute_result(item: Item, took_s: float, verbose: bool) -> dict[str, Any]:
     if verbose:
         result["stages"] = item.trace or []
     return result
+
+
+def _not_an_object(doc_id: str | None) -> DocumentOutcome:
+    return DocumentOutcome(doc_id, "failed", None, InputError(f"document [{doc_id}]: the source must be a JSON object"))
+
+
+def _answer_error(answers: BatchAnswer, position: int) -> QuidditchError:
+    error = answers.errors.get(position)
+    return error if error is not None else StageError("failed without an error (a worker answered no reason)")
 
 
 def _document_outcome(item: Item) -> DocumentOutcome:

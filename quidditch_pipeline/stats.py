@@ -12,6 +12,11 @@ so the hot path never looks one up by name. :meth:`Metric.snapshot` produces the
 A pipeline's snapshot adds ``"name"`` and ``"stages": [{"name", "type", ...the same keys}]``; a stage inside
 a composite is named by its path, ``group/inner``. Counts are per input (per hit for a hit-scoped stage), and
 every input that reaches a pipeline or stage is counted once: ``count = succeeded + failed + dropped + skipped``.
+
+Worker processes (:mod:`quidditch_pipeline.workers`) record into metrics of their own; after each batch they
+:meth:`~Metric.take` what was recorded, as plain JSON data, and the parent :meth:`~Metric.merge` s it into its
+metric: the very events an in-process run would have logged, so counts and percentiles are those of every
+execution in every process.
 """
 
 from __future__ import annotations
@@ -24,7 +29,10 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-__all__ = ["Metric", "PipelineMetrics", "StatsRegistry"]
+__all__ = ["Metric", "MetricDelta", "PipelineMetrics", "StatsRegistry"]
+
+#: What :meth:`Metric.take` hands over: ``{"events": [...], "folded": {...} | None}`` (plain JSON data).
+MetricDelta = dict[str, Any]
 
 _MAX_US = 3_600_000_000  # an hour; longer durations are clamped rather than lost
 _LOG_MAX = 4096
@@ -138,6 +146,74 @@ class Metric:
             self._hist.reset()
             self._zero()
 
+    def take(self) -> MetricDelta | None:
+        """Everything recorded since the last take, as plain JSON data, and forget it (None: nothing new).
+
+        The logged events travel as they are; what a full log already folded into the counters and the
+        histogram travels as those counters and the histogram's HDR encoding.
+        """
+        with self._lock:
+            log = self._log
+            events: list[list[Any]] = []
+            while log:
+                event = log.popleft()
+                kind = event[0]
+                if kind is _BEGIN:
+                    events.append(["b", event[1]])
+                elif kind is _SKIP:
+                    events.append(["s", event[1]])
+                else:
+                    events.append(list(event))
+            folded: dict[str, Any] | None = None
+            hist = self._hist
+            counters = (self.count, self.skipped, self.current, self.failed, self.timeouts, self.retries)
+            if any(counters) or self.last_error is not None:
+                folded = {
+                    "count": self.count,
+                    "succeeded": self.succeeded,
+                    "failed": self.failed,
+                    "dropped": self.dropped,
+                    "skipped": self.skipped,
+                    "retries": self.retries,
+                    "timeouts": self.timeouts,
+                    "current": self.current,
+                    "total_us": self.total_us,
+                    "last_error": self.last_error,
+                    "last_error_time": self.last_error_time,
+                    "hist": hist.encode().decode("ascii") if hist.get_total_count() else None,
+                }
+                hist.reset()
+                self.current = 0
+                self._zero()
+        if not events and folded is None:
+            return None
+        return {"events": events, "folded": folded}
+
+    def merge(self, delta: MetricDelta) -> None:
+        """Add what another process's :meth:`take` handed over, exactly (the same events, the same buckets)."""
+        log = self._log
+        for event in delta["events"]:
+            kind = event[0]
+            if kind == "b":
+                log.append((_BEGIN, event[1]))
+            elif kind == "s":
+                log.append((_SKIP, event[1]))
+            else:
+                log.append(tuple(event))
+        folded = delta.get("folded")
+        if folded is not None:
+            with self._lock:
+                for counter in ("count", "succeeded", "failed", "dropped", "skipped", "retries", "timeouts", "current"):
+                    setattr(self, counter, getattr(self, counter) + folded[counter])
+                self.total_us += folded["total_us"]
+                if folded["last_error"] is not None:
+                    self.last_error = folded["last_error"]
+                    self.last_error_time = folded["last_error_time"]
+                if folded["hist"] is not None:
+                    self._hist.add(HdrHistogram.decode(folded["hist"].encode("ascii")))
+        if len(log) > _LOG_MAX:
+            self._drain()
+
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             self._fold()
@@ -202,6 +278,24 @@ class PipelineMetrics:
         for metric in metrics:
             metric.reset()
 
+    def take(self) -> dict[str, Any] | None:
+        """:meth:`Metric.take` of the pipeline and of every stage: ``{"pipeline": delta, "stages": {path:
+        [type, delta]}}``, or None when nothing was recorded since the last take."""
+        with self._lock:
+            stages = list(self._stages.items())
+        taken = {path: [stage_type, delta] for path, (stage_type, m) in stages if (delta := m.take()) is not None}
+        own = self.pipeline.take()
+        if own is None and not taken:
+            return None
+        return {"pipeline": own, "stages": taken}
+
+    def merge(self, delta: dict[str, Any]) -> None:
+        """Add another process's :meth:`take` (stages are matched by path and type)."""
+        if delta["pipeline"] is not None:
+            self.pipeline.merge(delta["pipeline"])
+        for path, (stage_type, stage_delta) in delta["stages"].items():
+            self.stage(path, stage_type).merge(stage_delta)
+
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             stages = [(p, self._stages[p]) for p in self._order if p in self._stages]
@@ -230,6 +324,17 @@ class StatsRegistry:
     def discard(self, name: str) -> None:
         with self._lock:
             self._pipelines.pop(name, None)
+
+    def take(self) -> dict[str, Any]:
+        """:meth:`PipelineMetrics.take` of every pipeline that recorded something since the last take."""
+        with self._lock:
+            pipelines = list(self._pipelines.items())
+        return {name: delta for name, metrics in pipelines if (delta := metrics.take()) is not None}
+
+    def merge(self, deltas: dict[str, Any]) -> None:
+        """Add what another process's :meth:`take` handed over."""
+        for name, delta in deltas.items():
+            self.for_pipeline(name).merge(delta)
 
     def snapshot(self, name: str | None = None) -> dict[str, Any]:
         if name is not None:

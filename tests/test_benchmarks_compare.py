@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CONTENDERS = ("a", "b", "c", "d", "e", "d0")
+CONTENDERS = ("a", "b", "c", "d", "e", "d0", "w")
 BATCH_SIZES = ("1", "100", "1000")
 
 
@@ -43,7 +43,7 @@ def test_compare_quick_json_reports_every_contender_and_figure() -> None:
         assert set(rates) == set(BATCH_SIZES), key
         assert all(_positive(rate) for rate in rates.values()), (key, rates)
     for size in BATCH_SIZES:
-        assert set(report["ratios"][size]) == {"d/a", "e/a", "e/b"}
+        assert set(report["ratios"][size]) == {"d/a", "e/a", "e/b", "w/a", "w/b", "w/d"}
         assert all(_positive(ratio) for ratio in report["ratios"][size].values())
 
     query = report["query"]
@@ -56,7 +56,9 @@ def test_compare_quick_json_reports_every_contender_and_figure() -> None:
     assert math.isfinite(report["memory"]["per_instance_mib"])
 
     names = {target["name"] for target in report["targets"]}
-    assert len(names) == 12
+    assert len(names) == 18
+    assert all(_positive(report["parent_cpu_us_per_doc"][size]) for size in BATCH_SIZES)
+    assert _positive(report["query_in_worker"]["p50_us"])
     assert all(isinstance(target["met"], bool) for target in report["targets"])
     assert report["settings"]["quick"] is True
 

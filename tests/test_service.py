@@ -22,6 +22,7 @@ from quidditch_pipeline import (
     QueryRejectedError,
     StageError,
 )
+from tests.conftest import IN_PROCESS_AND_WORKERS
 
 
 def definition(name: str, kind: str = "document", **extra: Any) -> dict[str, Any]:
@@ -67,6 +68,7 @@ def test_delete_is_refused_while_an_index_or_pipeline_uses_it(service: PipelineS
         service.associate("products", "query", "shared")
 
 
+@IN_PROCESS_AND_WORKERS
 def test_process_documents_batch_has_one_outcome_per_document(service: PipelineService) -> None:
     service.put_pipeline(
         definition(
@@ -92,6 +94,7 @@ def test_process_documents_batch_has_one_outcome_per_document(service: PipelineS
     assert service.process_document("other-index", "1", {"title": "As Is"}) == {"title": "As Is"}
 
 
+@IN_PROCESS_AND_WORKERS
 def test_process_query_rewrites_or_rejects(service: PipelineService) -> None:
     service.put_pipeline(
         definition(
@@ -109,6 +112,7 @@ def test_process_query_rewrites_or_rejects(service: PipelineService) -> None:
         service.process_query("products", {"blocked": True})
 
 
+@IN_PROCESS_AND_WORKERS
 def test_process_results_keeps_the_response_shape(service: PipelineService) -> None:
     service.put_pipeline(
         definition(
@@ -163,6 +167,7 @@ def test_execute_stored_inline_and_batch(service: PipelineService) -> None:
         )
 
 
+@IN_PROCESS_AND_WORKERS
 def test_stats_are_recorded_on_every_path_and_reset(service: PipelineService) -> None:
     service.put_pipeline(definition("docs"))
     service.associate("products", "document", "docs")
@@ -190,6 +195,7 @@ def test_everything_survives_a_restart(tmp_path: Path) -> None:
         assert svc.process_document("products", "1", {"title": "Up"}) == {"title": "up"}
 
 
+@IN_PROCESS_AND_WORKERS
 def test_concurrent_execution_while_pipelines_change(service: PipelineService) -> None:
     """8 threads execute while 2 threads re-put, delete and re-associate; the counters add up exactly."""
     service.put_pipeline(definition("a"))

@@ -16,6 +16,7 @@ import pytest
 from quidditch_pipeline import ConflictError, DefinitionError, NotFoundError, PipelineService, StageError
 from quidditch_pipeline.storage import SqliteStorage
 from quidditch_pipeline.udf import UdfRuntime
+from tests.conftest import IN_PROCESS_AND_WORKERS
 from tests.udf_fixtures import BuiltUdf, UdfBuilds
 
 # Behaviour chosen per document, so one batch can hold a runaway next to well-behaved neighbours.
@@ -37,10 +38,10 @@ def selector(udf_builds: UdfBuilds) -> BuiltUdf:
 
 @pytest.fixture
 def svc(
-    tmp_path: Path, udf_runtime: UdfRuntime, hostile_udf: BuiltUdf, selector: BuiltUdf
+    tmp_path: Path, udf_runtime: UdfRuntime, hostile_udf: BuiltUdf, selector: BuiltUdf, options: dict[str, Any]
 ) -> Iterator[PipelineService]:
     with PipelineService(
-        SqliteStorage(tmp_path / "registry.sqlite"), tmp_path / "udfs", runtime=udf_runtime
+        SqliteStorage(tmp_path / "registry.sqlite"), tmp_path / "udfs", runtime=udf_runtime, **options
     ) as service:
         service.put_udf("hostile", "1.0.0", hostile_udf.wasm)
         service.put_udf("selector", "1.0.0", selector.wasm)
@@ -56,6 +57,7 @@ def pipeline(name: str, kind: str, *stages: dict[str, Any], **extra: Any) -> dic
     return {"name": name, "version": "1.0.0", "type": kind, "stages": list(stages), **extra}
 
 
+@IN_PROCESS_AND_WORKERS
 def test_a_batch_crosses_in_one_call_and_maps_per_document(svc: PipelineService) -> None:
     svc.put_pipeline(pipeline("docs", "document", python_stage("selector", parameters={"tag": "t"})))
     svc.associate("idx", "document", "docs")
@@ -67,6 +69,7 @@ def test_a_batch_crosses_in_one_call_and_maps_per_document(svc: PipelineService)
     assert outcomes[1].error.input_id == "2"
 
 
+@IN_PROCESS_AND_WORKERS
 def test_one_runaway_document_is_preempted_and_its_neighbours_go_on(svc: PipelineService) -> None:
     svc.put_pipeline(pipeline("docs", "document", python_stage("selector", timeout_ms=100)))
     svc.associate("idx", "document", "docs")
@@ -80,6 +83,7 @@ def test_one_runaway_document_is_preempted_and_its_neighbours_go_on(svc: Pipelin
     assert svc.process_document("idx", "4", {}) == {"seen": True}
 
 
+@IN_PROCESS_AND_WORKERS
 def test_under_a_pipeline_timeout_the_runaway_fails_alone_and_its_neighbours_keep_their_own_budget(
     svc: PipelineService,
 ) -> None:
@@ -93,6 +97,7 @@ def test_under_a_pipeline_timeout_the_runaway_fails_alone_and_its_neighbours_kee
     assert outcomes[1].error is not None and outcomes[1].error.kind == "timeout"
 
 
+@IN_PROCESS_AND_WORKERS
 def test_params_merge_and_meta_reach_the_guest(svc: PipelineService) -> None:
     stage = python_stage("hostile", parameters={"do": "params", "stage": 1}, target_field="x")
     svc.put_pipeline(pipeline("p", "document", stage, parameters={"pipe": 1, "stage": 0, "run": 0}))

@@ -28,7 +28,7 @@ from .app import create_app
 from .demo import find_udf_dir, run_demo
 from .engine import TantivyBackend
 
-__all__ = ["main", "register", "run"]
+__all__ = ["main", "register", "run", "usable_cores"]
 
 TOKEN_ENV = "QUIDDITCH_ADMIN_TOKEN"
 #: How long a shutdown waits for in-flight requests (a UDF build takes ~10 s).
@@ -78,8 +78,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="register the example UDFs, demo pipelines and a sample 'products' index first",
     )
     parser.add_argument(
+        "--workers",
+        type=_worker_count,
+        default=None,
+        help="pipeline worker processes for document batches; 0 runs pipelines in the server process "
+        "(default: the number of usable cores)",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="(info)"
     )
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
+    return len(os.sched_getaffinity(0))
+
+
+def _worker_count(text: str) -> int:
+    count = int(text)
+    if count < 0:
+        raise argparse.ArgumentTypeError("--workers must be 0 or more")
+    return count
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     token = args.admin_token or os.environ.get(TOKEN_ENV) or None
     data_dir: Path = args.data_dir
     try:
-        service = PipelineService.open(data_dir)
+        service = PipelineService.open(data_dir, workers=usable_cores() if args.workers is None else args.workers)
     except QuidditchError as exc:
         console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
         return 1

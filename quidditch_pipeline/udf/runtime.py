@@ -35,7 +35,7 @@ from wasmtime import Config, Engine, Store, WasiConfig, WasmtimeError
 from wasmtime import _ffi as ffi
 from wasmtime.component import Component, ExportIndex, Func, Linker
 
-from .._files import write_atomically
+from .._files import file_lock, write_atomically
 from ..errors import InputError, UdfCallError, UdfLoadError, UdfMemoryError, UdfTimeoutError
 
 __all__ = ["ABI", "UdfItemError", "UdfItemResult", "UdfRuntime", "UdfRuntimeStats"]
@@ -537,14 +537,30 @@ class UdfRuntime:
 
     def _compiled(self, sha256: str, wasm_path: Path) -> Component:
         cache = self.compiled_path(sha256)
-        if cache is not None and cache.is_file():
-            try:
-                component = Component.deserialize_file(self.engine, str(cache))
-            except WasmtimeError:
-                pass  # corrupt, or written by another engine configuration: compile it again below
-            else:
-                self._count("cache_loads")
-                return component
+        if cache is None:
+            return self._compile(sha256, wasm_path, None)
+        component = self._cached(cache)
+        if component is not None:
+            return component
+        # Processes sharing the cache folder (pipeline workers) compile a component once: the first to miss
+        # takes the folder's lock and compiles; the others wait on it, then map the file it wrote.
+        with file_lock(cache.parent):
+            component = self._cached(cache)
+            return component if component is not None else self._compile(sha256, wasm_path, cache)
+
+    def _cached(self, cache: Path) -> Component | None:
+        """The compiled component mapped back from ``cache``; None when missing or unusable."""
+        if not cache.is_file():
+            return None
+        try:
+            component = Component.deserialize_file(self.engine, str(cache))
+        except WasmtimeError:
+            return None  # corrupt, or written by another engine configuration: compiled again
+        self._count("cache_loads")
+        return component
+
+    def _compile(self, sha256: str, wasm_path: Path, cache: Path | None) -> Component:
+        """Compile the component; with ``cache``, write its compiled form there and map it back."""
         try:
             wasm = wasm_path.read_bytes()
         except OSError as exc:

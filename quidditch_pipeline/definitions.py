@@ -61,9 +61,10 @@ __all__ = [
 MAX_DEPTH = 16
 MAX_STAGES = 256
 #: Bounds on a parsed definition as a whole (values, keys and containers; nesting of objects and lists),
-#: checked before anything else looks at it: room for large parameter tables, none for a bomb.
+#: checked before anything else looks at it: room for large parameter tables, none for a bomb. The depth
+#: stays below what orjson serialises (254 levels), so whatever validates can be stored.
 MAX_DEFINITION_NODES = 200_000
-MAX_DEFINITION_DEPTH = 64
+MAX_DEFINITION_DEPTH = 200
 _NAME = r"[a-z0-9][a-z0-9_.-]{0,127}"
 #: For pydantic, whose patterns are Rust regexes: there ``$`` is the end of the text, and nothing follows.
 NAME_PATTERN = rf"^{_NAME}$"

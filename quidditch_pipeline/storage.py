@@ -189,9 +189,10 @@ class SqliteStorage:
             except BaseException as exc:
                 # After a failed statement or COMMIT (disk full, I/O error) SQLite may or may not have rolled
                 # back already; a transaction left open would commit this change with the next one.
-                # (If SQLite rolled back by itself meanwhile, ROLLBACK fails harmlessly: nothing is kept.)
-                if self._db.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
+                # (If SQLite rolled back by itself meanwhile, ROLLBACK fails harmlessly: nothing is kept. A closed
+                # connection cannot even say whether it is in a transaction: there is nothing to undo then.)
+                with contextlib.suppress(sqlite3.Error):
+                    if self._db.in_transaction:
                         self._db.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
                     raise StorageError(f"registry database write failed: {exc}") from exc

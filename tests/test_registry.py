@@ -176,10 +176,11 @@ def test_delete(reg: Registry) -> None:
     assert not reg.exists("p")
     with pytest.raises(NotFoundError):
         reg.get("p")
-    # Put again after a delete: a new pipeline, starting at revision 1.
+    # Put again after a delete: a new pipeline, whose revisions continue where the deleted one's stopped
+    # (a (name, revision) pair never names two definitions).
     again = reg.put(definition("p"))
-    assert (again.revision, again.created) == (1, True)
-    assert [r.revision for r in reg.history("p")] == [1]
+    assert (again.revision, again.created) == (3, True)
+    assert [r.revision for r in reg.history("p")] == [3]
 
 
 def test_delete_unknown(reg: Registry) -> None:

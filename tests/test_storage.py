@@ -61,6 +61,8 @@ EXPECTED = StoredState(
         ("f", "1.0.0"): UdfRecord("f", "1.0.0", "a" * 64, 100, 20.0, "s" * 64),
         ("f", "1.10.0"): UdfRecord("f", "1.10.0", "b" * 64, 200, 21.0, None),
     },
+    # A deleted pipeline's mark stays: its name's next revision continues from there.
+    revision_marks={"a": 2, "b": 1, "gone": 1},
 )
 
 
@@ -314,7 +316,8 @@ while True:
 
 
 def check_whole(path: Path) -> int:
-    """Open what the killed writer left: everything parses, revisions are consecutive. Returns the counter."""
+    """Open what the killed writer left: everything parses, revisions are consecutive (a re-created pipeline
+    continues its deleted namesake's numbers) and below the name's mark. Returns the counter."""
     db = sqlite3.connect(path)
     try:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -324,7 +327,9 @@ def check_whole(path: Path) -> int:
     try:
         for name in reg.names():
             history = reg.history(name)
-            assert [r.revision for r in history] == list(range(1, len(history) + 1)), name
+            first = history[0].revision
+            assert [r.revision for r in history] == list(range(first, first + len(history))), name
+            assert reg.put(reg.get(name).definition).revision == history[-1].revision + 1
             for revision in history:
                 stored = reg.get(name, revision.revision).definition
                 assert stored.name == name

@@ -647,7 +647,8 @@ class UdfRuntime:
                     timeout_s,
                 )
             except _Split:
-                size = max(1, (end - start) // 2)
+                # At most half as many, fewer when the time per item just learnt says so.
+                size = max(1, min((end - start) // 2, self._call_size(component, count - start)))
                 continue
             start = end
             size = self._call_size(component, count - start)

@@ -79,6 +79,8 @@ _FRAME_RE = re.compile(r'File "[^"]*/' + _SOURCE_MODULE + r'\.py", line (\d+)')
 _MISSING_MODULE_RE = re.compile(r"No module named '([^']+)'")
 _WASM_MAGIC = b"\0asm"
 _MIB = 1 << 20
+# A normal build peaks at ~400 MiB resident (componentize-py 0.25.1); room for module-level data beside it.
+_BUILD_MEMORY_MB = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +96,7 @@ class BuildLimits:
     timeout_s: float = 300.0
     #: Data-segment limit (``RLIMIT_DATA``: heap and writable private mappings, the guest's linear memory
     #: among them) of the build process, where the UDF's module-level code runs.
-    memory_limit_mb: int = 2048
+    memory_limit_mb: int = _BUILD_MEMORY_MB
     #: The largest component a build may produce or an upload may carry.
     max_component_mb: int = 64
 
@@ -211,7 +213,7 @@ def componentize(
     output: Path,
     *,
     timeout_s: float,
-    memory_limit_bytes: int,
+    memory_limit_bytes: int = _BUILD_MEMORY_MB * _MIB,
 ) -> subprocess.CompletedProcess[str]:
     """Run componentize-py on ``app``'s ``module`` for ``world``, sandboxed from the host's packages.
 

@@ -71,6 +71,9 @@ _SAME_PARAMS = _REQUEST_HEADER + marshal.dumps(None, 2)
 # The linear memory a UDF instance starts with: componentize-py's CPython snapshot (199 pages, ~12.4 MiB,
 # measured with componentize-py 0.25.1), rounded up.
 _GUEST_BASELINE = 16 * _MIB
+# A deadline no call reaches, for code that drives an _Instance directly (benchmarks/floors.py measures the
+# bare call that way); call_batch always sets one of at most max_call_ms.
+_NO_DEADLINE = 1 << 62
 # What share of max_call_ms a batch's call is sized to take, from the UDF's time per item so far: room for
 # items slower than the average before the call reaches the maximum.
 _CALL_SHARE = 0.25

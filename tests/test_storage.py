@@ -479,3 +479,49 @@ def test_a_recreated_pipeline_continues_its_revisions_across_a_restart(tmp_path:
     with pytest.raises(NotFoundError):
         reg.get("p", 1)  # the deleted definition is not served under its old number
     reg.close()
+
+
+FILE_SIZE_WRITER = """
+import resource, signal, sys
+from pathlib import Path
+from quidditch_pipeline.definitions import parse_definition
+from quidditch_pipeline.errors import StorageError
+from quidditch_pipeline.registry import Registry
+from quidditch_pipeline.storage import SqliteStorage
+
+path = Path(sys.argv[1])
+reg = Registry(SqliteStorage(path))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing us
+biggest = max(p.stat().st_size for p in path.parent.iterdir())
+resource.setrlimit(resource.RLIMIT_FSIZE, (biggest + (256 << 10), resource.RLIM_INFINITY))
+stages = [{"name": "s", "type": "native", "config": {"processor": "set", "field": "f", "value": "x" * 4000}}]
+acknowledged = 0
+try:
+    while True:
+        reg.put(parse_definition({"name": "p", "version": "1.0.0", "type": "document", "stages": stages}))
+        acknowledged += 1
+except StorageError as exc:
+    print(acknowledged, len(reg.history("p")), type(exc).__name__, str(exc), sep="\\t", flush=True)
+"""
+
+
+def test_a_file_system_that_refuses_writes_fails_them_with_storage_errors_and_loses_no_acknowledged_one(
+    tmp_path: Path,
+) -> None:
+    """A real I/O failure under SQLite: the writer's file size limit (RLIMIT_FSIZE) makes the file system
+    refuse its writes midway (EFBIG), as a full disk would."""
+    path = tmp_path / "registry.sqlite"
+    SqliteStorage(path).close()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-c", FILE_SIZE_WRITER, str(path)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    acknowledged, in_memory, error, message = done.stdout.strip().split("\t")
+    assert error == "StorageError" and "registry database write failed" in message
+    assert int(acknowledged) > 0 and int(in_memory) == int(acknowledged)
+    reopened = Registry(SqliteStorage(path))
+    try:
+        assert [r.revision for r in reopened.history("p")] == list(range(1, int(acknowledged) + 1))
+    finally:
+        reopened.close()

@@ -633,18 +633,22 @@ class UdfRuntime:
         limit = self.memory_limit_bytes if memory_limit_mb is None else memory_limit_mb * _MIB
         deadline = None if timeout_s is None else started + timeout_s
         metas = metas if component.arity == 3 else None
+        size = self._call_size(component, count)
+        if size == count:  # the common case: the whole batch in one call, nothing to slice or join
+            try:
+                return self._call(component, values, params, metas, limit, deadline, timeout_s)
+            except _Split:
+                size = max(1, min(count // 2, self._call_size(component, count)))
         results: list[UdfItemResult] = []
         start = 0
-        size = self._call_size(component, count)
         while start < count:
             end = min(start + size, count)
-            whole = start == 0 and end == count  # the common case: the batch in one call, nothing to slice
             try:
                 results += self._call(
                     component,
-                    values if whole else values[start:end],
+                    values[start:end],
                     params,
-                    metas if whole or metas is None else metas[start:end],
+                    None if metas is None else metas[start:end],
                     limit,
                     deadline,
                     timeout_s,

@@ -444,7 +444,8 @@ class PipelineService:
                 timeout_s=self._build_ctx.default_udf_timeout_ms / 1000,
             )[0]
         except UdfCallError as exc:
-            out.update(status="failed", error={"type": exc.kind, "reason": exc.message})
+            # Named like the python stage names it: the runtime knows the component, not the UDF.
+            out.update(status="failed", error={"type": exc.kind, "reason": f"UDF [{name}@{ref.version}] {exc.message}"})
         else:
             if not result.ok:
                 err = result.error

@@ -301,3 +301,10 @@ def test_putting_and_deleting_200_versions_keeps_resident_memory_bounded(
     record_property("rss_after_200_mib", rss[200] / (1 << 20))
     print(f"RSS after 20 versions {rss[20] / (1 << 20):.0f} MiB, after 200 {rss[200] / (1 << 20):.0f} MiB")
     assert growth < 200 << 20, f"resident memory grew by {growth / (1 << 20):.0f} MiB over 180 put+delete cycles"
+
+
+def test_a_call_error_names_the_udf(svc: PipelineService, hostile_udf: BuiltUdf) -> None:
+    svc.put_udf("spinner", "1.0.0", hostile_udf.wasm)
+    out = svc.execute_udf("spinner", {}, params={"do": "loop"})
+    assert out["status"] == "failed" and out["error"]["type"] == "timeout"
+    assert out["error"]["reason"].startswith("UDF [spinner@1.0.0] the UDF was preempted at its deadline")

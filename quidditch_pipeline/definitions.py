@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -34,6 +34,8 @@ from .errors import DefinitionError
 from .processors import PROCESSORS
 
 __all__ = [
+    "MAX_DEFINITION_DEPTH",
+    "MAX_DEFINITION_NODES",
     "MAX_DEPTH",
     "MAX_STAGES",
     "CompositeConfig",
@@ -47,16 +49,27 @@ __all__ = [
     "StageDefinition",
     "StageType",
     "dump_definition",
+    "is_valid_name",
     "iter_stages",
+    "latest_version",
     "load_definition",
     "parse_definition",
     "parse_semver",
+    "parse_udf_version",
 ]
 
 MAX_DEPTH = 16
 MAX_STAGES = 256
-NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,127}$"
-_NAME_RE = re.compile(NAME_PATTERN)
+#: Bounds on a parsed definition as a whole (values, keys and containers; nesting of objects and lists),
+#: checked before anything else looks at it: room for large parameter tables, none for a bomb. The depth
+#: stays below what orjson serialises (254 levels), so whatever validates can be stored.
+MAX_DEFINITION_NODES = 200_000
+MAX_DEFINITION_DEPTH = 200
+_NAME = r"[a-z0-9][a-z0-9_.-]{0,127}"
+#: For pydantic, whose patterns are Rust regexes: there ``$`` is the end of the text, and nothing follows.
+NAME_PATTERN = rf"^{_NAME}$"
+#: For Python, matched whole (``fullmatch``): Python's ``$`` would also match before a final newline.
+_NAME_RE = re.compile(_NAME)
 
 
 def _checked_path(text: str) -> str:
@@ -95,6 +108,30 @@ def parse_semver(text: str) -> semver.Version:
         raise ValueError(f"[{text}] is not a semantic version (MAJOR.MINOR.PATCH, e.g. 1.2.0)") from exc
 
 
+def parse_udf_version(text: str) -> semver.Version:
+    """A UDF version: a semantic version without build metadata. Semantic versioning ignores ``+build`` when
+    it orders versions, so ``1.0.0+a`` beside ``1.0.0`` would be two versions that ``latest`` and a pin
+    cannot tell apart; it is refused rather than silently treated as ``1.0.0``."""
+    version = parse_semver(text)
+    if version.build is not None:
+        raise ValueError(
+            f"[{text}] carries build metadata (+{version.build}), which semantic versioning ignores when "
+            f"comparing versions; a UDF version cannot have it (use {version.replace(build=None)} or a "
+            "pre-release such as 1.0.0-rc.1)"
+        )
+    return version
+
+
+def latest_version(versions: Sequence[str]) -> str | None:
+    """What ``latest`` means among ``versions`` (sorted lowest first): the highest release; the highest
+    pre-release only while there is no release (``2.0.0-rc.1`` is pinned explicitly, never picked over
+    ``1.0.0``)."""
+    for version in reversed(versions):
+        if parse_semver(version).prerelease is None:
+            return version
+    return versions[-1] if versions else None
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -129,7 +166,7 @@ class PythonConfig(_Strict):
     def _version(cls, value: str | None) -> str | None:
         if value is None or value == "latest":
             return None
-        parse_semver(value)
+        parse_udf_version(value)
         return value
 
 
@@ -340,6 +377,7 @@ def parse_definition(data: Any) -> PipelineDefinition:
     """Validate JSON data as a pipeline definition; raises :class:`DefinitionError` with field paths."""
     if not isinstance(data, dict):
         raise DefinitionError([("", f"a pipeline definition is an object, got {type(data).__name__}")])
+    _check_size(data)
     try:
         unrepresentable = _json_problems(data, "")
         if unrepresentable:
@@ -351,6 +389,26 @@ def parse_definition(data: Any) -> PipelineDefinition:
         raise
     except (ValueError, TypeError, RecursionError) as exc:
         raise DefinitionError([("", str(exc))]) from exc
+
+
+def _check_size(data: dict[str, Any]) -> None:
+    """Refuse a definition with more than MAX_DEFINITION_NODES values or nested deeper than
+    MAX_DEFINITION_DEPTH, walking it without recursion: every later step (validation, the JSON checks,
+    storing) may then recurse and iterate freely."""
+    nodes = 0
+    stack: list[tuple[Any, int, str]] = [(data, 1, "")]
+    while stack:
+        value, depth, path = stack.pop()
+        nodes += 1
+        if nodes > MAX_DEFINITION_NODES:
+            raise DefinitionError([("", f"the definition holds more than {MAX_DEFINITION_NODES} values")])
+        if depth > MAX_DEFINITION_DEPTH:
+            raise DefinitionError([(path, f"values nest deeper than {MAX_DEFINITION_DEPTH} levels")])
+        if isinstance(value, dict):
+            nodes += len(value)  # the keys
+            stack.extend((item, depth + 1, f"{path}.{key}" if path else str(key)) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1, f"{path}[{i}]") for i, item in enumerate(value))
 
 
 def _json_problems(value: Any, path: str) -> list[tuple[str, str]]:
@@ -384,11 +442,34 @@ def load_definition(text: str | bytes, fmt: Literal["json", "yaml"] | None = Non
     return parse_definition(data)
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases: ``*name`` repeats a node without copying it, so a few hundred
+    bytes of nested aliases expand to billions of values ("billion laughs") for whatever walks the result.
+    A pipeline definition never needs one; anchors alone are harmless."""
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise _AliasRefused(
+                f"line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not allowed in a "
+                "pipeline definition; write the value out"
+            )
+        return super().compose_node(parent, index)
+
+
+class _AliasRefused(Exception):
+    """Raised by :class:`_NoAliasLoader` (not a YAMLError: it must not read as a syntax error)."""
+
+
 def _load_yaml(text: str | bytes) -> Any:
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader subclass: safe
+    except _AliasRefused as exc:
+        raise DefinitionError([("", str(exc))]) from exc
     except yaml.YAMLError as exc:
         raise DefinitionError([("", f"not valid JSON or YAML: {exc}")]) from exc
+    except RecursionError as exc:  # PyYAML composes nested collections recursively
+        raise DefinitionError([("", "the YAML nests too deeply")]) from exc
 
 
 def dump_definition(definition: PipelineDefinition, fmt: Literal["json", "yaml"] = "json") -> str:
@@ -400,4 +481,5 @@ def dump_definition(definition: PipelineDefinition, fmt: Literal["json", "yaml"]
 
 
 def is_valid_name(name: str) -> bool:
-    return bool(_NAME_RE.match(name))
+    """True when ``name`` is a pipeline or UDF name, as a whole: ``[a-z0-9][a-z0-9_.-]{0,127}``."""
+    return _NAME_RE.fullmatch(name) is not None

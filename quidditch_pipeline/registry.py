@@ -4,6 +4,12 @@ Thread-safe: one lock orders every change, and each change is written to :mod:`s
 before it becomes visible in memory. Everything a definition refers to is resolved when it is stored:
 ``pipeline`` stage targets exist and are of the same type, no cycle is closed (the message prints it:
 ``a -> b -> a``), and every ``python`` stage names a registered UDF (and version, when pinned).
+
+Revisions are never reused: a pipeline's next revision is one above the highest it has ever had, a deleted
+and re-created pipeline included (the storage keeps that mark), so a cache keyed by ``(name, revision)``
+cannot serve a deleted definition. ``latest`` of a UDF is its highest release (see
+:func:`~quidditch_pipeline.definitions.latest_version`). The registry is the UDF store's
+:class:`~quidditch_pipeline.udf.store.UdfCatalog`.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .definitions import PipelineDefinition, PipelineType, parse_definition, parse_semver
+from .definitions import PipelineDefinition, PipelineType, latest_version, parse_definition, parse_semver
 from .errors import ConflictError, DefinitionError, NotFoundError
 from .storage import Revision, Storage, UdfRecord
 
@@ -46,20 +52,23 @@ class Registry:
     def _adopt(self) -> None:
         """Take the stored state as this registry's view (at start-up, and on :meth:`refresh`)."""
         state = self._storage.load()
-        # Parsed definitions are keyed by (name, revision); a pipeline deleted and re-created elsewhere
-        # reuses revision numbers, so what was parsed before is not trusted.
+        # Parsed definitions are keyed by (name, revision); re-read with the rest, so a refresh trusts nothing
+        # it parsed before.
         self._parsed: dict[tuple[str, int], PipelineDefinition] = {}
         self._history: dict[str, list[Revision]] = state.revisions
+        self._marks = state.revision_marks
         self._associations = state.associations
         self._udfs = state.udfs
-        # name -> versions in semantic-version order, replaced whole on every UDF change: :meth:`udf` reads it
-        # (and ``_udfs``) per call without the lock, and a tuple read then is the old one or the new one.
+        # name -> versions in semantic-version order, and name -> what `latest` means, replaced whole on every
+        # UDF change: :meth:`udf` reads them (and ``_udfs``) per call without the lock, and a read then is the
+        # old value or the new one.
+        self._udf_versions: dict[str, tuple[str, ...]] = {}
+        self._udf_latest: dict[str, str] = {}
         grouped: dict[str, list[str]] = {}
         for udf_name, udf_version in self._udfs:
             grouped.setdefault(udf_name, []).append(udf_version)
-        self._udf_versions: dict[str, tuple[str, ...]] = {
-            udf_name: tuple(sorted(versions, key=parse_semver)) for udf_name, versions in grouped.items()
-        }
+        for udf_name, versions in grouped.items():
+            self._set_udf_versions(udf_name, versions)
 
     def refresh(self) -> None:
         """Re-read the storage: what another process (the parent of a pipeline worker) stored since."""
@@ -76,8 +85,10 @@ class Registry:
             history = self._history.get(name, [])
             if history:
                 self._check_retype(name, definition.type)
-            revision = Revision(name, (history[-1].revision + 1) if history else 1, definition.to_dict(), self._now())
+            number = max(history[-1].revision if history else 0, self._marks.get(name, 0)) + 1
+            revision = Revision(name, number, definition.to_dict(), self._now())
             self._storage.add_revision(revision)
+            self._marks[name] = number
             self._history[name] = [*history, revision]
             self._parsed[(name, revision.revision)] = definition
             return PutResult(name, definition.version, revision.revision, not history)
@@ -262,30 +273,38 @@ class Registry:
         with self._lock:
             existing = self._udfs.get((record.name, record.version))
             if existing is not None:
-                same_source = record.source_sha256 is not None and existing.source_sha256 == record.source_sha256
-                if existing.sha256 != record.sha256 and not same_source:
-                    raise ConflictError(
-                        f"UDF [{record.name}] version [{record.version}] already exists with other content "
-                        f"(sha256 {existing.sha256[:12]}…); versions are immutable, register a new version"
-                    )
+                if not existing.same_content(record):
+                    raise existing.immutable_error()
                 return False
             self._storage.put_udf(record)
             self._udfs[(record.name, record.version)] = record
-            versions = (*self._udf_versions.get(record.name, ()), record.version)
-            self._udf_versions[record.name] = tuple(sorted(versions, key=parse_semver))
+            self._set_udf_versions(record.name, [*self._udf_versions.get(record.name, ()), record.version])
             return True
 
+    def _set_udf_versions(self, name: str, versions: list[str]) -> None:
+        """Replace ``name``'s version list and ``latest`` (under the lock, or before anyone reads)."""
+        ordered = tuple(sorted(versions, key=parse_semver))
+        latest = latest_version(ordered)
+        if latest is None:
+            # The versions first: a reader that still sees the old ones then still finds their record.
+            self._udf_versions.pop(name, None)
+            self._udf_latest.pop(name, None)
+            return
+        self._udf_versions[name] = ordered
+        self._udf_latest[name] = latest
+
     def udf(self, name: str, version: str | None) -> UdfRecord:
-        """``version`` of ``name``, or its highest semantic version when ``version`` is ``None``.
+        """``version`` of ``name``, or its ``latest`` (the highest release; the highest pre-release only while
+        there is no release) when ``version`` is ``None``.
 
         Read once per UDF stage call, so without the lock: each read below is one dict lookup, which the
         writers (under the lock) change by whole assignments only.
         """
         if version is None:
-            versions = self._udf_versions.get(name)
-            if not versions:
+            latest = self._udf_latest.get(name)
+            if latest is None:
                 raise NotFoundError("udf", name)
-            version = versions[-1]
+            version = latest
         record = self._udfs.get((name, version))
         if record is None:
             if not self.udf_versions(name):
@@ -327,11 +346,7 @@ class Registry:
                 )
             self._storage.delete_udf(name, version)
             # The versions first: a reader that still sees the old ones then still finds the record.
-            remaining = tuple(v for v in self._udf_versions[name] if v != version)
-            if remaining:
-                self._udf_versions[name] = remaining
-            else:
-                del self._udf_versions[name]
+            self._set_udf_versions(name, [v for v in self._udf_versions[name] if v != version])
             del self._udfs[(name, version)]
             return record
 

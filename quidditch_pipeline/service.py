@@ -41,6 +41,7 @@ from .stages import Item, Run, Status
 from .stats import PipelineMetrics, StatsRegistry
 from .storage import MemoryStorage, SqliteStorage, Storage
 from .udf.artifacts import ArtifactStore
+from .udf.build import BuildLimits
 from .udf.runtime import UdfRuntime
 from .udf.store import UdfStore
 from .workers import _wire
@@ -86,6 +87,8 @@ class PipelineService:
         default_udf_timeout_ms: float = 1000.0,
         memory_limit_mb: int = 128,
         pool_size: int = 4,
+        max_call_ms: int = 2000,
+        udf_build_limits: BuildLimits | None = None,
         workers: int = 0,
         worker_grace_s: float = 5.0,
         worker_batch_timeout_s: float = 60.0,
@@ -99,8 +102,10 @@ class PipelineService:
             raise ValueError("workers must be >= 0")
         self.registry = Registry(storage)
         self._owns_runtime = runtime is None  # a runtime handed in is shared: its owner closes it
-        self.runtime = runtime or UdfRuntime(compiled_cache_dir, pool_size=pool_size, memory_limit_mb=memory_limit_mb)
-        self.udfs = UdfStore(self.registry, ArtifactStore(artifacts_dir))
+        self.runtime = runtime or UdfRuntime(
+            compiled_cache_dir, pool_size=pool_size, memory_limit_mb=memory_limit_mb, max_call_ms=max_call_ms
+        )
+        self.udfs = UdfStore(self.registry, ArtifactStore(artifacts_dir), self.runtime, limits=udf_build_limits)
         self.stats_registry = StatsRegistry()
         self._clock = clock
         self._build_ctx = BuildContext(self.udfs, self.runtime, default_udf_timeout_ms)
@@ -120,6 +125,7 @@ class PipelineService:
                 compiled_cache_dir=None if self.runtime.cache_dir is None else str(self.runtime.cache_dir),
                 pool_size=self.runtime.pool_size,
                 memory_limit_mb=max(1, self.runtime.memory_limit_bytes >> 20),
+                max_call_ms=round(self.runtime.max_call_s * 1000),
                 default_udf_timeout_ms=default_udf_timeout_ms,
             )
             try:
@@ -619,12 +625,11 @@ class PipelineService:
     # --- UDFs -----------------------------------------------------------------------------------------------
 
     def put_udf(self, name: str, version: str, source_or_wasm: str | bytes) -> dict[str, Any]:
-        """Register a UDF version from Python source (built with componentize-py) or component bytes."""
+        """Register a UDF version from Python source (built with componentize-py) or component bytes; it is
+        compiled and instantiated before it is registered, so a broken component is refused at upload (and
+        the first document does not wait seconds for the compile)."""
         result = self.udfs.put(name, version, source_or_wasm)
         record = result.record
-        # Compile now, so the first document does not wait seconds for it (and a broken component is
-        # refused at upload rather than on first use).
-        self.runtime.load(record.sha256, self.udfs.resolve(name, version).path)
         return {
             "acknowledged": True,
             "name": record.name,
@@ -652,11 +657,11 @@ class PipelineService:
                     "created_at": _iso(record.created_at),
                 }
             )
-        return {"name": name, "latest": versions[-1]["version"], "versions": versions}
+        return {"name": name, "latest": self.udfs.latest(name), "versions": versions}
 
     def list_udfs(self) -> dict[str, Any]:
         udfs = [
-            {"name": name, "versions": versions, "latest": versions[-1]}
+            {"name": name, "versions": versions, "latest": self.udfs.latest(name)}
             for name in self.registry.udf_names()
             if (versions := self.udfs.versions(name))
         ]
@@ -705,7 +710,8 @@ class PipelineService:
                 timeout_s=self._build_ctx.default_udf_timeout_ms / 1000,
             )[0]
         except UdfCallError as exc:
-            out.update(status="failed", error={"type": exc.kind, "reason": exc.message})
+            # Named like the python stage names it: the runtime knows the component, not the UDF.
+            out.update(status="failed", error={"type": exc.kind, "reason": f"UDF [{name}@{ref.version}] {exc.message}"})
         else:
             if not result.ok:
                 err = result.error

@@ -1,11 +1,17 @@
 """Durable storage behind the registry: a small interface, SQLite by default, in-memory for tests.
 
-SQLite runs in WAL mode with one transaction per change, so a process killed in the middle of writes leaves
-the last committed state: whole pipeline revisions only.
+SQLite runs in WAL mode with ``synchronous=FULL`` and one transaction per change: a change is acknowledged
+only once its WAL frames are fsynced, so it survives a power loss, and a process killed in the middle of
+writes leaves the last committed state (whole pipeline revisions only). A write that fails (disk full, an
+I/O error) is rolled back and raises :class:`StorageError`; what was stored before stays intact.
+
+Each pipeline name keeps a high-water mark of the revisions it has had, which survives deleting the
+pipeline: a re-created pipeline continues the numbering, so ``(name, revision)`` never names two definitions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from dataclasses import dataclass, field
@@ -14,7 +20,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from .errors import StorageError
+from .errors import ConflictError, StorageError
 
 __all__ = ["MemoryStorage", "Revision", "SqliteStorage", "Storage", "StoredState", "UdfRecord"]
 
@@ -37,16 +43,34 @@ class UdfRecord:
     #: sha256 of the Python source the component was built from (None for an uploaded component).
     source_sha256: str | None = None
 
+    def same_content(self, other: UdfRecord) -> bool:
+        """True when ``other`` registers what this record does: the same bytes, or built from the same source."""
+        return self.sha256 == other.sha256 or (
+            other.source_sha256 is not None and self.source_sha256 == other.source_sha256
+        )
+
+    def immutable_error(self) -> ConflictError:
+        """The error for registering other content under this record's name and version."""
+        return ConflictError(
+            f"UDF [{self.name}] version [{self.version}] already exists with other content "
+            f"(sha256 {self.sha256[:12]}…); versions are immutable, register a new version"
+        )
+
 
 @dataclass(slots=True)
 class StoredState:
     revisions: dict[str, list[Revision]] = field(default_factory=dict)
     associations: dict[tuple[str, str], str] = field(default_factory=dict)
     udfs: dict[tuple[str, str], UdfRecord] = field(default_factory=dict)
+    #: The highest revision each pipeline name has ever had, deleted pipelines included.
+    revision_marks: dict[str, int] = field(default_factory=dict)
 
 
 class Storage(Protocol):
-    """What the registry needs of a durable store. Each write is atomic on its own."""
+    """What the registry needs of a durable store. Each write is atomic on its own.
+
+    ``add_revision`` also raises the name's revision mark; ``delete_pipeline`` keeps it.
+    """
 
     def load(self) -> StoredState: ...
     def add_revision(self, revision: Revision) -> None: ...
@@ -68,10 +92,13 @@ class MemoryStorage:
             {k: list(v) for k, v in self._state.revisions.items()},
             dict(self._state.associations),
             dict(self._state.udfs),
+            dict(self._state.revision_marks),
         )
 
     def add_revision(self, revision: Revision) -> None:
         self._state.revisions.setdefault(revision.name, []).append(revision)
+        marks = self._state.revision_marks
+        marks[revision.name] = max(marks.get(revision.name, 0), revision.revision)
 
     def delete_pipeline(self, name: str) -> None:
         self._state.revisions.pop(name, None)
@@ -115,7 +142,22 @@ CREATE TABLE IF NOT EXISTS udfs (
     source_sha256 TEXT,
     PRIMARY KEY (name, version)
 );
+CREATE TABLE IF NOT EXISTS revision_marks (
+    name TEXT PRIMARY KEY,
+    revision INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO revision_marks (name, revision)
+    SELECT name, MAX(revision) FROM pipeline_revisions GROUP BY name;
 """
+# Durability: WAL with synchronous=FULL fsyncs the WAL at every commit (NORMAL would only at checkpoints,
+# so a power loss could take acknowledged commits with it). Temporary tables and indices stay in memory:
+# a full temp directory cannot fail a write the database itself has room for.
+_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    "PRAGMA temp_store=MEMORY",
+    "PRAGMA busy_timeout=5000",
+)
 
 
 class SqliteStorage:
@@ -127,25 +169,34 @@ class SqliteStorage:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_SCHEMA)
+            for pragma in _PRAGMAS:
+                self._db.execute(pragma)
+            mode = self._db.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode != "wal":  # e.g. a file system without shared memory: refuse rather than run unsafely
+                raise StorageError(f"the registry database at {self.path} cannot use WAL (journal mode {mode})")
+            self._write(*((statement, ()) for statement in _SCHEMA.split(";") if statement.strip()))
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"cannot open the registry database at {self.path}: {exc}") from exc
 
-    def _write(self, sql: str, args: tuple[Any, ...]) -> None:
+    def _write(self, *statements: tuple[str, tuple[Any, ...]]) -> None:
+        """Run ``statements`` in one transaction: all of them are committed, or none (StorageError)."""
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                try:
+                for sql, args in statements:
                     self._db.execute(sql, args)
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
                 self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StorageError(f"registry database write failed: {exc}") from exc
+            except BaseException as exc:
+                # After a failed statement or COMMIT (disk full, I/O error) SQLite may or may not have rolled
+                # back already; a transaction left open would commit this change with the next one.
+                # (If SQLite rolled back by itself meanwhile, ROLLBACK fails harmlessly: nothing is kept. A closed
+                # connection cannot even say whether it is in a transaction: there is nothing to undo then.)
+                with contextlib.suppress(sqlite3.Error):
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StorageError(f"registry database write failed: {exc}") from exc
+                raise
 
     def load(self) -> StoredState:
         state = StoredState()
@@ -158,47 +209,62 @@ class SqliteStorage:
                 udfs = self._db.execute(
                     "SELECT name, version, sha256, size, created_at, source_sha256 FROM udfs"
                 ).fetchall()
+                marks = self._db.execute("SELECT name, revision FROM revision_marks").fetchall()
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot read the registry database: {exc}") from exc
         for name, revision, definition, created_at in rows:
             state.revisions.setdefault(name, []).append(Revision(name, revision, orjson.loads(definition), created_at))
         state.associations = {(index, kind): name for index, kind, name in assoc}
         state.udfs = {(row[0], row[1]): UdfRecord(*row) for row in udfs}
+        state.revision_marks = dict(marks)
         return state
 
     def add_revision(self, revision: Revision) -> None:
         self._write(
-            "INSERT INTO pipeline_revisions (name, revision, definition, created_at) VALUES (?, ?, ?, ?)",
-            (revision.name, revision.revision, orjson.dumps(revision.definition), revision.created_at),
+            (
+                "INSERT INTO pipeline_revisions (name, revision, definition, created_at) VALUES (?, ?, ?, ?)",
+                (revision.name, revision.revision, orjson.dumps(revision.definition), revision.created_at),
+            ),
+            (
+                "INSERT INTO revision_marks (name, revision) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET revision = MAX(revision, excluded.revision)",
+                (revision.name, revision.revision),
+            ),
         )
 
     def delete_pipeline(self, name: str) -> None:
-        self._write("DELETE FROM pipeline_revisions WHERE name = ?", (name,))
+        self._write(("DELETE FROM pipeline_revisions WHERE name = ?", (name,)))
 
     def set_association(self, index: str, pipeline_type: str, name: str | None) -> None:
         if name is None:
-            self._write("DELETE FROM associations WHERE index_name = ? AND pipeline_type = ?", (index, pipeline_type))
+            self._write(
+                ("DELETE FROM associations WHERE index_name = ? AND pipeline_type = ?", (index, pipeline_type))
+            )
         else:
             self._write(
-                "INSERT OR REPLACE INTO associations (index_name, pipeline_type, pipeline) VALUES (?, ?, ?)",
-                (index, pipeline_type, name),
+                (
+                    "INSERT OR REPLACE INTO associations (index_name, pipeline_type, pipeline) VALUES (?, ?, ?)",
+                    (index, pipeline_type, name),
+                )
             )
 
     def put_udf(self, record: UdfRecord) -> None:
         self._write(
-            "INSERT INTO udfs (name, version, sha256, size, created_at, source_sha256) VALUES (?, ?, ?, ?, ?, ?)",
             (
-                record.name,
-                record.version,
-                record.sha256,
-                record.size,
-                record.created_at,
-                record.source_sha256,
-            ),
+                "INSERT INTO udfs (name, version, sha256, size, created_at, source_sha256) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    record.name,
+                    record.version,
+                    record.sha256,
+                    record.size,
+                    record.created_at,
+                    record.source_sha256,
+                ),
+            )
         )
 
     def delete_udf(self, name: str, version: str) -> None:
-        self._write("DELETE FROM udfs WHERE name = ? AND version = ?", (name, version))
+        self._write(("DELETE FROM udfs WHERE name = ? AND version = ?", (name, version)))
 
     def close(self) -> None:
         with self._lock:

@@ -13,6 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from quidditch_pipeline.definitions import (
+    MAX_DEFINITION_DEPTH,
+    MAX_DEFINITION_NODES,
     MAX_DEPTH,
     MAX_STAGES,
     CompositeStage,
@@ -25,7 +27,9 @@ from quidditch_pipeline.definitions import (
     RetryPolicy,
     StageType,
     dump_definition,
+    is_valid_name,
     iter_stages,
+    latest_version,
     load_definition,
     parse_definition,
     parse_semver,
@@ -213,6 +217,10 @@ def test_udf_version_latest_or_omitted_is_none(version: str | None) -> None:
 def test_semver_versions_accepted(version: str) -> None:
     assert parse_definition(base(version=version)).version == version
     stage = {"name": "u", "type": "python", "config": {"udf_name": "f", "udf_version": version}}
+    if "+" in version:  # a UDF version cannot carry build metadata: it would not tell two versions apart
+        with pytest.raises(DefinitionError, match=r"carries build metadata"):
+            parse_definition(base(stages=[stage]))
+        return
     parsed = parse_definition(base(stages=[stage])).stages[0]
     assert isinstance(parsed, PythonStage)
     assert parsed.config.udf_version == version
@@ -562,7 +570,7 @@ def test_nesting_deeper_than_max_depth() -> None:
 
 
 def test_deep_nesting_names_the_first_stage_too_deep() -> None:
-    problems = problems_of(base(stages=[nested(100)]))
+    problems = problems_of(base(stages=[nested(40)]))
     assert problems[0] == ("stages[0]" + ".config.stages[0]" * MAX_DEPTH, "stages nest deeper than 16 levels")
 
 
@@ -754,6 +762,8 @@ semvers = st.builds(
     st.integers(0, 999),
     st.sampled_from(["", "-alpha", "-rc.1", "+build.7", "-beta.2+exp.sha.5114f85"]),
 )
+# A UDF version has no build metadata (see parse_udf_version).
+udf_semvers = semvers.filter(lambda version: "+" not in version)
 json_leaves = (
     st.none()
     | st.booleans()
@@ -849,7 +859,7 @@ native_stages = st.tuples(_stage_common(stage_names), _processor_configs()).map(
 )
 python_configs = merged(
     st.fixed_dictionaries({"udf_name": names}),
-    optional("udf_version", semvers | st.just("latest")),
+    optional("udf_version", udf_semvers | st.just("latest")),
     optional("parameters", json_objects),
     optional("target_field", field_paths),
     optional("scope", st.sampled_from(["hit", "response"])),
@@ -1002,3 +1012,65 @@ def test_property_arbitrary_json_parses_or_raises_definition_error(data: Any) ->
 def test_property_arbitrary_text_loads_or_raises_definition_error(text: str | bytes) -> None:
     with contextlib.suppress(DefinitionError):
         load_definition(text)
+
+
+# --- issue 10: bounded parsing, names matched whole ------------------------------------------------------------
+
+BILLION_LAUGHS = """\
+name: p
+version: 1.0.0
+type: document
+stages: []
+parameters:
+  a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+  b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+  c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+  d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+  e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+  f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+  g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+  h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+  i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
+"""
+
+
+@pytest.mark.timeout(10)
+def test_a_yaml_bomb_is_refused_at_its_first_alias() -> None:
+    with pytest.raises(DefinitionError, match=r"line 7: YAML aliases \(\*a\) are not allowed"):
+        load_definition(BILLION_LAUGHS, "yaml")
+    with pytest.raises(DefinitionError, match="YAML aliases"):
+        load_definition(BILLION_LAUGHS)  # not JSON, so read as YAML: the same refusal
+
+
+def test_yaml_anchors_without_aliases_still_load() -> None:
+    text = "name: p\nversion: 1.0.0\ntype: document\nparameters: &params {a: 1}\nstages: []\n"
+    assert load_definition(text, "yaml").parameters == {"a": 1}
+
+
+def test_a_definition_nested_too_deep_is_refused_naming_where() -> None:
+    deep: Any = "leaf"
+    for _ in range(MAX_DEFINITION_DEPTH + 5):
+        deep = {"k": deep}
+    [(path, message)] = problems_of(base(parameters=deep))
+    assert path.startswith("parameters.k.k") and message == f"values nest deeper than {MAX_DEFINITION_DEPTH} levels"
+
+
+def test_a_definition_with_too_many_values_is_refused() -> None:
+    [(_, message)] = problems_of(base(parameters={"table": list(range(MAX_DEFINITION_NODES))}))
+    assert message == f"the definition holds more than {MAX_DEFINITION_NODES} values"
+    # A large but sane table passes.
+    assert len(parse_definition(base(parameters={"table": list(range(50_000))})).parameters["table"]) == 50_000
+
+
+@pytest.mark.parametrize("name", ["p\n", "p\n\n", "p ", "\np"])
+def test_names_are_matched_whole(name: str) -> None:
+    assert not is_valid_name(name)
+    problems_of(base(name=name))
+    stage = {"name": "c", "type": "pipeline", "config": {"pipeline": name}}
+    problems_of(base(stages=[stage]))
+
+
+def test_latest_is_the_highest_release_never_a_pre_release_beside_one() -> None:
+    assert latest_version(["1.0.0", "1.1.0-rc.1", "2.0.0-alpha"]) == "1.0.0"
+    assert latest_version(["1.0.0-rc.1", "1.0.0-rc.2"]) == "1.0.0-rc.2"
+    assert latest_version([]) is None

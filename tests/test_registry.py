@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from quidditch_pipeline.definitions import PipelineDefinition, PipelineType, parse_definition
 from quidditch_pipeline.errors import ConflictError, DefinitionError, NotFoundError
 from quidditch_pipeline.registry import Registry
-from quidditch_pipeline.storage import MemoryStorage, UdfRecord
+from quidditch_pipeline.storage import MemoryStorage, SqliteStorage, UdfRecord
 
 DOC = PipelineType.DOCUMENT
 QUERY = PipelineType.QUERY
@@ -176,10 +177,11 @@ def test_delete(reg: Registry) -> None:
     assert not reg.exists("p")
     with pytest.raises(NotFoundError):
         reg.get("p")
-    # Put again after a delete: a new pipeline, starting at revision 1.
+    # Put again after a delete: a new pipeline, whose revisions continue where the deleted one's stopped
+    # (a (name, revision) pair never names two definitions).
     again = reg.put(definition("p"))
-    assert (again.revision, again.created) == (1, True)
-    assert [r.revision for r in reg.history("p")] == [1]
+    assert (again.revision, again.created) == (3, True)
+    assert [r.revision for r in reg.history("p")] == [3]
 
 
 def test_delete_unknown(reg: Registry) -> None:
@@ -582,3 +584,29 @@ def test_a_second_registry_over_the_same_storage_sees_everything() -> None:
         second.delete("shared")
     with pytest.raises(DefinitionError, match="shared -> p -> shared"):
         second.put(definition("shared", calls=("p",)))
+
+
+def test_latest_is_the_highest_release_and_pre_releases_are_pinned(reg: Registry) -> None:
+    reg.put_udf(udf("f", "2.0.0-rc.1", "a" * 64))
+    assert reg.udf("f", None).version == "2.0.0-rc.1"  # only pre-releases: the highest of them
+    reg.put_udf(udf("f", "1.0.0", "b" * 64))
+    reg.put_udf(udf("f", "1.2.0-beta", "c" * 64))
+    assert reg.udf_versions("f") == ["1.0.0", "1.2.0-beta", "2.0.0-rc.1"]
+    assert reg.udf("f", None).version == "1.0.0"
+    assert reg.udf("f", "2.0.0-rc.1").sha256 == "a" * 64
+    reg.put_udf(udf("f", "1.1.0", "d" * 64))
+    assert reg.udf("f", None).version == "1.1.0"
+    reg.delete_udf("f", "1.1.0")
+    assert reg.udf("f", None).version == "1.0.0"
+
+
+def test_latest_survives_a_restart(tmp_path: Path) -> None:
+    first = Registry(SqliteStorage(tmp_path / "r.sqlite"))
+    for version, sha in [("3.0.0-rc.1", "a"), ("2.0.0", "b"), ("10.0.0-alpha", "c")]:
+        first.put_udf(udf("f", version, sha * 64))
+    first.close()
+    again = Registry(SqliteStorage(tmp_path / "r.sqlite"))
+    try:
+        assert again.udf("f", None).version == "2.0.0"
+    finally:
+        again.close()

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from quidditch_pipeline.definitions import PipelineDefinition, PipelineType, parse_definition
-from quidditch_pipeline.errors import ConflictError, DefinitionError, StorageError
+from quidditch_pipeline.errors import ConflictError, DefinitionError, NotFoundError, StorageError
 from quidditch_pipeline.registry import Registry
 from quidditch_pipeline.storage import MemoryStorage, Revision, SqliteStorage, StoredState, UdfRecord
 
@@ -61,6 +61,8 @@ EXPECTED = StoredState(
         ("f", "1.0.0"): UdfRecord("f", "1.0.0", "a" * 64, 100, 20.0, "s" * 64),
         ("f", "1.10.0"): UdfRecord("f", "1.10.0", "b" * 64, 200, 21.0, None),
     },
+    # A deleted pipeline's mark stays: its name's next revision continues from there.
+    revision_marks={"a": 2, "b": 1, "gone": 1},
 )
 
 
@@ -314,7 +316,8 @@ while True:
 
 
 def check_whole(path: Path) -> int:
-    """Open what the killed writer left: everything parses, revisions are consecutive. Returns the counter."""
+    """Open what the killed writer left: everything parses, revisions are consecutive (a re-created pipeline
+    continues its deleted namesake's numbers) and below the name's mark. Returns the counter."""
     db = sqlite3.connect(path)
     try:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -324,7 +327,9 @@ def check_whole(path: Path) -> int:
     try:
         for name in reg.names():
             history = reg.history(name)
-            assert [r.revision for r in history] == list(range(1, len(history) + 1)), name
+            first = history[0].revision
+            assert [r.revision for r in history] == list(range(first, first + len(history))), name
+            assert reg.put(reg.get(name).definition).revision == history[-1].revision + 1
             for revision in history:
                 stored = reg.get(name, revision.revision).definition
                 assert stored.name == name
@@ -375,3 +380,148 @@ def test_sigkill_during_writes_leaves_only_whole_pipelines(tmp_path: Path) -> No
         counters.append(counter)
     # The writer really was writing when it was killed.
     assert counters[-1] > 5, (counters, delays)
+
+
+# --- issue 10: durability, failed writes, revisions never reused ---------------------------------------------
+
+
+def test_sqlite_keeps_every_acknowledged_write_across_power_loss(tmp_path: Path) -> None:
+    """WAL with synchronous=FULL: each commit fsyncs the WAL before it returns (NORMAL would only at
+    checkpoints, so a power loss could take acknowledged PUTs with it)."""
+    storage = SqliteStorage(tmp_path / "registry.sqlite")
+    try:
+        assert storage._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert storage._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert storage._db.execute("PRAGMA temp_store").fetchone()[0] == 2  # MEMORY
+    finally:
+        storage.close()
+
+
+class FailingConnection:
+    """A sqlite3 connection whose next COMMIT fails the way a full disk or an I/O error makes it fail."""
+
+    def __init__(self, db: sqlite3.Connection, message: str) -> None:
+        self._db = db
+        self.message = message
+        self.armed = True
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql == "COMMIT" and self.armed:
+            self.armed = False
+            raise sqlite3.OperationalError(self.message)
+        return self._db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+
+@pytest.mark.parametrize("message", ["disk I/O error", "database or disk is full"])
+def test_a_failed_commit_is_a_storage_error_and_leaves_the_previous_state(tmp_path: Path, message: str) -> None:
+    path = tmp_path / "registry.sqlite"
+    reg = Registry(SqliteStorage(path))
+    reg.put(definition("kept"))
+    storage = reg._storage
+    assert isinstance(storage, SqliteStorage)
+    storage._db = FailingConnection(storage._db, message)  # type: ignore[assignment]
+    with pytest.raises(StorageError, match=message):
+        reg.put(definition("lost"))
+    assert not reg.exists("lost") and reg.history("kept")[-1].revision == 1
+    # The failed change is not committed by the next one (it was rolled back, not left open).
+    assert reg.put(definition("kept")).revision == 2
+    reg.close()
+    reopened = Registry(SqliteStorage(path))
+    try:
+        assert reopened.names() == ["kept"]
+        assert [r.revision for r in reopened.history("kept")] == [1, 2]
+    finally:
+        reopened.close()
+
+
+def test_a_full_disk_refuses_the_write_and_keeps_every_acknowledged_one(tmp_path: Path) -> None:
+    """A real SQLITE_FULL: the database may not grow past a few pages more than it has."""
+    path = tmp_path / "registry.sqlite"
+    reg = Registry(SqliteStorage(path))
+    storage = reg._storage
+    assert isinstance(storage, SqliteStorage)
+    pages = storage._db.execute("PRAGMA page_count").fetchone()[0]
+    storage._db.execute(f"PRAGMA max_page_count = {pages + 8}")
+    big = [{"name": "s", "type": "native", "config": {"processor": "set", "field": "f", "value": "x" * 3000}}]
+    acknowledged: list[int] = []
+    with pytest.raises(StorageError, match="full"):
+        for _ in range(100):
+            acknowledged.append(reg.put(definition("p", stages=big)).revision)
+    assert acknowledged and len(reg.history("p")) == len(acknowledged)
+    reg.close()
+    reopened = Registry(SqliteStorage(path))
+    try:
+        assert [r.revision for r in reopened.history("p")] == acknowledged
+        assert reopened.put(definition("p")).revision == acknowledged[-1] + 1  # room again: writes go on
+    finally:
+        reopened.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_recreated_pipeline_continues_its_revisions_across_a_restart(tmp_path: Path, kind: str) -> None:
+    memory = MemoryStorage()
+
+    def open_storage() -> MemoryStorage | SqliteStorage:
+        return memory if kind == "memory" else SqliteStorage(tmp_path / "registry.sqlite")
+
+    reg = Registry(open_storage())
+    assert [reg.put(definition("p")).revision for _ in range(3)] == [1, 2, 3]
+    reg.delete("p")
+    reg.close()
+    reg = Registry(open_storage())  # a restart in between
+    assert not reg.exists("p")
+    again = reg.put(definition("p", version="2.0.0"))
+    assert (again.revision, again.created) == (4, True)
+    assert [r.revision for r in reg.history("p")] == [4]
+    with pytest.raises(NotFoundError):
+        reg.get("p", 1)  # the deleted definition is not served under its old number
+    reg.close()
+
+
+FILE_SIZE_WRITER = """
+import resource, signal, sys
+from pathlib import Path
+from quidditch_pipeline.definitions import parse_definition
+from quidditch_pipeline.errors import StorageError
+from quidditch_pipeline.registry import Registry
+from quidditch_pipeline.storage import SqliteStorage
+
+path = Path(sys.argv[1])
+reg = Registry(SqliteStorage(path))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing us
+biggest = max(p.stat().st_size for p in path.parent.iterdir())
+resource.setrlimit(resource.RLIMIT_FSIZE, (biggest + (256 << 10), resource.RLIM_INFINITY))
+stages = [{"name": "s", "type": "native", "config": {"processor": "set", "field": "f", "value": "x" * 4000}}]
+acknowledged = 0
+try:
+    while True:
+        reg.put(parse_definition({"name": "p", "version": "1.0.0", "type": "document", "stages": stages}))
+        acknowledged += 1
+except StorageError as exc:
+    print(acknowledged, len(reg.history("p")), type(exc).__name__, str(exc), sep="\\t", flush=True)
+"""
+
+
+def test_a_file_system_that_refuses_writes_fails_them_with_storage_errors_and_loses_no_acknowledged_one(
+    tmp_path: Path,
+) -> None:
+    """A real I/O failure under SQLite: the writer's file size limit (RLIMIT_FSIZE) makes the file system
+    refuse its writes midway (EFBIG), as a full disk would."""
+    path = tmp_path / "registry.sqlite"
+    SqliteStorage(path).close()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-c", FILE_SIZE_WRITER, str(path)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    acknowledged, in_memory, error, message = done.stdout.strip().split("\t")
+    assert error == "StorageError" and "registry database write failed" in message
+    assert int(acknowledged) > 0 and int(in_memory) == int(acknowledged)
+    reopened = Registry(SqliteStorage(path))
+    try:
+        assert [r.revision for r in reopened.history("p")] == list(range(1, int(acknowledged) + 1))
+    finally:
+        reopened.close()

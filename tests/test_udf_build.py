@@ -14,7 +14,7 @@ import pytest
 
 from quidditch_pipeline.cli import main as cli_main
 from quidditch_pipeline.errors import UdfBuildError
-from quidditch_pipeline.udf import UdfRuntime, build_component, check_source, is_wasm
+from quidditch_pipeline.udf import BuildLimits, UdfRuntime, build_component, check_source, is_wasm
 
 # -- the source check (no build) ------------------------------------------------------------------------
 
@@ -167,13 +167,38 @@ def test_concurrent_builds_are_isolated_and_run(tmp_path: Path) -> None:
     assert result.value == "hello doc-1"
 
 
-def test_an_import_the_sandbox_lacks_fails_the_build_at_its_line() -> None:
-    source = "import json\nimport numpy\n\ndef process(value, params):\n    return value\n"
+@pytest.mark.parametrize(
+    ("statement", "module"),
+    [("import numpy", "numpy"), ("import requests.adapters", "requests.adapters"), ("from lzma import open", "lzma")],
+)
+def test_an_import_the_guest_lacks_is_refused_before_the_build_at_its_line(statement: str, module: str) -> None:
+    source = f"import json\n{statement}\n\ndef process(value, params):\n    return value\n"
     with pytest.raises(UdfBuildError) as info:
-        build_component(source, filename="uses_numpy.py")
-    assert (info.value.file, info.value.line) == ("uses_numpy.py", 2)
-    assert "No module named 'numpy'" in info.value.message
-    assert "standard library only" in info.value.message
+        check_source(source, filename="uses_it.py")  # the check alone: milliseconds, no build spent
+    assert (info.value.file, info.value.line) == ("uses_it.py", 2)
+    assert f"cannot import '{module}': it is not in the sandbox's Python 3.14.0 standard library" in info.value.message
+
+
+def test_a_guarded_import_of_a_missing_package_is_left_to_the_udf() -> None:
+    source = "try:\n    import numpy\nexcept ImportError:\n    numpy = None\n\ndef process(v, p):\n    return v\n"
+    assert check_source(source).import_lines == {"numpy": 2}
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "(" * 100_000 + "1" + ")" * 100_000,
+        "[" * 100_000 + "]" * 100_000,
+        "-" * 100_000 + "1",
+        "+".join(["a"] * 100_000),
+    ],
+    ids=["parentheses", "brackets", "unary", "binary"],
+)
+def test_pathological_nesting_is_a_build_error_naming_the_problem(expression: str) -> None:
+    source = f"X = {expression}\n\ndef process(value, params):\n    return value\n"
+    with pytest.raises(UdfBuildError, match=r"too many nested parentheses|the source nests too deeply") as info:
+        check_source(source, filename="deep.py")
+    assert info.value.file == "deep.py" and info.value.status == 400
 
 
 def test_an_error_at_import_time_fails_the_build_at_its_line() -> None:
@@ -187,7 +212,22 @@ def test_an_error_at_import_time_fails_the_build_at_its_line() -> None:
 def test_a_module_that_never_finishes_importing_times_the_build_out() -> None:
     source = "while True:\n    pass\n\ndef process(value, params):\n    return value\n"
     with pytest.raises(UdfBuildError, match="did not finish within 2 s"):
-        build_component(source, filename="forever.py", timeout_s=2)
+        build_component(source, filename="forever.py", limits=BuildLimits(timeout_s=2))
+
+
+def test_a_module_that_allocates_too_much_at_import_time_fails_the_build_with_a_memory_error() -> None:
+    # The module-level code runs in the build process, inside componentize-py's wasmtime: 1.5 GiB in 64 MiB
+    # pieces (one object of a wasm32 guest cannot be 2 GiB) against a 1 GiB build memory limit.
+    source = "HOARD = [bytearray(64 << 20) for _ in range(24)]\n\ndef process(value, params):\n    return value\n"
+    with pytest.raises(UdfBuildError, match=r"the build ran out of memory \(its limit is 1024 MiB\)") as info:
+        build_component(source, filename="hoard.py", limits=BuildLimits(memory_limit_mb=1024))
+    assert info.value.file == "hoard.py"
+
+
+def test_a_component_over_the_size_limit_fails_the_build() -> None:
+    source = "def process(value, params):\n    return value\n"
+    with pytest.raises(UdfBuildError, match=r"the component is 1\d\.\d MiB, over the limit of 8 MiB"):
+        build_component(source, filename="small.py", limits=BuildLimits(max_component_mb=8))
 
 
 # -- the command line -------------------------------------------------------------------------------

@@ -175,7 +175,7 @@ def test_an_instance_asked_for_params_it_was_never_sent_fails_the_call(
 ) -> None:
     runtime.load(params_udf.sha256, params_udf.path)
     pool = runtime._components[params_udf.sha256].pool
-    instance = pool.acquire(runtime.memory_limit_bytes, None)
+    instance = pool.acquire(runtime.memory_limit_bytes, runtime.max_wait_s)
     apart, batch = runtime_module._encode_request(BIG, ["echo"], None, 100)
     instance._params = apart  # as if it had been sent them: the request carries None in their place
     raw = instance.call(apart, batch, runtime_module._NO_DEADLINE)

@@ -206,7 +206,7 @@ def test_waiting_for_an_instance_counts_against_the_deadline(seeded_cache: Path,
         busy = threading.Thread(target=call, args=(runtime, hostile_udf, [0]), kwargs={"do": "spin", "seconds": 0.5})
         busy.start()
         time.sleep(0.1)
-        with pytest.raises(UdfTimeoutError, match="stayed busy"):
+        with pytest.raises(UdfTimeoutError, match="came free within the deadline: all 1 stayed busy"):
             call(runtime, hostile_udf, [0], timeout_s=0.1, do="echo")
         busy.join()
         assert runtime.stats().instances_discarded == 0
@@ -273,3 +273,81 @@ def test_the_udf_package_exports_what_all_says() -> None:
     public = {name for name, value in vars(package).items() if not name.startswith("_")}
     modules = {name for name, value in vars(package).items() if type(value).__name__ == "module"}
     assert set(package.__all__) == public - modules - {"annotations"}
+
+
+# -- issue 10: no call holds an instance past max_call_ms; waits are bounded ------------------------------
+
+
+def test_a_long_batch_is_cut_into_calls_that_each_fit_the_maximum(
+    seeded_cache: Path, hostile_udf: BuiltUdf, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20 items of 30 ms each: 600 ms of work under a 5 s budget, with calls capped at 200 ms. The batch
+    succeeds whole, in several calls, none of which held the instance for longer than the maximum."""
+    held: list[float] = []
+    real_call = runtime_module._Instance.call
+
+    def timed(self: Any, params: bytes, batch: bytes, ticks: int) -> bytes:
+        began = time.monotonic()
+        try:
+            return real_call(self, params, batch, ticks)
+        finally:
+            held.append(time.monotonic() - began)
+
+    with UdfRuntime(seeded_cache, pool_size=1, max_call_ms=200) as runtime:
+        call(runtime, hostile_udf, [0, 1], do="spin", seconds=0.03)  # the UDF's time per item, learnt
+        monkeypatch.setattr(runtime_module._Instance, "call", timed)
+        results = call(runtime, hostile_udf, list(range(20)), timeout_s=5.0, do="spin", seconds=0.03)
+        assert [r.value for r in results] == list(range(20))
+        assert len(held) >= 3 and max(held) < 0.2 + 0.1
+        assert runtime.stats().instances_discarded == 0  # no call was preempted: each fit the maximum
+
+
+def test_a_batch_slower_than_expected_is_split_when_preempted_at_the_maximum(
+    seeded_cache: Path, hostile_udf: BuiltUdf
+) -> None:
+    with UdfRuntime(seeded_cache, pool_size=1, max_call_ms=200) as runtime:
+        call(runtime, hostile_udf, [0], do="echo")  # learnt: items are fast
+        results = call(runtime, hostile_udf, list(range(12)), timeout_s=5.0, do="spin", seconds=0.04)
+        assert [r.value for r in results] == list(range(12))
+        assert runtime.stats().instances_discarded >= 1  # the first, too-big call was preempted and split
+
+
+def test_one_item_longer_than_the_maximum_fails_alone_with_a_clear_error(
+    seeded_cache: Path, hostile_udf: BuiltUdf
+) -> None:
+    with UdfRuntime(seeded_cache, pool_size=1, max_call_ms=200) as runtime:
+        began = time.monotonic()
+        with pytest.raises(UdfTimeoutError, match=r"ran past the longest a call may hold an instance \(200 ms\)"):
+            call(runtime, hostile_udf, [0], timeout_s=5.0, do="spin", seconds=1.0)
+        assert time.monotonic() - began < 0.9
+        assert call(runtime, hostile_udf, ["ok"], do="echo")[0].value == "ok"
+
+
+def test_waiting_for_an_instance_without_a_deadline_is_bounded(seeded_cache: Path, hostile_udf: BuiltUdf) -> None:
+    with UdfRuntime(seeded_cache, pool_size=1, max_wait_ms=200) as runtime:
+        runtime.load(hostile_udf.sha256, hostile_udf.path)
+        busy = threading.Thread(target=call, args=(runtime, hostile_udf, [0]), kwargs={"do": "spin", "seconds": 1.0})
+        busy.start()
+        time.sleep(0.1)
+        began = time.monotonic()
+        with pytest.raises(UdfTimeoutError, match=r"no instance of UDF component [0-9a-f]{12} came free") as info:
+            call(runtime, hostile_udf, [0], timeout_s=None, do="echo")
+        assert info.value.kind == "timeout"
+        assert time.monotonic() - began < 0.8
+        busy.join()
+
+
+def test_unload_can_drop_the_compiled_form(seeded_cache: Path, hostile_udf: BuiltUdf, tmp_path: Path) -> None:
+    cache = tmp_path / "own-cache"
+    cache.mkdir()
+    for compiled in seeded_cache.iterdir():
+        (cache / compiled.name).write_bytes(compiled.read_bytes())
+    with UdfRuntime(cache) as runtime:
+        runtime.load(hostile_udf.sha256, hostile_udf.path)
+        path = runtime.compiled_path(hostile_udf.sha256)
+        assert path is not None and path.exists()
+        runtime.unload(hostile_udf.sha256)
+        assert path.exists() and runtime.stats().loaded == 0
+        runtime.load(hostile_udf.sha256, hostile_udf.path)
+        runtime.unload(hostile_udf.sha256, drop_compiled=True)
+        assert not path.exists()

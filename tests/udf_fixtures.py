@@ -3,8 +3,10 @@
 Building a UDF takes seconds (componentize-py) and compiling it seconds more (wasmtime), so:
 
 * components are cached on disk under ``$QP_TEST_CACHE`` (default ``~/.cache/quidditch-pipeline/test-udfs``),
-  keyed by a hash of everything that goes into one: the UDF's source, the guest shim, the WIT world,
-  build.py and componentize-py's version. A session builds only what changed.
+  keyed by a hash of everything that goes into one: the UDF's source and the modules it preloads (what
+  build.py's check finds), the guest shim, the WIT world, how componentize-py is run (build.py's
+  ``componentize``) and its version. A session builds only what changed; a change elsewhere in build.py
+  (its checks' messages, its limits) does not rebuild every component.
 * The first time a session asks for a component, every known test UDF (``HOSTILE_SOURCE`` and the examples
   in ``udfs/``) starts building in the background, two at a time: a cold cache costs about the slowest
   builds, not their sum.
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import inspect
+import json
 import os
 import shutil
 import tempfile
@@ -27,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from quidditch_pipeline.udf import UdfRuntime, build_component
+from quidditch_pipeline.udf import UdfRuntime, build_component, check_source
 from quidditch_pipeline.udf import build as build_module
 
 __all__ = ["EXAMPLES_DIR", "HOSTILE_SOURCE", "BuiltUdf", "UdfBuilds", "line_of"]
@@ -158,7 +162,7 @@ def _toolchain_digest() -> bytes:
     parts = [
         (udf_dir / "guest" / "udf_guest.py").read_bytes(),
         (udf_dir / "wit" / "udf.wit").read_bytes(),
-        Path(build_module.__file__).read_bytes(),
+        inspect.getsource(build_module.componentize).encode(),
         importlib.metadata.version("componentize-py").encode(),
     ]
     return hashlib.sha256(b"\0".join(parts)).digest()
@@ -189,7 +193,9 @@ class UdfBuilds:
         return self._build(name, source)
 
     def _build(self, name: str, source: str) -> BuiltUdf:
-        key = hashlib.sha256(self._toolchain + source.encode()).hexdigest()[:20]
+        # The check is what build_component runs first: a source it refuses raises here the same way.
+        preload = json.dumps(check_source(source, filename=f"{name}.py").preload).encode()
+        key = hashlib.sha256(b"\0".join([self._toolchain, source.encode(), preload])).hexdigest()[:20]
         path = self.cache_dir / f"{name}-{key}.wasm"
         if not path.exists():
             data = build_component(source, filename=f"{name}.py")

@@ -13,22 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 from .. import _paths
 from ..definitions import PipelineType, PythonConfig
 from ..errors import QuidditchError, StageError, StageTimeoutError, StageUnavailableError, UdfCallError
 from ..mapping import ResultMapping, UnmappableResult
+from ..udf.store import UdfRef
 from .base import Run, Stage, Unit
 
 __all__ = ["PythonStage", "UdfRef", "UdfResolver", "UdfRunner"]
-
-
-class UdfRef(NamedTuple):
-    name: str
-    version: str
-    sha256: str
-    path: Path
 
 
 class UdfResolver(Protocol):

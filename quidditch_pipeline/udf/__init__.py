@@ -2,23 +2,28 @@
 
 * :mod:`.build` — check a UDF's source and build it into a component with componentize-py;
 * :mod:`.artifacts` — the content-addressed folder of ``.wasm`` files;
+* :mod:`.store` — UDF versions: registered once they load, immutable, builds bounded;
 * :mod:`.runtime` — wasmtime: compile once, cache on disk, pool instances, bound time and memory;
 * ``wit/udf.wit`` and ``guest/udf_guest.py`` — the versioned contract between host and guest, and the shim
   built into every component.
 """
 
 from .artifacts import ArtifactStore
-from .build import CheckedSource, build_component, check_source, is_wasm
+from .build import BuildLimits, CheckedSource, build_component, check_source, is_wasm
 from .runtime import ABI, UdfItemError, UdfItemResult, UdfRuntime, UdfRuntimeStats
+from .store import UdfRef, UdfStore
 
 __all__ = [
     "ABI",
     "ArtifactStore",
+    "BuildLimits",
     "CheckedSource",
     "UdfItemError",
     "UdfItemResult",
+    "UdfRef",
     "UdfRuntime",
     "UdfRuntimeStats",
+    "UdfStore",
     "build_component",
     "check_source",
     "is_wasm",

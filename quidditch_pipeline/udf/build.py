@@ -1,24 +1,31 @@
 """Build a UDF's Python source into a WebAssembly component with componentize-py.
 
 The source is checked on the host first (syntax, a top-level ``process`` taking ``(value, params)`` or
-``(value, params, meta)``, no imports the sandbox cannot serve), so the common mistakes fail in milliseconds
-with a file and a line, before the seconds-long build. componentize-py then imports the shim and the UDF
-inside its own sandbox (pre-initialisation) and snapshots them; an import that fails there fails the build,
+``(value, params, meta)``, no imports the sandbox cannot serve: only the guest's standard library, see
+:mod:`.guest_stdlib`), so the common mistakes fail in milliseconds with a file and a line, before the
+seconds-long build. A source nested too deeply for the host's parser to check safely is refused too.
+componentize-py then imports the shim and the UDF inside its own sandbox (pre-initialisation) and
+snapshots them; an import that fails there fails the build,
 and its traceback is translated into a :class:`UdfBuildError` naming the UDF's file and line.
 
 componentize-py runs in a child process: it gets a fresh temporary directory, an environment that holds
 nothing of the host's (no variables, and an empty ``VIRTUAL_ENV`` so no host site-packages are bundled into
-the component: a UDF gets the guest's standard library and nothing else), and a time limit, since the UDF's
-module-level code runs during the build. That also makes concurrent builds from several threads safe.
+the component: a UDF gets the guest's standard library and nothing else), and the limits of
+:class:`BuildLimits`, since the UDF's module-level code runs during the build: a wall-clock limit (the whole
+process group is killed), a memory limit (``RLIMIT_DATA``, set in the child before componentize-py starts)
+and a limit on the component's size. That also makes concurrent builds from several threads safe; how many
+run at once is the UDF store's business (:class:`~quidditch_pipeline.udf.store.UdfStore`).
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,8 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UdfBuildError
+from .guest_stdlib import GUEST_PYTHON, GUEST_STDLIB
 
-__all__ = ["CheckedSource", "build_component", "check_source", "is_wasm"]
+__all__ = ["BuildLimits", "CheckedSource", "build_component", "check_source", "is_wasm"]
 
 _HERE = Path(__file__).resolve().parent
 _WIT_DIR = _HERE / "wit"
@@ -64,9 +72,43 @@ _UNAVAILABLE_MODULES = {
 _IMPORT_ERROR_NAMES = frozenset({"ImportError", "ModuleNotFoundError", "Exception", "BaseException"})
 _ARITY_MESSAGE = "process must take (value, params) or (value, params, meta)"
 
+# How running out of the build's memory limit shows: a MemoryError in the guest's module-level code, or
+# an allocation that failed in componentize-py itself (Rust aborts) or in wasmtime growing a memory.
+_OUT_OF_MEMORY_RE = re.compile(r"^MemoryError\b|memory allocation of \d+ bytes failed|failed to grow memory", re.M)
 _FRAME_RE = re.compile(r'File "[^"]*/' + _SOURCE_MODULE + r'\.py", line (\d+)')
 _MISSING_MODULE_RE = re.compile(r"No module named '([^']+)'")
 _WASM_MAGIC = b"\0asm"
+_MIB = 1 << 20
+# A normal build peaks at ~400 MiB resident (componentize-py 0.25.1); room for module-level data beside it.
+_BUILD_MEMORY_MB = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class BuildLimits:
+    """What one server-side UDF build may take. The defaults leave a normal build (~400 MiB resident,
+    ~6 s alone, ~45 s on a loaded 2-core machine, ~18 MB out) a wide margin."""
+
+    #: Builds running at once in one UDF store; more wait (see ``queue_timeout_s``).
+    max_concurrent: int = 2
+    #: How long a build waits for a free slot before it is refused (``RejectedExecutionError``, HTTP 429).
+    queue_timeout_s: float = 5.0
+    #: Wall-clock limit of one build; componentize-py's whole process group is killed past it.
+    timeout_s: float = 300.0
+    #: Data-segment limit (``RLIMIT_DATA``: heap and writable private mappings, the guest's linear memory
+    #: among them) of the build process, where the UDF's module-level code runs.
+    memory_limit_mb: int = _BUILD_MEMORY_MB
+    #: The largest component a build may produce or an upload may carry.
+    max_component_mb: int = 64
+
+    def __post_init__(self) -> None:
+        if self.max_concurrent < 1 or self.memory_limit_mb < 1 or self.max_component_mb < 1:
+            raise ValueError("max_concurrent, memory_limit_mb and max_component_mb must be >= 1")
+        if self.queue_timeout_s < 0 or self.timeout_s <= 0:
+            raise ValueError("queue_timeout_s must be >= 0 and timeout_s > 0")
+
+    @property
+    def max_component_bytes(self) -> int:
+        return self.max_component_mb * _MIB
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +134,19 @@ def is_wasm(data: bytes) -> bool:
 def check_source(source: str, *, filename: str = "udf.py") -> CheckedSource:
     """Check a UDF's source without building it; raise :class:`UdfBuildError` naming file and line."""
     try:
+        return _check(source, filename)
+    except (RecursionError, MemoryError) as exc:
+        # CPython's parser and the checks below recurse per level of nesting: ((((…)))) or a - - - … chain
+        # thousands deep exhausts their stack. No UDF needs that; refuse it instead of crashing the caller.
+        raise UdfBuildError(
+            f"the source nests too deeply to be checked ({type(exc).__name__} in the parser); "
+            "flatten the deeply nested expression or statement",
+            file=filename,
+        ) from exc
+
+
+def _check(source: str, filename: str) -> CheckedSource:
+    try:
         tree = ast.parse(source, filename=filename)
     except SyntaxError as exc:
         raise UdfBuildError(f"syntax error: {exc.msg}", file=filename, line=exc.lineno) from exc
@@ -101,6 +156,8 @@ def check_source(source: str, *, filename: str = "udf.py") -> CheckedSource:
     for node, in_function, optional in _imports(tree):
         for name, maybe_module in _imported_modules(node, filename):
             _refuse_unavailable(name, filename, node.lineno)
+            if not (optional or maybe_module):
+                _refuse_outside_stdlib(name, filename, node.lineno)
             import_lines.setdefault(name, node.lineno)
             if in_function:
                 preload[name] = preload.get(name, True) and (optional or maybe_module)
@@ -112,12 +169,12 @@ def build_component(
     *,
     filename: str = "udf.py",
     progress: Callable[[str], None] | None = None,
-    timeout_s: float = 300.0,
+    limits: BuildLimits = BuildLimits(),
 ) -> bytes:
     """Build ``source`` (one Python file defining ``process``) into a component and return its bytes.
 
     ``progress`` is told each phase as it starts. Raises :class:`UdfBuildError` for a source the build
-    refuses, naming ``filename`` and the line where the compiler said one.
+    refuses, naming ``filename`` and the line where the compiler said one, and for a build past ``limits``.
     """
     report = progress or _ignore
     report("checking source")
@@ -131,7 +188,14 @@ def build_component(
         (app / _PRELOAD_FILE).write_text(json.dumps([list(p) for p in checked.preload]), encoding="utf-8")
         output = root / "udf.wasm"
         report("building component with componentize-py")
-        _run_componentize(root, app, output, checked, filename, timeout_s)
+        _run_componentize(root, app, output, checked, filename, limits)
+        size = output.stat().st_size
+        if size > limits.max_component_bytes:
+            raise UdfBuildError(
+                f"the component is {size / _MIB:.1f} MiB, over the limit of {limits.max_component_mb} MiB "
+                "(does the module build large data at import time?)",
+                file=filename,
+            )
         report("done")
         return output.read_bytes()
 
@@ -141,21 +205,37 @@ def _ignore(_phase: str) -> None:
 
 
 def componentize(
-    root: Path, wit_dir: Path, world: str, app: Path, module: str, output: Path, timeout_s: float
+    root: Path,
+    wit_dir: Path,
+    world: str,
+    app: Path,
+    module: str,
+    output: Path,
+    *,
+    timeout_s: float,
+    memory_limit_bytes: int = _BUILD_MEMORY_MB * _MIB,
 ) -> subprocess.CompletedProcess[str]:
     """Run componentize-py on ``app``'s ``module`` for ``world``, sandboxed from the host's packages.
 
     ``root`` is a scratch folder: componentize-py bundles the site-packages of ``VIRTUAL_ENV`` (else of the
     running interpreter), so it is pointed at an empty one there, and what a UDF can import does not depend
-    on the host. Raises ``subprocess.TimeoutExpired``; the caller reads the result's return code and output.
+    on the host. The child limits its own data segment to ``memory_limit_bytes`` before componentize-py
+    starts (no ``preexec_fn``: that is unsafe in a threaded parent), and runs in a session of its own, so a
+    timeout kills everything it started. Raises ``subprocess.TimeoutExpired`` (the process group is dead
+    by then); the caller reads the result's return code and output.
     """
     (root / "venv" / "lib" / "python" / "site-packages").mkdir(parents=True, exist_ok=True)
     # `python -c` rather than the `componentize-py` script: the module is always importable where this
     # package is, the script need not be on PATH.
+    bootstrap = (
+        "import resource, sys; "
+        f"resource.setrlimit(resource.RLIMIT_DATA, ({memory_limit_bytes}, {memory_limit_bytes})); "
+        "from componentize_py import script; sys.exit(script())"
+    )
     command = [
         sys.executable,
         "-c",
-        "import sys; from componentize_py import script; sys.exit(script())",
+        bootstrap,
         "--quiet",
         "--wit-path",
         str(wit_dir),
@@ -169,28 +249,54 @@ def componentize(
         module,
     ]
     env = {"VIRTUAL_ENV": str(root / "venv"), "HOME": str(root), "PATH": os.defpath}
-    return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)
+    with subprocess.Popen(
+        command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout_s)
+        except BaseException:  # the time limit, or the calling thread interrupted: leave nothing running
+            _kill_group(process)
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def _kill_group(process: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):  # gone already
+        os.killpg(process.pid, signal.SIGKILL)
+    process.communicate()
 
 
 def _run_componentize(
-    root: Path, app: Path, output: Path, checked: CheckedSource, filename: str, timeout_s: float
+    root: Path, app: Path, output: Path, checked: CheckedSource, filename: str, limits: BuildLimits
 ) -> None:
+    memory = limits.memory_limit_mb * _MIB
     try:
-        done = componentize(root, _WIT_DIR, "udf", app, _GUEST_SHIM.stem, output, timeout_s)
+        done = componentize(
+            root, _WIT_DIR, "udf", app, _GUEST_SHIM.stem, output, timeout_s=limits.timeout_s, memory_limit_bytes=memory
+        )
     except subprocess.TimeoutExpired as exc:
         raise UdfBuildError(
-            f"the build did not finish within {timeout_s:g} s (does the module run forever when imported?)",
+            f"the build did not finish within {limits.timeout_s:g} s (does the module run forever when imported?)",
             file=filename,
         ) from exc
     if done.returncode != 0 or not output.exists():
-        raise _translate_failure(done.stdout + done.stderr, checked, filename)
+        raise _translate_failure(done.stdout + done.stderr, done.returncode, checked, filename, limits)
 
 
-def _translate_failure(log: str, checked: CheckedSource, filename: str) -> UdfBuildError:
+def _translate_failure(
+    log: str, returncode: int, checked: CheckedSource, filename: str, limits: BuildLimits
+) -> UdfBuildError:
     """Turn componentize-py's report (a guest traceback inside a Rust backtrace) into a UdfBuildError."""
-    guest = log.split("Caused by:", 1)[0]
-    frames = _FRAME_RE.findall(guest)
-    line = int(frames[-1]) if frames else None
+    if _OUT_OF_MEMORY_RE.search(log):
+        return UdfBuildError(
+            f"the build ran out of memory (its limit is {limits.memory_limit_mb} MiB): does the module "
+            "allocate large data at import time?",
+            file=filename,
+            line=_last_frame(log),
+        )
+    if returncode < 0:
+        return UdfBuildError(f"the build process was killed by {_signal_name(-returncode)}", file=filename)
+    line = _last_frame(log)
     cause = _cause(log)
     missing = _MISSING_MODULE_RE.search(cause)
     if missing is not None:
@@ -202,6 +308,18 @@ def _translate_failure(log: str, checked: CheckedSource, filename: str) -> UdfBu
         return UdfBuildError(cause, file=filename, line=line)
     tail = "\n".join(log.strip().splitlines()[-20:])
     return UdfBuildError(f"componentize-py failed:\n{tail}", file=filename, line=line)
+
+
+def _last_frame(log: str) -> int | None:
+    frames = _FRAME_RE.findall(log.split("Caused by:", 1)[0])
+    return int(frames[-1]) if frames else None
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _cause(log: str) -> str:
@@ -302,6 +420,20 @@ def _imported_modules(node: ast.Import | ast.ImportFrom, filename: str) -> list[
         raise UdfBuildError("relative imports are not supported: a UDF is one file", file=filename, line=node.lineno)
     names = [(f"{node.module}.{alias.name}", True) for alias in node.names if alias.name != "*"]
     return [(node.module, False), *names]
+
+
+def _refuse_outside_stdlib(module: str, filename: str, line: int) -> None:
+    """Refuse a module the guest does not have. An import the UDF guards (``try``/``except ImportError``)
+    is not checked: the UDF handles its absence."""
+    top = module.partition(".")[0]
+    if top not in GUEST_STDLIB:
+        raise UdfBuildError(
+            f"cannot import {module!r}: it is not in the sandbox's Python {GUEST_PYTHON} standard library "
+            "(a UDF can import the standard library only; no third-party packages, and no modules that need "
+            "native libraries the sandbox lacks)",
+            file=filename,
+            line=line,
+        )
 
 
 def _refuse_unavailable(module: str, filename: str, line: int) -> None:

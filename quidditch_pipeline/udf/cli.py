@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from ..definitions import is_valid_name, parse_semver
+from ..definitions import is_valid_name, parse_udf_version
 from ..errors import UdfBuildError
 from .build import build_component
 
@@ -90,7 +90,7 @@ def _check_name_version(name: str, version: str) -> str | None:
     if not is_valid_name(name):
         return f"--name {name!r} is not a valid UDF name ([a-z0-9][a-z0-9_.-]{{0,127}})"
     try:
-        parse_semver(version)
+        parse_udf_version(version)
     except ValueError as exc:
         return f"--version {version!r}: {exc}"
     return None

@@ -10,6 +10,11 @@ A call crosses into the guest once per batch (see ``wit/udf.wit``). Every instan
 (``Store.set_limits``) and every call an epoch deadline; a call that traps, is preempted at its deadline,
 runs out of memory or answers garbage costs its instance, which is closed and replaced on demand.
 
+No call holds an instance longer than ``max_call_ms``, whatever the caller's budget: a batch that would
+take longer is cut into calls sized from the time the UDF has taken per item so far (a batch whose call is
+preempted at that maximum is halved and the halves called again), and the instance goes back to the pool
+between them. A caller waits for a free instance at most until its deadline (``max_wait_ms`` without one).
+
 The sandbox is a WASI context that grants nothing: no preopened directory (no files), no environment, no
 arguments, no network, output streams that go nowhere. Clocks and randomness stay available, and a UDF that
 tries a file gets an ``OSError`` it can handle instead of a trap that would kill its instance.
@@ -66,8 +71,14 @@ _SAME_PARAMS = _REQUEST_HEADER + marshal.dumps(None, 2)
 # The linear memory a UDF instance starts with: componentize-py's CPython snapshot (199 pages, ~12.4 MiB,
 # measured with componentize-py 0.25.1), rounded up.
 _GUEST_BASELINE = 16 * _MIB
-# A deadline no call reaches: for calls without a time limit.
+# A deadline no call reaches, for code that drives an _Instance directly (benchmarks/floors.py measures the
+# bare call that way); call_batch always sets one of at most max_call_ms.
 _NO_DEADLINE = 1 << 62
+# What share of max_call_ms a batch's call is sized to take, from the UDF's time per item so far: room for
+# items slower than the average before the call reaches the maximum.
+_CALL_SHARE = 0.25
+# Items in the first call of a batch, while the UDF's time per item is unknown (its first batch).
+_PROBE_ITEMS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,9 +141,12 @@ class _Component:
         self.run_index = run_index
         self.describe_index = describe_index
         self.arity = 0
+        # Seconds per item of the calls so far (0.0: none yet); sizes the calls a long batch is cut into.
+        # Written without a lock: a float assignment is atomic, and a stale value only sizes a call worse.
+        self.item_s = 0.0
         self.pool = _Pool(runtime, self)
         # Instantiate once now: a component that cannot run fails at load, not on its first document.
-        first = self.pool.acquire(runtime.memory_limit_bytes, None)
+        first = self.pool.acquire(runtime.memory_limit_bytes, runtime.max_wait_s)
         try:
             self.arity = first.describe(describe_index)
         except BaseException:
@@ -317,7 +331,7 @@ class _Pool:
         self._live = 0
         self._closed = False
 
-    def acquire(self, memory_limit: int, timeout_s: float | None) -> _Instance:
+    def acquire(self, memory_limit: int, timeout_s: float) -> _Instance:
         """An idle instance with ``memory_limit``, or a new one; wait at most ``timeout_s`` for a slot."""
         deadline = None
         with self._lock:
@@ -333,13 +347,13 @@ class _Pool:
                 if self._live < self._runtime.pool_size:
                     self._live += 1
                     break
-                if timeout_s is not None:
-                    deadline = deadline or time.monotonic() + timeout_s
-                    timeout_s = deadline - time.monotonic()
-                    if timeout_s <= 0:
-                        raise UdfTimeoutError(
-                            f"all {self._runtime.pool_size} instances of the UDF stayed busy past the deadline"
-                        )
+                deadline = deadline or time.monotonic() + timeout_s
+                timeout_s = deadline - time.monotonic()
+                if timeout_s <= 0:
+                    raise UdfTimeoutError(
+                        f"no instance of UDF component {self._component.sha256[:12]} came free within the "
+                        f"deadline: all {self._runtime.pool_size} stayed busy"
+                    )
                 self._waiting += 1
                 try:
                     self._freed.wait(timeout_s)
@@ -393,6 +407,8 @@ class UdfRuntime:
     ``cache_dir`` keeps compiled components across restarts (None: compile in every process).
     ``pool_size`` bounds the instances of each UDF; ``memory_limit_mb`` is each instance's linear-memory
     limit unless a call asks for another; ``max_output_bytes`` bounds what one call may return;
+    ``max_call_ms`` is the longest one call into the guest may hold an instance (longer batches are cut
+    into several calls); ``max_wait_ms`` bounds the wait for a free instance of a call without a deadline;
     ``epoch_tick_ms`` is the resolution of deadlines.
     """
 
@@ -403,16 +419,22 @@ class UdfRuntime:
         pool_size: int = 4,
         memory_limit_mb: int = 128,
         max_output_bytes: int = 1 << 20,
+        max_call_ms: int = 2000,
+        max_wait_ms: int = 10_000,
         epoch_tick_ms: int = 1,
     ) -> None:
-        if pool_size < 1 or memory_limit_mb < 1 or max_output_bytes < 1 or epoch_tick_ms < 1:
-            raise ValueError("pool_size, memory_limit_mb, max_output_bytes and epoch_tick_ms must be >= 1")
+        if min(pool_size, memory_limit_mb, max_output_bytes, max_call_ms, max_wait_ms, epoch_tick_ms) < 1:
+            raise ValueError(
+                "pool_size, memory_limit_mb, max_output_bytes, max_call_ms, max_wait_ms and epoch_tick_ms must be >= 1"
+            )
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         if self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.pool_size = pool_size
         self.memory_limit_bytes = memory_limit_mb * _MIB
         self.max_output_bytes = max_output_bytes
+        self.max_call_s = max_call_ms / 1000.0
+        self.max_wait_s = max_wait_ms / 1000.0
         self.tick_s = epoch_tick_ms / 1000.0
         config = Config()
         config.epoch_interruption = True
@@ -523,13 +545,20 @@ class UdfRuntime:
         future.set_result(component)
         return component
 
-    def unload(self, sha256: str) -> None:
+    def unload(self, sha256: str, *, drop_compiled: bool = False) -> None:
         """Forget a component (say, its UDF version was deleted): close its idle instances now, busy ones
-        when their call returns. Its compiled form stays cached on disk."""
+        when their call returns. Its compiled form stays cached on disk unless ``drop_compiled`` (a
+        component that failed to load, or that nothing will use again)."""
         with self._lock:
             component = self._components.pop(sha256, None)
         if component is not None:
             component.pool.close()
+        cache = self.compiled_path(sha256) if drop_compiled else None
+        if cache is not None:
+            try:
+                cache.unlink(missing_ok=True)
+            except OSError as exc:
+                raise UdfLoadError(f"cannot delete the compiled component {cache}: {exc}") from exc
 
     def compiled_path(self, sha256: str) -> Path | None:
         """Where the compiled form of component ``sha256`` is cached (None without a cache folder)."""
@@ -595,58 +624,131 @@ class UdfRuntime:
         timeout_s: float | None,
         memory_limit_mb: int | None = None,
     ) -> list[UdfItemResult]:
-        """Run ``process`` on every value in one call into the guest; one result per value, in order.
+        """Run ``process`` on every value; one result per value, in order.
 
-        ``metas[i]`` goes with ``values[i]``; they are passed only to a ``process`` that takes ``meta``, and
-        may be None for one that does not (see :meth:`load`). ``timeout_s``
-        counts from when the UDF is loaded (see :meth:`load`), waiting for a free instance included. Raises
-        :class:`UdfTimeoutError` (preempted at ``timeout_s``), :class:`UdfMemoryError` (hit the memory
-        limit), :class:`UdfCallError` (trap, malformed or oversized output) and :class:`UdfLoadError`;
-        the instance is discarded after any of these but a load error.
+        The values cross in one call into the guest unless that call would run past ``max_call_ms``: then in
+        several, sized from the UDF's time per item so far. ``metas[i]`` goes with ``values[i]``; they are
+        passed only to a ``process`` that takes ``meta``, and may be None for one that does not (see
+        :meth:`load`). ``timeout_s`` counts from when the UDF is loaded (see :meth:`load`), waiting for a
+        free instance included. Raises :class:`UdfTimeoutError` (preempted at ``timeout_s``, one item alone
+        past ``max_call_ms``, or no instance free in time), :class:`UdfMemoryError` (hit the memory limit),
+        :class:`UdfCallError` (trap, malformed or oversized output) and :class:`UdfLoadError`; the instance
+        is discarded after any of these but a load error and a wait.
         """
         # Loading (compiling, the first time) is not the call's: its time limit starts once the UDF is loaded.
         component = self._component(sha256, wasm_path)
         started = time.monotonic()
-        if not values:
+        count = len(values)
+        if not count:
             return []
         if metas is None:
             if component.arity == 3:
                 raise ValueError("this UDF's process takes meta: give one meta per value")
-        elif len(metas) != len(values):
-            raise ValueError(f"{len(metas)} metas for {len(values)} values")
+        elif len(metas) != count:
+            raise ValueError(f"{len(metas)} metas for {count} values")
         limit = self.memory_limit_bytes if memory_limit_mb is None else memory_limit_mb * _MIB
-        apart, batch = _encode_request(params, values, metas if component.arity == 3 else None, self.max_output_bytes)
+        deadline = None if timeout_s is None else started + timeout_s
+        metas = metas if component.arity == 3 else None
+        size = self._call_size(component, count)
+        if size == count:  # the common case: the whole batch in one call, nothing to slice or join
+            try:
+                return self._call(component, values, params, metas, limit, deadline, timeout_s)
+            except _Split:
+                size = max(1, min(count // 2, self._call_size(component, count)))
+        results: list[UdfItemResult] = []
+        start = 0
+        while start < count:
+            end = min(start + size, count)
+            try:
+                results += self._call(
+                    component,
+                    values[start:end],
+                    params,
+                    None if metas is None else metas[start:end],
+                    limit,
+                    deadline,
+                    timeout_s,
+                )
+            except _Split:
+                # At most half as many, fewer when the time per item just learnt says so.
+                size = max(1, min((end - start) // 2, self._call_size(component, count - start)))
+                continue
+            start = end
+            size = self._call_size(component, count - start)
+        return results
+
+    def _call_size(self, component: _Component, remaining: int) -> int:
+        """How many of ``remaining`` items the next call should carry to fit ``max_call_ms``."""
+        item_s = component.item_s
+        if item_s <= 0.0:
+            return min(remaining, _PROBE_ITEMS) if remaining > _PROBE_ITEMS * 4 else remaining
+        return max(1, min(remaining, int(self.max_call_s * _CALL_SHARE / item_s)))
+
+    def _call(
+        self,
+        component: _Component,
+        values: Sequence[Any],
+        params: Mapping[str, Any],
+        metas: Sequence[Mapping[str, Any]] | None,
+        limit: int,
+        deadline: float | None,
+        timeout_s: float | None,
+    ) -> list[UdfItemResult]:
+        """One call into the guest; raises :class:`_Split` when the values should go in smaller calls."""
+        count = len(values)
+        apart, batch = _encode_request(params, values, metas, self.max_output_bytes)
         size = len(apart) + len(batch)
         if limit > _GUEST_BASELINE and 2 * size + _GUEST_BASELINE > limit:
             # Taking the request in needs its bytes twice (the string as received, then as a Python str),
             # and running out there traps inside componentize-py's glue, where no MemoryError can be caught.
             # (A limit below the baseline fails when the instance is created, with its own message.)
+            if count > 1:
+                raise _Split
             raise UdfMemoryError(
                 f"the batch is {size / _MIB:.1f} MiB: it cannot fit the UDF's memory limit of "
                 f"{limit // _MIB} MiB (split the batch or raise memory_limit_mb)"
             )
-        instance = component.pool.acquire(limit, timeout_s)
-        if timeout_s is None:
-            ticks = _NO_DEADLINE
-        else:
-            now = time.monotonic()
-            ticks = _ticks(max(timeout_s - (now - started), 0.0), self.tick_s) + self._lag(now)
+        now = time.monotonic()
+        remaining = None if deadline is None else deadline - now
+        instance = component.pool.acquire(limit, self.max_wait_s if remaining is None else remaining)
+        now = time.monotonic()
+        budget = self.max_call_s
+        capped = True  # preempted at max_call_s rather than at the caller's deadline
+        if deadline is not None and deadline - now <= budget:
+            budget, capped = max(deadline - now, 0.0), False
+        ticks = _ticks(budget, self.tick_s) + self._lag(now)
         try:
             raw = instance.call(apart, batch, ticks)
-            if len(raw) > self.max_output_bytes + _ERROR_ALLOWANCE * (len(values) + 1):
+            took = time.monotonic() - now
+            if len(raw) > self.max_output_bytes + _ERROR_ALLOWANCE * (count + 1):
                 raise UdfCallError(
                     f"the UDF returned {len(raw)} bytes, over the output limit of {self.max_output_bytes}",
                     kind="output",
                 )
-            results = _decode_response(raw, len(values), limit)
+            results = _decode_response(raw, count, limit)
         except _Trap as trap:
             component.pool.discard(instance)
-            raise _classify(str(trap), timeout_s) from trap
+            error = _classify(str(trap), timeout_s)
+            if capped and isinstance(error, UdfTimeoutError):
+                item_s = self.max_call_s / count  # it took longer than this per item, at least
+                component.item_s = max(component.item_s, item_s)
+                if count > 1:
+                    raise _Split from trap
+                error = UdfTimeoutError(
+                    f"one item ran past the longest a call may hold an instance ({self.max_call_s * 1000:.0f} ms)"
+                )
+            raise error from trap
         except BaseException:  # a failed call, or anything else: the instance's state is unknown
             component.pool.discard(instance)
             raise
         component.pool.release(instance)
+        previous = component.item_s
+        component.item_s = took / count if previous <= 0.0 else (previous + took / count) / 2
         return results
+
+
+class _Split(Exception):
+    """The values of a call must go in smaller calls: it ran past ``max_call_ms``, or does not fit the memory."""
 
 
 def _ticks(seconds: float, tick_s: float) -> int:

@@ -1,26 +1,72 @@
 """The UDF store: name + semantic version -> a component in the content-addressed artifact folder.
 
-Metadata lives in the registry's database (:meth:`Registry.put_udf`); bytes live in :class:`ArtifactStore`.
-Versions are immutable: the same bytes (or the same Python source) again is a no-op, other bytes are refused.
+Metadata lives in a :class:`UdfCatalog` (the registry is one); bytes live in :class:`ArtifactStore`; a
+:class:`UdfLoader` (the runtime) compiles and instantiates them. The store depends on those three narrow
+interfaces only, not on the pipeline registry or on a stage.
+
+Rules it keeps:
+
+* Versions are immutable: the same bytes (or the same Python source) again is a no-op, other content is
+  refused before anything is built or loaded.
+* A version is registered only once its component loads (compiled, instantiated, and its ABI checked): a
+  component that does not is refused with :class:`UdfLoadError` naming the UDF and version, and leaves
+  nothing behind (no record, no artifact, no compiled form), so a corrected upload of the same version succeeds.
+* Server-side builds are bounded: at most ``BuildLimits.max_concurrent`` at once, a caller waits at most
+  ``BuildLimits.queue_timeout_s`` for a slot, then gets :class:`RejectedExecutionError` (HTTP 429). Each
+  build's time, memory and output size are bounded by :func:`build_component`; an upload's size here.
+* An artifact is deleted, and its component unloaded from the runtime, once no version uses it and no put
+  of the same bytes is in flight.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple, Protocol
 
-from ..definitions import is_valid_name, parse_semver
-from ..errors import DefinitionError
-from ..registry import Registry
-from ..stages.python import UdfRef
+from ..definitions import is_valid_name, parse_udf_version
+from ..errors import DefinitionError, PayloadTooLargeError, RejectedExecutionError, UdfLoadError
 from ..storage import UdfRecord
 from .artifacts import ArtifactStore
-from .build import build_component, is_wasm
+from .build import BuildLimits, build_component, is_wasm
 
-__all__ = ["PutUdfResult", "UdfStore"]
+__all__ = ["PutUdfResult", "UdfCatalog", "UdfLoader", "UdfRef", "UdfStore"]
 
 Builder = Callable[..., bytes]
+
+
+class UdfRef(NamedTuple):
+    """A resolved UDF version: its name, version, component sha256 and where the component lives."""
+
+    name: str
+    version: str
+    sha256: str
+    path: Path
+
+
+class UdfCatalog(Protocol):
+    """Where UDF records are kept (the registry, durably). ``put_udf`` is the authority on immutability."""
+
+    def udf(self, name: str, version: str | None) -> UdfRecord:
+        """``version`` of ``name``, or its ``latest`` when ``version`` is None; ``NotFoundError`` if none."""
+        ...
+
+    def udf_record(self, name: str, version: str) -> UdfRecord | None: ...
+    def udf_versions(self, name: str) -> list[str]: ...
+    def put_udf(self, record: UdfRecord) -> bool: ...
+    def delete_udf(self, name: str, version: str) -> UdfRecord: ...
+    def sha_in_use(self, sha256: str) -> bool: ...
+
+
+class UdfLoader(Protocol):
+    """What the store needs of the runtime: load a component (raising :class:`UdfLoadError`), forget one."""
+
+    def load(self, sha256: str, wasm_path: Path) -> int: ...
+    def unload(self, sha256: str, *, drop_compiled: bool = False) -> None: ...
 
 
 class PutUdfResult:
@@ -36,44 +82,100 @@ class UdfStore:
 
     def __init__(
         self,
-        registry: Registry,
+        catalog: UdfCatalog,
         artifacts: ArtifactStore,
+        loader: UdfLoader,
         *,
+        limits: BuildLimits | None = None,
         builder: Builder = build_component,
         progress: Callable[[str], None] | None = None,
     ) -> None:
-        self._registry = registry
+        self._catalog = catalog
         self._artifacts = artifacts
+        self._loader = loader
+        self.limits = limits = limits or BuildLimits()
         self._builder = builder
         self._progress = progress
+        self._builds = threading.BoundedSemaphore(limits.max_concurrent)
+        # Artifacts a put is writing, loading or registering: not to be deleted under it. Guarded by _lock,
+        # which also orders "is this artifact unused?" with deleting it.
+        self._lock = threading.Lock()
+        self._pending: Counter[str] = Counter()
         # (name, version, sha256) -> its reference; a python stage resolves its UDF on every call.
         self._refs: dict[tuple[str, str, str], UdfRef] = {}
 
     def put(self, name: str, version: str, source_or_wasm: str | bytes) -> PutUdfResult:
-        """Register ``name@version`` from Python source (built here) or a component's bytes."""
-        problems = []
-        if not is_valid_name(name):
-            problems.append(("name", f"[{name}] is not a valid UDF name ([a-z0-9][a-z0-9_.-]{{0,127}})"))
-        try:
-            parse_semver(version)
-        except ValueError as exc:
-            problems.append(("version", str(exc)))
-        if problems:
-            raise DefinitionError(problems, subject="UDF")
+        """Register ``name@version`` from Python source (built here) or a component's bytes, once it loads."""
+        _check_name_version(name, version)
+        existing = self._catalog.udf_record(name, version)
         source_sha: str | None = None
         if isinstance(source_or_wasm, bytes) and is_wasm(source_or_wasm):
             component = source_or_wasm
+            if len(component) > self.limits.max_component_bytes:
+                raise PayloadTooLargeError(
+                    f"UDF [{name}] version [{version}]: the component is {len(component) / (1 << 20):.1f} MiB, "
+                    f"over the limit of {self.limits.max_component_mb} MiB"
+                )
+            sha = hashlib.sha256(component).hexdigest()
+            if existing is not None and existing.sha256 == sha:
+                return PutUdfResult(existing, False)
         else:
             source = self._source(source_or_wasm)
             source_sha = hashlib.sha256(source.encode()).hexdigest()
-            existing = self._registry.udf_record(name, version)
             if existing is not None and existing.source_sha256 == source_sha:
                 return PutUdfResult(existing, False)
-            component = self._builder(source, filename=f"{name}.py", progress=self._progress)
-        sha = self._artifacts.put(component)
-        record = UdfRecord(name, version, sha, len(component), time.time(), source_sha)
-        created = self._registry.put_udf(record)
-        return PutUdfResult(record if created else self._registry.udf(name, version), created)
+            if existing is not None:
+                raise existing.immutable_error()  # refused before spending a build
+            component = self._build(name, version, source)
+            sha = hashlib.sha256(component).hexdigest()
+        if existing is not None:
+            raise existing.immutable_error()
+        return self._register(UdfRecord(name, version, sha, len(component), time.time(), source_sha), component)
+
+    def _build(self, name: str, version: str, source: str) -> bytes:
+        limits = self.limits
+        if not self._builds.acquire(timeout=limits.queue_timeout_s):
+            raise RejectedExecutionError(
+                f"UDF [{name}] version [{version}]: {limits.max_concurrent} UDF builds are running and none "
+                f"finished within {limits.queue_timeout_s:g} s; try again later"
+            )
+        try:
+            return self._builder(source, filename=f"{name}.py", progress=self._progress, limits=limits)
+        finally:
+            self._builds.release()
+
+    def _register(self, record: UdfRecord, component: bytes) -> PutUdfResult:
+        """Store the artifact, load it, then record the version; undo the first two if a later step fails."""
+        sha = record.sha256
+        with self._lock:
+            self._pending[sha] += 1
+        registered = False
+        try:
+            self._artifacts.put(component)
+            try:
+                self._loader.load(sha, self._artifacts.path(sha))
+            except UdfLoadError as exc:
+                raise UdfLoadError(
+                    f"UDF [{record.name}] version [{record.version}] does not load: {exc.message}"
+                ) from exc
+            created = self._catalog.put_udf(record)
+            registered = True
+            return PutUdfResult(record if created else self._catalog.udf(record.name, record.version), created)
+        finally:
+            with self._lock:
+                self._pending[sha] -= 1
+                if not self._pending[sha]:
+                    del self._pending[sha]
+            if not registered:
+                self._release(sha, drop_compiled=True)
+
+    def _release(self, sha256: str, *, drop_compiled: bool = False) -> None:
+        """Unload and delete the artifact ``sha256`` unless a version uses it or a put of it is in flight."""
+        with self._lock:
+            if self._pending[sha256] or self._catalog.sha_in_use(sha256):
+                return
+            self._loader.unload(sha256, drop_compiled=drop_compiled)
+            self._artifacts.delete(sha256)
 
     @staticmethod
     def _source(data: str | bytes) -> str:
@@ -87,7 +189,7 @@ class UdfStore:
             ) from exc
 
     def resolve(self, name: str, version: str | None) -> UdfRef:
-        record = self._registry.udf(name, version)
+        record = self._catalog.udf(name, version)
         key = (record.name, record.version, record.sha256)
         ref = self._refs.get(key)
         if ref is None:
@@ -95,11 +197,27 @@ class UdfStore:
         return ref
 
     def delete(self, name: str, version: str) -> UdfRecord:
-        record = self._registry.delete_udf(name, version)
+        """Delete a version; its component is unloaded and its artifact deleted once no version uses them."""
+        record = self._catalog.delete_udf(name, version)
         self._refs.pop((record.name, record.version, record.sha256), None)
-        if not self._registry.sha_in_use(record.sha256):
-            self._artifacts.delete(record.sha256)
+        self._release(record.sha256)
         return record
 
     def versions(self, name: str) -> list[str]:
-        return self._registry.udf_versions(name)
+        return self._catalog.udf_versions(name)
+
+    def latest(self, name: str) -> str:
+        """The version ``latest`` (or no version) means now; ``NotFoundError`` when ``name`` has none."""
+        return self._catalog.udf(name, None).version
+
+
+def _check_name_version(name: str, version: str) -> None:
+    problems = []
+    if not is_valid_name(name):
+        problems.append(("name", f"[{name}] is not a valid UDF name ([a-z0-9][a-z0-9_.-]{{0,127}})"))
+    try:
+        parse_udf_version(version)
+    except ValueError as exc:
+        problems.append(("version", str(exc)))
+    if problems:
+        raise DefinitionError(problems, subject="UDF")

@@ -48,6 +48,7 @@ class WorkerConfig:
     compiled_cache_dir: str | None
     pool_size: int
     memory_limit_mb: int
+    max_call_ms: int
     default_udf_timeout_ms: float
 
 
@@ -76,8 +77,10 @@ class _Worker:
     def __init__(self, config: WorkerConfig) -> None:
         self.registry = Registry(SqliteStorage(config.registry_path))
         cache = None if config.compiled_cache_dir is None else Path(config.compiled_cache_dir)
-        self.runtime = UdfRuntime(cache, pool_size=config.pool_size, memory_limit_mb=config.memory_limit_mb)
-        self.udfs = UdfStore(self.registry, ArtifactStore(Path(config.artifacts_dir)))
+        self.runtime = UdfRuntime(
+            cache, pool_size=config.pool_size, memory_limit_mb=config.memory_limit_mb, max_call_ms=config.max_call_ms
+        )
+        self.udfs = UdfStore(self.registry, ArtifactStore(Path(config.artifacts_dir)), self.runtime)
         self.stats = StatsRegistry()
         self._ctx = BuildContext(self.udfs, self.runtime, config.default_udf_timeout_ms)
         # (name, revision, created_at) -> built; the time tells apart a revision 1 of a re-created pipeline.

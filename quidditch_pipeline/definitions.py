@@ -53,6 +53,7 @@ __all__ = [
     "iter_stages",
     "latest_version",
     "load_definition",
+    "load_yaml",
     "parse_definition",
     "parse_semver",
     "parse_udf_version",
@@ -436,9 +437,9 @@ def load_definition(text: str | bytes, fmt: Literal["json", "yaml"] | None = Non
         except orjson.JSONDecodeError as exc:
             if fmt == "json":
                 raise DefinitionError([("", f"not valid JSON: {exc}")]) from exc
-            data = _load_yaml(text)
+            data = load_yaml(text)
     else:
-        data = _load_yaml(text)
+        data = load_yaml(text)
     return parse_definition(data)
 
 
@@ -461,7 +462,8 @@ class _AliasRefused(Exception):
     """Raised by :class:`_NoAliasLoader` (not a YAMLError: it must not read as a syntax error)."""
 
 
-def _load_yaml(text: str | bytes) -> Any:
+def load_yaml(text: str | bytes) -> Any:
+    """YAML text as plain data, aliases refused (a :class:`DefinitionError` names why it cannot be read)."""
     try:
         return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader subclass: safe
     except _AliasRefused as exc:

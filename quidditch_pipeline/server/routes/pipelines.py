@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Final, Literal
 
-import yaml
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
+from ...definitions import load_yaml
 from ...errors import DefinitionError
 from .._body import json_object, parse_object, read_body
 from .._responses import Acknowledged, ExecuteResult, OpenBody, PipelineList, PipelinePut, json_body_doc, responses
@@ -143,27 +143,9 @@ def router(ctx: AppContext) -> APIRouter:
     return router
 
 
-class _PlainYamlLoader(yaml.SafeLoader):
-    """YAML without aliases: an alias is how a few hundred bytes expand into a billion nodes (billion laughs),
-    and a pipeline definition has no use for one."""
-
-    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()  # type: ignore[no-untyped-call]
-            raise yaml.composer.ComposerError(
-                None, None, "aliases (*name) are not allowed in a pipeline definition", event.start_mark
-            )
-        return super().compose_node(parent, index)
-
-
 def _definition_body(raw: bytes, content_type: str) -> dict[str, Any]:
     if "yaml" in content_type.lower():
-        try:
-            value = yaml.load(raw, Loader=_PlainYamlLoader)
-        except yaml.YAMLError as exc:
-            raise DefinitionError([("", f"not valid YAML: {exc}")]) from exc
-        except RecursionError as exc:
-            raise DefinitionError([("", "not valid YAML: nested too deeply")]) from exc
+        value = load_yaml(raw)
         if not isinstance(value, dict):
             raise DefinitionError([("", f"a pipeline definition is an object, got {type(value).__name__}")])
         return value

@@ -148,7 +148,9 @@ def test_ingest_api_through_the_client(server: ServerProcess) -> None:
         ("set", "success"), ("rename", "success"),
     ]  # fmt: skip
     assert verbose[1]["tag"] == "lower-title" and verbose[1]["doc"]["_source"]["title"] == "mug"
-    inline = client.ingest.simulate(pipeline={"processors": [{"uppercase": {"field": "t"}}]}, docs=[{"_source": {"t": "a"}}])
+    inline = client.ingest.simulate(
+        pipeline={"processors": [{"uppercase": {"field": "t"}}]}, docs=[{"_source": {"t": "a"}}]
+    )
     assert inline["docs"][0]["doc"]["_source"] == {"t": "A"}
     failing = client.ingest.simulate(pipeline={"processors": [{"fail": {"message": "no"}}]}, docs=[{"_source": {}}])
     assert failing["docs"][0]["error"]["type"] == "pipeline_execution_exception"

@@ -154,9 +154,7 @@ def _stage(
     return stage if len(translation.lossy) == losses else None
 
 
-def _stage_name(
-    tag: Any, kind: str, position: int, here: str, translation: Translation, names: set[str]
-) -> str:
+def _stage_name(tag: Any, kind: str, position: int, here: str, translation: Translation, names: set[str]) -> str:
     name = tag if isinstance(tag, str) and 0 < len(tag) <= 128 else f"{kind}-{position}"
     if tag is not None and name != tag:
         translation.note(f"{here}.tag", f"tag {tag!r} cannot be a stage name; the stage is named [{name}]", lossy=False)
@@ -267,9 +265,8 @@ def to_elasticsearch(definition: PipelineDefinition | dict[str, Any]) -> dict[st
 #: What a stored pipeline answer adds to the definition.
 _STORED_EXTRAS: Final = frozenset({"revision", "created_at", "updated_at"})
 
-def _processor(
-    stage: Any, path: str, default: FailurePolicy, problems: list[tuple[str, str]]
-) -> dict[str, Any] | None:
+
+def _processor(stage: Any, path: str, default: FailurePolicy, problems: list[tuple[str, str]]) -> dict[str, Any] | None:
     if not isinstance(stage, (NativeStage, PipelineStage)):
         kind = "composite" if isinstance(stage, CompositeStage) else stage.type
         problems.append((f"{path}.type", f"a {kind} stage has no Elasticsearch processor"))

@@ -119,9 +119,7 @@ def router(ctx: AppContext) -> APIRouter:
             (definition,) = translation.definitions
         else:
             definition = document_pipeline(name or "")
-        processors = {
-            stage["name"]: stage["config"].get("processor", stage["type"]) for stage in definition["stages"]
-        }
+        processors = {stage["name"]: stage["config"].get("processor", stage["type"]) for stage in definition["stages"]}
         run = svc.execute(definition if inline is not None else definition["name"], inputs=sources, verbose=verbose)
         timestamp = datetime.now(UTC).isoformat()
         return {
@@ -183,4 +181,3 @@ def _simulated(
     if result["status"] == "dropped":
         return None
     return {"doc": _doc(doc, result["output"], timestamp)}
-

@@ -10,6 +10,19 @@ from __future__ import annotations
 
 from ._import import import_pipeline, translate
 from ._report import Finding, Translation
+from ._stored import stored_definition
 from .elasticsearch import from_elasticsearch, to_elasticsearch
+from .opensearch import from_opensearch, pipeline_names, to_opensearch
 
-__all__ = ["Finding", "Translation", "from_elasticsearch", "import_pipeline", "to_elasticsearch", "translate"]
+__all__ = [
+    "Finding",
+    "Translation",
+    "from_elasticsearch",
+    "from_opensearch",
+    "import_pipeline",
+    "pipeline_names",
+    "stored_definition",
+    "to_elasticsearch",
+    "to_opensearch",
+    "translate",
+]

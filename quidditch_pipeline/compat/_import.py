@@ -9,12 +9,16 @@ from ..definitions import parse_definition
 from ..errors import InputError
 from ._report import Translation
 from .elasticsearch import from_elasticsearch
+from .opensearch import from_opensearch
 
 if TYPE_CHECKING:
     from ..service import PipelineService
 
-#: Source system -> translator. OpenSearch's entry is added by :mod:`.opensearch`.
-TRANSLATORS: Final[dict[str, Callable[[Any, str], Translation]]] = {"elasticsearch": from_elasticsearch}
+#: Source system -> translator.
+TRANSLATORS: Final[dict[str, Callable[[Any, str], Translation]]] = {
+    "elasticsearch": from_elasticsearch,
+    "opensearch": from_opensearch,
+}
 
 
 def translate(body: Any, name: str, source: str) -> Translation:

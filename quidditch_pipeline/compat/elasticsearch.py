@@ -30,10 +30,10 @@ from ..definitions import (
     PipelineDefinition,
     PipelineStage,
     PipelineType,
-    parse_definition,
 )
 from ..errors import DefinitionError
 from ._report import Translation
+from ._stored import stored_definition
 
 __all__ = ["from_elasticsearch", "to_elasticsearch"]
 
@@ -227,8 +227,7 @@ def to_elasticsearch(definition: PipelineDefinition | dict[str, Any]) -> dict[st
     Raises :class:`DefinitionError` (400) naming every part that Elasticsearch cannot express: another pipeline
     type, python or composite stages, timeouts, retries, disabled stages or pipeline.
     """
-    if isinstance(definition, dict):
-        definition = parse_definition({k: v for k, v in definition.items() if k not in _STORED_EXTRAS})
+    definition = stored_definition(definition)
     problems: list[tuple[str, str]] = []
     if definition.type is not PipelineType.DOCUMENT:
         problems.append(("type", f"a {definition.type} pipeline is not an ingest pipeline"))
@@ -260,10 +259,6 @@ def to_elasticsearch(definition: PipelineDefinition | dict[str, Any]) -> dict[st
     if meta:
         body["_meta"] = meta
     return body
-
-
-#: What a stored pipeline answer adds to the definition.
-_STORED_EXTRAS: Final = frozenset({"revision", "created_at", "updated_at"})
 
 
 def _processor(stage: Any, path: str, default: FailurePolicy, problems: list[tuple[str, str]]) -> dict[str, Any] | None:

@@ -1,4 +1,4 @@
-"""Elasticsearch's ingest pipeline paths as aliases of ``/_pipeline`` (DESIGN §13), in their shapes.
+"""Elasticsearch's ingest and OpenSearch's search pipeline paths as aliases of ``/_pipeline`` (DESIGN §13).
 
 * ``PUT /_ingest/pipeline/{id}`` translates an ingest pipeline (:mod:`quidditch_pipeline.compat`) and stores it
   as the document pipeline ``id``; a translation that would change behaviour is refused (400, naming each
@@ -6,6 +6,8 @@
 * ``GET /_ingest/pipeline[/{id}]`` answers ``{id: {description, processors, version, _meta}}`` for document
   pipelines Elasticsearch can express (one that cannot is a 400 naming why; the list leaves it out).
 * ``DELETE /_ingest/pipeline/{id}`` and ``POST /_ingest/pipeline[/{id}]/_simulate`` (``?verbose``).
+* ``PUT/GET/DELETE /_search/pipeline/{id}``: an OpenSearch search pipeline, stored as the query pipeline
+  ``{id}-request`` and the result pipeline ``{id}-response`` (:func:`~quidditch_pipeline.compat.pipeline_names`).
 
 These paths belong to the upstream cluster in a gateway; keeping them in this one router lets such a mode pass
 them through instead. Admin rules are those of ``/_pipeline``.
@@ -13,13 +15,21 @@ them through instead. Admin rules are those of ``/_pipeline``.
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from ...compat import from_elasticsearch, to_elasticsearch
+from ...compat import (
+    from_elasticsearch,
+    from_opensearch,
+    pipeline_names,
+    stored_definition,
+    to_elasticsearch,
+    to_opensearch,
+)
 from ...errors import ConflictError, DefinitionError, NotFoundError
 from .._body import json_object
 from .._errors import error_body
@@ -128,6 +138,52 @@ def router(ctx: AppContext) -> APIRouter:
                 for doc, result in zip(docs, run["results"], strict=True)
             ]
         }
+
+    def search_sides(id: str) -> dict[str, dict[str, Any]]:
+        """Pipeline type -> the stored side of search pipeline ``id`` (404 when it has none)."""
+        sides = {}
+        for kind, name in pipeline_names(id).items():
+            try:
+                sides[kind] = svc.get_pipeline(name)
+            except NotFoundError:
+                continue
+        if not sides:
+            raise NotFoundError("search pipeline", id)
+        return sides
+
+    @route(router, ["PUT"], "/_search/pipeline/{id}", admin=ctx.admin, responses=responses(Acknowledged, 400, 401, 409))
+    async def put_search_pipeline(id: str, request: Request) -> dict[str, Any]:
+        """Store an OpenSearch search pipeline as ``{id}-request`` and ``{id}-response``."""
+        body = await json_object(request, ctx.limits.max_body_bytes, required=True)
+
+        def put() -> dict[str, Any]:
+            translation = from_opensearch(body, id)
+            translation.require_lossless(False, f"POST /_pipeline/{id}/_import?from=opensearch&accept_losses=true")
+            definitions = [stored_definition(d) for d in translation.definitions]
+            # A replacement without one side removes that side, as a put replaces the whole search pipeline;
+            # first, so that a side still in use (409) refuses the put before anything changed.
+            kept = {d.name for d in definitions}
+            for name in sorted(set(pipeline_names(id).values()) - kept):
+                with contextlib.suppress(NotFoundError):
+                    svc.delete_pipeline(name)
+            for definition in definitions:
+                svc.put_pipeline(definition)
+            return {"acknowledged": True}
+
+        return await run_in_threadpool(put)
+
+    @route(router, ["GET"], "/_search/pipeline/{id}", responses=responses(OpenBody, 400, 404))
+    def get_search_pipeline(id: str) -> dict[str, Any]:
+        sides = {kind: stored_definition(stored) for kind, stored in search_sides(id).items()}
+        return {id: to_opensearch(sides.get("query"), sides.get("result"))}
+
+    @route(
+        router, ["DELETE"], "/_search/pipeline/{id}", admin=ctx.admin, responses=responses(Acknowledged, 400, 401, 404)
+    )
+    def delete_search_pipeline(id: str) -> dict[str, Any]:
+        for stored in search_sides(id).values():
+            svc.delete_pipeline(stored["name"])
+        return {"acknowledged": True}
 
     return router
 

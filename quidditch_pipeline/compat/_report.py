@@ -49,3 +49,33 @@ class Translation:
 
     def report(self) -> list[dict[str, Any]]:
         return [f.to_dict() for f in self.findings]
+
+    def processor(self, processor: Any, path: str) -> tuple[str, dict[str, Any]]:
+        """``{"type": {options}}`` split into type and options (400 naming ``path`` when it is not that)."""
+        if not isinstance(processor, dict) or len(processor) != 1:
+            raise DefinitionError([(path, "a processor is an object with one key, its type")], subject=self.source)
+        ((kind, options),) = processor.items()
+        if not isinstance(options, dict):
+            raise DefinitionError([(f"{path}.{kind}", "processor options are an object")], subject=self.source)
+        return kind, options
+
+    def stage_head(
+        self, kind: str, options: dict[str, Any], position: int, here: str, names: set[str]
+    ) -> dict[str, Any]:
+        """A stage's name, description and failure policy from a processor's ``tag``, ``description`` and
+        ``ignore_failure``. The name is the tag (untagged: ``{kind}-{position}``), made unique in ``names``."""
+        tag = options.get("tag")
+        name = tag if isinstance(tag, str) and 0 < len(tag) <= 128 else f"{kind}-{position}"
+        if tag is not None and name != tag:
+            self.note(f"{here}.tag", f"tag {tag!r} cannot be a stage name; the stage is named [{name}]", lossy=False)
+        if name in names:
+            renamed = f"{name}-{position}"
+            self.note(f"{here}.tag", f"tag [{name}] is used twice; this stage is named [{renamed}]", lossy=False)
+            name = renamed
+        names.add(name)
+        stage: dict[str, Any] = {"name": name}
+        if isinstance(options.get("description"), str):
+            stage["description"] = options["description"]
+        if options.get("ignore_failure") is True:
+            stage["on_failure"] = "continue"
+        return stage

@@ -126,11 +126,7 @@ def _import_version(version: Any, kept: Any) -> str:
 def _stage(
     processor: Any, path: str, position: int, translation: Translation, names: set[str]
 ) -> dict[str, Any] | None:
-    if not isinstance(processor, dict) or len(processor) != 1:
-        raise DefinitionError([(path, "a processor is an object with one key, its type")], subject=SOURCE)
-    ((kind, options),) = processor.items()
-    if not isinstance(options, dict):
-        raise DefinitionError([(f"{path}.{kind}", "processor options are an object")], subject=SOURCE)
+    kind, options = translation.processor(processor, path)
     here = f"{path}.{kind}"
     if kind != "pipeline" and kind not in _SUPPORTED:
         translation.note(path, f"[{kind}] has no equivalent")
@@ -141,29 +137,13 @@ def _stage(
         translation.note(f"{here}.if", f"conditions cannot be expressed yet ({options['if']!r}); processor left out")
     if options.get("on_failure"):
         translation.note(f"{here}.on_failure", "on_failure handlers cannot be expressed yet; the stage aborts instead")
-    stage: dict[str, Any] = {"name": _stage_name(options.get("tag"), kind, position, here, translation, names)}
-    if isinstance(options.get("description"), str):
-        stage["description"] = options["description"]
-    if options.get("ignore_failure") is True:
-        stage["on_failure"] = FailurePolicy.CONTINUE.value
+    stage = translation.stage_head(kind, options, position, here, names)
     if kind == "pipeline":
         stage.update(type="pipeline", config=_pipeline_config(config, here, translation))
     else:
         stage.update(type="native", config={"processor": kind, **_processor_config(kind, config, here, translation)})
     # A processor whose translation lost anything is left out whole: half of it would be worse than none.
     return stage if len(translation.lossy) == losses else None
-
-
-def _stage_name(tag: Any, kind: str, position: int, here: str, translation: Translation, names: set[str]) -> str:
-    name = tag if isinstance(tag, str) and 0 < len(tag) <= 128 else f"{kind}-{position}"
-    if tag is not None and name != tag:
-        translation.note(f"{here}.tag", f"tag {tag!r} cannot be a stage name; the stage is named [{name}]", lossy=False)
-    if name in names:
-        renamed = f"{name}-{position}"
-        translation.note(f"{here}.tag", f"tag [{name}] is used twice; this stage is named [{renamed}]", lossy=False)
-        name = renamed
-    names.add(name)
-    return name
 
 
 def _pipeline_config(config: dict[str, Any], here: str, translation: Translation) -> dict[str, Any]:
@@ -187,7 +167,7 @@ def _processor_config(kind: str, config: dict[str, Any], here: str, translation:
             value = _field(value, f"{here}.{key}", translation)
         elif key in _TEMPLATE_KEYS and _has_template(value):
             translation.note(f"{here}.{key}", "Mustache templates are not evaluated yet")
-        elif kind == "convert" and key == "type" and value not in _CONVERT_TYPES:
+        elif kind == "convert" and key == "type" and (not isinstance(value, str) or value not in _CONVERT_TYPES):
             translation.note(f"{here}.type", f"conversion to [{value}] has no equivalent")
         out[key] = value
     return out

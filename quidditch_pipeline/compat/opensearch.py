@@ -67,10 +67,11 @@ def from_opensearch(body: Any, name: str) -> Translation:
         translation.note(f"phase_results_processors[{i}]", "phase results processors have no equivalent")
     names = pipeline_names(name)
     for side, kind in _KINDS.items():
+        used: set[str] = set()
         stages = [
             stage
             for i, processor in enumerate(_list(body, side))
-            if (stage := _stage(processor, side, i, translation)) is not None
+            if (stage := _stage(processor, side, i, translation, used)) is not None
         ]
         if not stages:
             continue
@@ -88,13 +89,11 @@ def _list(body: dict[str, Any], key: str) -> list[Any]:
     return value
 
 
-def _stage(processor: Any, side: str, position: int, translation: Translation) -> dict[str, Any] | None:
+def _stage(
+    processor: Any, side: str, position: int, translation: Translation, names: set[str]
+) -> dict[str, Any] | None:
     path = f"{side}[{position}]"
-    if not isinstance(processor, dict) or len(processor) != 1:
-        raise DefinitionError([(path, "a processor is an object with one key, its type")], subject=SOURCE)
-    ((kind, options),) = processor.items()
-    if not isinstance(options, dict):
-        raise DefinitionError([(f"{path}.{kind}", "processor options are an object")], subject=SOURCE)
+    kind, options = translation.processor(processor, path)
     supported = _SUPPORTED[side].get(kind)
     if supported is None:
         why = "has no equivalent"
@@ -108,12 +107,7 @@ def _stage(processor: Any, side: str, position: int, translation: Translation) -
     config = {k: v for k, v in options.items() if k not in _COMMON}
     for key in sorted(set(config) - supported):
         translation.note(f"{path}.{kind}.{key}", f"option [{key}] of [{kind}] has no equivalent")
-    tag = options.get("tag")
-    stage: dict[str, Any] = {"name": tag if isinstance(tag, str) and 0 < len(tag) <= 128 else f"{kind}-{position}"}
-    if isinstance(options.get("description"), str):
-        stage["description"] = options["description"]
-    if options.get("ignore_failure") is True:
-        stage["on_failure"] = "continue"
+    stage = translation.stage_head(kind, options, position, f"{path}.{kind}", names)
     kept = {k: v for k, v in config.items() if k in supported}
     if kind == "rename_field":
         # OpenSearch's rename_field replaces a target that exists.

@@ -15,14 +15,17 @@ from starlette.concurrency import run_in_threadpool
 
 from ...compat import import_pipeline
 from .._body import json_object
-from .._responses import OpenBody, responses
+from .._responses import OBJECT, OpenBody, json_body_doc, responses
 from .._routing import AppContext, route
 
 
 def router(ctx: AppContext) -> APIRouter:
     router = APIRouter()
 
-    @route(router, ["POST"], "/_pipeline/{name}/_import", admin=ctx.admin, responses=responses(OpenBody, 400, 401, 404))
+    @route(
+        router, ["POST"], "/_pipeline/{name}/_import", admin=ctx.admin,
+        responses=responses(OpenBody, 400, 401, 404, 409, 413), openapi_extra=json_body_doc(OBJECT),
+    )  # fmt: skip
     async def import_foreign_pipeline(
         name: str,
         request: Request,

@@ -33,7 +33,7 @@ from ...compat import (
 from ...errors import ConflictError, DefinitionError, NotFoundError
 from .._body import json_object
 from .._errors import error_body
-from .._responses import Acknowledged, OpenBody, responses
+from .._responses import OBJECT, Acknowledged, OpenBody, json_body_doc, responses
 from .._routing import AppContext, route
 
 if TYPE_CHECKING:
@@ -41,6 +41,11 @@ if TYPE_CHECKING:
 
 #: The name an inline ``_simulate`` pipeline runs under.
 _INLINE = "simulate"
+_SIMULATE = {
+    "type": "object",
+    "properties": {"docs": {"type": "array", "items": OBJECT}, "pipeline": OBJECT},
+    "required": ["docs"],
+}
 _ACCEPT = "POST /_pipeline/{id}/_import?from=elasticsearch&accept_losses=true"
 
 
@@ -54,7 +59,10 @@ def router(ctx: AppContext) -> APIRouter:
             raise NotFoundError("ingest pipeline", name, f"[{name}] is a {stored['type']} pipeline")
         return stored
 
-    @route(router, ["PUT"], "/_ingest/pipeline/{id}", admin=ctx.admin, responses=responses(Acknowledged, 400, 401, 409))
+    @route(
+        router, ["PUT"], "/_ingest/pipeline/{id}", admin=ctx.admin,
+        responses=responses(Acknowledged, 400, 401, 404, 409, 413), openapi_extra=json_body_doc(OBJECT),
+    )  # fmt: skip
     async def put_ingest_pipeline(
         id: str, request: Request, if_version: Annotated[int | None, Query()] = None
     ) -> dict[str, Any]:
@@ -88,14 +96,21 @@ def router(ctx: AppContext) -> APIRouter:
         return found
 
     @route(
-        router, ["DELETE"], "/_ingest/pipeline/{id}", admin=ctx.admin, responses=responses(Acknowledged, 400, 401, 404)
+        router,
+        ["DELETE"],
+        "/_ingest/pipeline/{id}",
+        admin=ctx.admin,
+        responses=responses(Acknowledged, 400, 401, 404, 409),
     )
     def delete_ingest_pipeline(id: str) -> dict[str, Any]:
         document_pipeline(id)
         svc.delete_pipeline(id)
         return {"acknowledged": True}
 
-    @route(router, ["POST", "GET"], "/_ingest/pipeline/_simulate", admin=ctx.admin, responses=responses(OpenBody, 400))
+    @route(
+        router, ["POST", "GET"], "/_ingest/pipeline/_simulate", admin=ctx.admin,
+        responses=responses(OpenBody, 400, 401, 404, 413), openapi_extra=json_body_doc(_SIMULATE),
+    )  # fmt: skip
     async def simulate_inline(request: Request, verbose: bool = False) -> dict[str, Any]:
         """Run an inline ingest pipeline (``pipeline``) on ``docs``."""
         body = await json_object(request, ctx.limits.max_body_bytes, required=True)
@@ -106,7 +121,7 @@ def router(ctx: AppContext) -> APIRouter:
 
     @route(
         router, ["POST", "GET"], "/_ingest/pipeline/{id}/_simulate", admin=ctx.admin,
-        responses=responses(OpenBody, 400, 404),
+        responses=responses(OpenBody, 400, 401, 404, 413), openapi_extra=json_body_doc(_SIMULATE),
     )  # fmt: skip
     async def simulate_stored(id: str, request: Request, verbose: bool = False) -> dict[str, Any]:
         """Run the stored pipeline ``id`` on ``docs``."""
@@ -151,7 +166,10 @@ def router(ctx: AppContext) -> APIRouter:
             raise NotFoundError("search pipeline", id)
         return sides
 
-    @route(router, ["PUT"], "/_search/pipeline/{id}", admin=ctx.admin, responses=responses(Acknowledged, 400, 401, 409))
+    @route(
+        router, ["PUT"], "/_search/pipeline/{id}", admin=ctx.admin,
+        responses=responses(Acknowledged, 400, 401, 404, 409, 413), openapi_extra=json_body_doc(OBJECT),
+    )  # fmt: skip
     async def put_search_pipeline(id: str, request: Request) -> dict[str, Any]:
         """Store an OpenSearch search pipeline as ``{id}-request`` and ``{id}-response``."""
         body = await json_object(request, ctx.limits.max_body_bytes, required=True)
@@ -178,7 +196,11 @@ def router(ctx: AppContext) -> APIRouter:
         return {id: to_opensearch(sides.get("query"), sides.get("result"))}
 
     @route(
-        router, ["DELETE"], "/_search/pipeline/{id}", admin=ctx.admin, responses=responses(Acknowledged, 400, 401, 404)
+        router,
+        ["DELETE"],
+        "/_search/pipeline/{id}",
+        admin=ctx.admin,
+        responses=responses(Acknowledged, 400, 401, 404, 409),
     )
     def delete_search_pipeline(id: str) -> dict[str, Any]:
         for stored in search_sides(id).values():

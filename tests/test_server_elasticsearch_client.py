@@ -7,7 +7,6 @@ every test here fails on a server that does not send it; the ingest tests also n
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,9 +27,10 @@ from .test_server_e2e import ADMIN, TOKEN, set_up_pipelines
 MAJOR = client_version.split(".")[0]
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    with ServerProcess(tmp_path / "data", token=TOKEN) as server:
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    # One server for the module: each test uses its own index and pipeline names and deletes what it made.
+    with ServerProcess(tmp_path_factory.mktemp("es-client") / "data", token=TOKEN) as server:
         yield server
 
 

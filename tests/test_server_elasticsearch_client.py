@@ -131,6 +131,12 @@ def test_ingest_api_through_the_client(server: ServerProcess) -> None:
     assert client.ingest.put_pipeline(id="tidy", **INGEST_PIPELINE)["acknowledged"] is True
     assert client.ingest.get_pipeline(id="tidy")["tidy"] == INGEST_PIPELINE
     assert list(client.ingest.get_pipeline()) == ["tidy"]
+    client.ingest.put_pipeline(id="tidy-2", processors=[{"trim": {"field": "t"}}])
+    assert sorted(client.ingest.get_pipeline(id="tidy*")) == ["tidy", "tidy-2"]
+    assert list(client.ingest.get_pipeline(id="tidy-2,nothing")) == ["tidy-2"]
+    with pytest.raises(NotFoundError):
+        client.ingest.get_pipeline(id="nothing*")
+    client.ingest.delete_pipeline(id="tidy-2")
     # The stored pipeline is an ordinary document pipeline, usable by indexes and visible under /_pipeline.
     native = httpx.get(f"{server.url}/_pipeline/tidy").json()
     assert native["version"] == "2.0.0" and native["metadata"] == {"owner": "catalogue"}

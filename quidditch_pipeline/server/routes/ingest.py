@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from datetime import UTC, datetime
+from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -82,11 +83,21 @@ def router(ctx: AppContext) -> APIRouter:
 
     @route(router, ["GET"], "/_ingest/pipeline/{id}", responses=responses(OpenBody, 400, 404))
     def get_ingest_pipeline(id: str) -> dict[str, Any]:
-        return {id: to_elasticsearch(document_pipeline(id))}
+        """One pipeline, or (``a,b``, ``logs-*``) those of the listed names and patterns that match."""
+        if "," not in id and "*" not in id:
+            return {id: to_elasticsearch(document_pipeline(id))}
+        patterns = [p for p in id.split(",") if p]
+        found = {name: body for name, body in expressible().items() if any(fnmatchcase(name, p) for p in patterns)}
+        if not found:
+            raise NotFoundError("ingest pipeline", id)
+        return found
 
     @route(router, ["GET"], "/_ingest/pipeline", responses=responses(OpenBody, 400))
     def list_ingest_pipelines() -> dict[str, Any]:
         """Every document pipeline that Elasticsearch can express, by name."""
+        return expressible()
+
+    def expressible() -> dict[str, Any]:
         found: dict[str, Any] = {}
         for listed in svc.list_pipelines(type="document")["pipelines"]:
             try:

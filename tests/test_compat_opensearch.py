@@ -44,6 +44,8 @@ def test_request_and_response_processors_become_a_query_and_a_result_pipeline() 
     assert response["stages"][1]["on_failure"] == "continue"
     exported = to_opensearch(*(stored_definition(d) for d in translation.definitions))
     assert exported == SEARCH_PIPELINE
+    versioned = {**SEARCH_PIPELINE, "version": 3}
+    assert to_opensearch(*(stored_definition(d) for d in from_opensearch(versioned, "v").definitions)) == versioned
 
 
 def test_ml_phase_results_and_cross_hit_processors_are_reported_with_their_position() -> None:

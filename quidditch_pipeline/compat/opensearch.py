@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+import semver
+
 from ..definitions import NativeStage, PipelineDefinition, PipelineType
 from ..errors import DefinitionError
 from . import search_processors as _registered  # noqa: F401  (the processors the translation targets)
@@ -135,6 +137,9 @@ def to_opensearch(request: PipelineDefinition | None, response: PipelineDefiniti
             continue
         if definition.description is not None:
             body.setdefault("description", definition.description)
+        major = semver.Version.parse(definition.version).major
+        if major:
+            body.setdefault("version", major)
         body[side] = [_processor(definition, i, stage, side, problems) for i, stage in enumerate(definition.stages)]
     if problems:
         raise DefinitionError(problems, subject="export to OpenSearch")

@@ -4,6 +4,9 @@ compiled to WebAssembly and run sandboxed in wasmtime, native processors, compos
 from __future__ import annotations
 
 from ._outcome import DROP, Drop
+
+# Registers the OpenSearch-equivalent processors, so a stored pipeline that uses them loads in any host.
+from .compat import search_processors as _search_processors  # noqa: F401
 from .definitions import (
     FailurePolicy,
     PipelineDefinition,

@@ -137,11 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     execute.add_argument("--data-dir", help="run against the registry in this data directory (its UDFs and pipelines)")
     execute.set_defaults(func=cmd_execute)
 
+    from .compat.cli import register as register_import
     from .server.serve import register as register_serve
     from .udf.cli import register as register_udf
 
     register_udf(sub)
     register_serve(sub)
+    register_import(sub)
     return parser
 
 

@@ -143,8 +143,13 @@ class _OptionalTarget(_FieldConfig):
         return _paths.check_path(self.target_field) if self.target_field else self.path
 
 
-def _read(value: dict[str, Any], config: _FieldConfig, ignore_missing: bool) -> Any:
+def _read(value: dict[str, Any], config: _FieldConfig, ignore_missing: bool, *, null_is_missing: bool = False) -> Any:
+    """The field's value, or ``MISSING`` when it is absent (an error unless ``ignore_missing``). With
+    ``null_is_missing`` a null counts as absent under ``ignore_missing``, as Elasticsearch's string and
+    convert processors have it ("does not exist or is null")."""
     found = _paths.get(value, config.path)
+    if found is None and null_is_missing and ignore_missing:
+        return _paths.MISSING
     if found is _paths.MISSING and not ignore_missing:
         raise ProcessorError(f"field [{config.field}] not present")
     return found
@@ -236,7 +241,7 @@ def _move(value: dict[str, Any], config: MoveConfig, *, keep_source: bool) -> di
 
 def _string_processor(name: str, op: Callable[[str], str]) -> None:
     def run(value: dict[str, Any], config: _OptionalTarget) -> dict[str, Any]:
-        found = _read(value, config, config.ignore_missing)
+        found = _read(value, config, config.ignore_missing, null_is_missing=True)
         if found is _paths.MISSING:
             return value
         if isinstance(found, str):
@@ -355,7 +360,7 @@ def _convert_one(raw: Any, to: str, field: str) -> Any:
 
 @_builtin("convert", ConvertConfig)
 def _convert(value: dict[str, Any], config: ConvertConfig) -> dict[str, Any]:
-    found = _read(value, config, config.ignore_missing)
+    found = _read(value, config, config.ignore_missing, null_is_missing=True)
     if found is _paths.MISSING:
         return value
     to = config.canonical_type

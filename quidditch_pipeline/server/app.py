@@ -25,10 +25,11 @@ from ._errors import UnexpectedErrorGuard, UnexpectedErrors, install_error_handl
 from ._limits import InFlightBreaker, RequestGuard, ServerLimits
 from ._openapi import openapi
 from ._pretty import PrettyJsonMiddleware
+from ._product import ElasticProductMiddleware
 from ._responses import JsonResponse
 from ._routing import AppContext
 from .engine import PIPELINE_SETTINGS, SearchBackend
-from .routes import documents, indexes, pipelines, root, search, udfs
+from .routes import documents, imports, indexes, ingest, pipelines, root, search, udfs
 
 if TYPE_CHECKING:
     from ..service import PipelineService
@@ -69,9 +70,11 @@ def create_app(
     app.add_middleware(PrettyJsonMiddleware)
     app.add_middleware(RequestGuard, breaker=ctx.breaker, body_timeout_s=limits.body_timeout_s)
     app.add_middleware(UnexpectedErrorGuard, errors=ctx.unexpected)
+    # Outermost, so that every answer (a 500 and a refused body too) identifies the API to Elasticsearch clients.
+    app.add_middleware(ElasticProductMiddleware)
     _sync_associations(service, backend)
-    # Order matters: the index routes (``/{index}``) come last so the ``_``-prefixed resources win.
-    routers = [module.router(ctx) for module in (root, pipelines, udfs, indexes, documents, search)]
+    # Order matters: the index routes (``/{index}``) come after every ``_``-prefixed resource (``PUT /_bulk``).
+    routers = [module.router(ctx) for module in (root, pipelines, imports, ingest, udfs, documents, indexes, search)]
     for router in routers:
         app.include_router(router)
     install_error_handlers(app, [route for router in routers for route in router.routes])

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Final, Literal
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
+from ...compat import to_elasticsearch
 from ...definitions import load_yaml
 from ...errors import DefinitionError
 from .._body import json_object, parse_object, read_body
@@ -97,9 +98,15 @@ def router(ctx: AppContext) -> APIRouter:
         return await run_in_threadpool(svc.put_pipeline, definition, name)
 
     @route(router, ["GET"], "/_pipeline/{name}", responses=responses(OpenBody, 400, 404))
-    def get_pipeline(name: str, revision: Annotated[int | None, Query(ge=1)] = None) -> dict[str, Any]:
-        """The stored definition (latest, or one revision) with revision, created_at and updated_at."""
-        return svc.get_pipeline(name, revision)
+    def get_pipeline(
+        name: str,
+        revision: Annotated[int | None, Query(ge=1)] = None,
+        format: Annotated[Literal["elasticsearch"] | None, Query()] = None,
+    ) -> dict[str, Any]:
+        """The stored definition (latest, or one revision) with revision, created_at and updated_at; with
+        ``format=elasticsearch``, the equivalent ingest pipeline (400 naming what it cannot express)."""
+        stored = svc.get_pipeline(name, revision)
+        return to_elasticsearch(stored) if format == "elasticsearch" else stored
 
     @route(
         router, ["DELETE"], "/_pipeline/{name}", admin=ctx.admin, responses=responses(Acknowledged, 400, 401, 404, 409)

@@ -21,7 +21,7 @@ from ...errors import (
 )
 from .._body import json_object, parse_object, read_body
 from .._errors import error_of
-from .._pipelines import pipeline_name
+from .._pipelines import NO_PIPELINE, pipeline_name
 from .._responses import EXISTS, BulkBody, DocBody, ErrorBody, JsonResponse, WriteBody, json_body_doc, responses
 from .._routing import AppContext, PipelineParam, RefreshParam, refresh_flag, route
 from ..engine import (
@@ -63,6 +63,8 @@ class _BulkItem:
     id: str | None
     pipeline: str | None
     source: dict[str, Any] | None = None
+    raw: bytes = b""  # the source line as it arrived: parsed here only when no pipeline parses it first
+    line: int = 0
     auto_id: bool = False
     error: QuidditchError | None = None
     result: WriteResult | None = None
@@ -147,14 +149,18 @@ def _parse_bulk(raw: bytes, default_index: str | None, max_items: int) -> list[_
         if action == "update":
             item.error = InputError("the update action is not supported; use index to replace the document")
             continue
-        try:
-            item.source = parse_object(source_line, required=True, what=f"document source (line {number})")
-        except DefinitionError as exc:
-            item.error = exc
-            continue
+        item.raw, item.line = source_line, number
         if doc_id is None:
             item.id, item.auto_id = _new_id(), True
     return items
+
+
+def _parse_source(item: _BulkItem, raw: bytes) -> None:
+    """The item's source from JSON bytes, or its per-item error naming the line it came from."""
+    try:
+        item.source = parse_object(raw, required=True, what=f"document source (line {item.line})")
+    except DefinitionError as exc:
+        item.error = exc
 
 
 def router(ctx: AppContext) -> APIRouter:
@@ -314,8 +320,14 @@ def router(ctx: AppContext) -> APIRouter:
                 groups.setdefault((item.index, item.pipeline or pipeline), []).append(item)
         for (index, override), group in groups.items():
             name = pipeline_name(infos[index], "document", override)
+            if name == NO_PIPELINE:
+                for item in group:
+                    _parse_source(item, item.raw)
+                continue
+            # The source lines go to the pipeline as they arrived (a worker parses them, not this process);
+            # what comes back is parsed once, for the index.
             try:
-                outcomes = svc.process_documents(index, [(item.id, item.source or {}) for item in group], pipeline=name)
+                outcomes = svc.process_documents_json(index, [(item.id, item.raw) for item in group], pipeline=name)
             except QuidditchError as exc:
                 for item in group:
                     item.error = exc
@@ -323,10 +335,13 @@ def router(ctx: AppContext) -> APIRouter:
             for item, outcome in zip(group, outcomes, strict=True):
                 if outcome.status == "dropped":
                     item.dropped = True
+                elif isinstance(outcome.error, InputError):  # the source line itself is not a JSON object
+                    where = f"document source (line {item.line})"
+                    item.error = DefinitionError([("", outcome.error.message)], subject=where)
                 elif outcome.status == "failed":
                     item.error = _outcome_error(outcome.error, name, item.id)
                 else:
-                    item.source = outcome.source
+                    _parse_source(item, outcome.source_json or b"")
 
     def write(items: list[_BulkItem], refresh: bool) -> None:
         by_index: dict[str, list[_BulkItem]] = {}

@@ -157,9 +157,10 @@ class _StageCall:
         self.took = [0.0] * n if run.verbose else []
         self.errors: dict[int, StageError] = {}
         self.ignored: dict[int, StageError] = {}
-        self.handled: dict[int, StageError] = {}  # unit index -> the error its handlers ran for
-        self.handler_traces: dict[int, list[dict[str, Any]] | None] = {}
-        self.skipped: set[int] = set()  # units whose condition was false
+        # Made when first needed (a condition, a handler): most stage calls need neither.
+        self.handled: dict[int, StageError] | None = None  # unit index -> the error its handlers ran for
+        self.handler_traces: dict[int, list[dict[str, Any]] | None] | None = None
+        self.skipped: set[int] | None = None  # units whose condition was false
         self.copied: set[int] = set()
         self.failed = self.dropped = self.retries = self.timeouts = 0
         self.last_error: StageError | None = None
@@ -176,11 +177,13 @@ class _StageCall:
             stage.metric.skip(n)
             self._trace(skipped=True)
             return
-        first = None if stage.condition is None else self._conditions()
-        skipped = len(self.skipped)
-        if skipped:
-            stage.metric.skip(skipped)
-            n -= skipped
+        first = None
+        if stage.condition is not None:
+            first = self._conditions()
+            skipped = len(self.skipped or ())
+            if skipped:
+                stage.metric.skip(skipped)
+                n -= skipped
         start = self.end = clock.now()
         stage.metric.begin(n)
         try:
@@ -228,6 +231,7 @@ class _StageCall:
         variables: dict[str, Any] = {"params": stage.condition_params(run)}
         needs_meta, needs_ingest = condition.needs_meta, condition.needs_ingest
         call: list[int] = []
+        self.skipped = skipped = set()
         for i, unit in enumerate(self.units):
             item = unit.item
             variables["ctx"] = value = unit.value
@@ -254,21 +258,23 @@ class _StageCall:
             if run_it:
                 call.append(i)
             else:
-                self.skipped.add(i)
+                skipped.add(i)
         return call
 
     def _run_handlers(self) -> None:
         """Run the stage's handler stages on the units it failed; their answer becomes the stage's."""
         stage, run = self.stage, self.run
-        assert stage.handlers is not None
-        handled = [(i, self.units[i]) for i in self.handled if self.units[i].item.status is Status.SUCCESS]
-        subs = [_handler_item(unit.item, unit.value, self.handled[i], run.verbose) for i, unit in handled]
+        assert stage.handlers is not None and self.handled is not None
+        errors = self.handled
+        handled = [(i, self.units[i]) for i in errors if self.units[i].item.status is Status.SUCCESS]
+        subs = [_handler_item(unit.item, unit.value, errors[i], run.verbose) for i, unit in handled]
         run_stages(stage.handlers, subs, run)
+        traces = self.handler_traces = {}
         for (i, unit), sub in zip(handled, subs, strict=True):
             if self.timed:
                 unit.item.spent += sub.spent
             if run.verbose:
-                self.handler_traces[i] = sub.trace
+                traces[i] = sub.trace
             if sub.status is Status.FAILED:
                 self._fail(i, unit, sub.error or StageError("a failure handler failed"))
             elif sub.status is Status.DROPPED or sub.status is Status.REJECTED:
@@ -422,6 +428,8 @@ class _StageCall:
         if policy == FailurePolicy.CONTINUE:
             self.ignored.setdefault(id(unit.item), error)
         elif self.stage.handlers is not None:
+            if self.handled is None:
+                self.handled = {}
             self.handled[i] = error
         else:
             self._fail(i, unit, error)
@@ -493,7 +501,8 @@ class _StageCall:
                 "error": None,
                 "output": None,
             }
-            if not skipped and not all(i in self.skipped for i in idx):
+            condition_skipped = self.skipped is not None and all(i in self.skipped for i in idx)
+            if not skipped and not condition_skipped:
                 entry["status"], error = self._item_status(item, idx)
                 entry["error"] = error.message if error is not None else None
                 if item.active:
@@ -501,7 +510,8 @@ class _StageCall:
             children = [self.units[i].children for i in idx if self.units[i].children is not None]
             if children:
                 entry["stages"] = children[0]
-            handlers = [self.handler_traces[i] for i in idx if self.handler_traces.get(i) is not None]
+            traces = self.handler_traces
+            handlers = [traces[i] for i in idx if traces.get(i) is not None] if traces else []
             if handlers:
                 entry["on_failure"] = handlers[0]
             item.trace.append(entry)
@@ -514,7 +524,8 @@ class _StageCall:
         ignored = self.ignored.get(id(item))
         if ignored is not None:
             return "error_ignored", ignored
-        handled = [self.handled[i] for i in idx if i in self.handled]
+        errors = self.handled
+        handled = [errors[i] for i in idx if i in errors] if errors else []
         if handled:
             return "error_handled", handled[0]
         if any(self.attempts[i] > 1 for i in idx):

@@ -200,6 +200,11 @@ class _TemplatedField(_Config):
         return value
 
     @cached_property
+    def path(self) -> tuple[str, ...]:
+        """The field path when ``field`` is not a template."""
+        return _paths.split_path(self.field)
+
+    @cached_property
     def _field_template(self) -> Template | tuple[str, ...]:
         return Template(self.field) if is_template(self.field) else _paths.split_path(self.field)
 
@@ -247,10 +252,17 @@ class SetConfig(_TemplatedValue):
 
 @_builtin("set", SetConfig, ingest=True)
 def _set(value: dict[str, Any], config: SetConfig, ingest: Mapping[str, Any] | None) -> dict[str, Any]:
-    path = config.target(value, ingest)
+    if config.templated:
+        path = config.target(value, ingest)
+        new = config.rendered(value, ingest)
+    else:  # the common case, kept as cheap as before templates
+        path = config.path
+        new = config.value
+        if isinstance(new, (dict, list)):
+            new = copy.deepcopy(new)
     if not config.override and _paths.get(value, path, None) is not None:
         return value
-    return _set_path(value, path, config.rendered(value, ingest))
+    return _set_path(value, path, new)
 
 
 def _set_path(value: dict[str, Any], path: tuple[str, ...], new: Any) -> dict[str, Any]:

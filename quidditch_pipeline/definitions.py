@@ -178,8 +178,6 @@ class PipelineConfig(_Strict):
 
 
 class _StageBase(_Strict):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, populate_by_name=True)
-
     name: str = Field(min_length=1, max_length=128)
     description: str | None = None
     #: Names the stage in errors, traces and stats (Elasticsearch's processor ``tag``).

@@ -203,3 +203,11 @@ def test_a_condition_never_changes_the_value_it_reads(doc: dict[str, Any], expr:
     with contextlib.suppress(ValueError):
         condition.evaluate({"ctx": doc, "params": params, "meta": meta, "_ingest": {}})
     assert (doc, params, meta) == before
+
+
+def test_the_python_attribute_name_is_not_a_field(service: PipelineService) -> None:
+    with pytest.raises(DefinitionError) as err:
+        service.put_pipeline(pipeline("p", [{**native("a", field="x", value=1), "if_": "true"}]))
+    assert err.value.problems == [("stages[0].if_", "unknown field")]
+    service.put_pipeline(pipeline("p", [{**native("a", field="x", value=1), "if": "true"}]))
+    assert service.get_pipeline("p")["stages"][0]["if"] == "true"

@@ -131,7 +131,10 @@ def test_condition_inside_a_composite_and_handler_path(service: PipelineService)
                 ],
             )
         )
-    assert err.value.problems[0][0] == "stages[0].config.stages[0].if"
+    assert err.value.problems[0] == (
+        "stages[0].config.stages[0].if",
+        "unknown variable [nope]; a condition reads ctx, meta, params and _ingest",
+    )
 
 
 def test_hit_scoped_condition_sees_the_hit(service: PipelineService) -> None:

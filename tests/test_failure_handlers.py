@@ -117,26 +117,27 @@ def test_ignore_failure_is_continue(service: PipelineService) -> None:
 
 
 @pytest.mark.parametrize(
-    ("stage", "path"),
+    ("stage", "path", "message"),
     [
-        ({**BOOM, "ignore_failure": True, "on_failure": "abort"}, "stages[0].ignore_failure"),
-        ({**BOOM, "ignore_failure": True, "on_failure": "retry"}, "stages[0].ignore_failure"),
-        ({**BOOM, "ignore_failure": True, "on_failure": [RECORD]}, "stages[0].ignore_failure"),
-        ({**BOOM, "on_failure": []}, "stages[0].on_failure"),
-        ({**BOOM, "on_failure": "later"}, "stages[0].on_failure"),
+        ({**BOOM, "ignore_failure": True, "on_failure": "abort"}, "stages[0].ignore_failure", "contradicts"),
+        ({**BOOM, "ignore_failure": True, "on_failure": "retry"}, "stages[0].ignore_failure", "contradicts"),
+        ({**BOOM, "ignore_failure": True, "on_failure": [RECORD]}, "stages[0].ignore_failure", "contradicts"),
+        ({**BOOM, "on_failure": []}, "stages[0].on_failure", "at least one handler stage"),
+        ({**BOOM, "on_failure": "later"}, "stages[0].on_failure", "or a list of handler stages"),
         (
             {**BOOM, "on_failure": [{"name": "h", "type": "native", "config": {"processor": "nope"}}]},
             "stages[0].on_failure[0].config.processor",
+            "unknown native processor",
         ),
-        ({**BOOM, "on_failure": [RECORD, RECORD]}, "stages[0].on_failure[1].name"),
+        ({**BOOM, "on_failure": [RECORD, RECORD]}, "stages[0].on_failure[1].name", "duplicate stage name"),
     ],
 )
 def test_ambiguous_or_bad_handlers_refused_with_field_path(
-    service: PipelineService, stage: dict[str, Any], path: str
+    service: PipelineService, stage: dict[str, Any], path: str, message: str
 ) -> None:
     with pytest.raises(DefinitionError) as err:
         service.put_pipeline(pipeline("p", [stage]))
-    assert err.value.problems[0][0] == path
+    assert err.value.problems[0][0] == path and message in err.value.problems[0][1]
 
 
 def test_handler_calling_a_missing_pipeline_is_refused(service: PipelineService) -> None:

@@ -61,7 +61,9 @@ class Processor:
         config = self.config_model.model_validate(options)
         fn = self.fn
         if self.takes_ingest:
-            return BoundProcessor(lambda value, ingest: fn(value, config, ingest), _has_templates(config))
+            # Configs with templates say so (``templated``): only those need the ingest metadata made.
+            templated = bool(getattr(config, "templated", False))
+            return BoundProcessor(lambda value, ingest: fn(value, config, ingest), templated)
         if self.copy_input:
             return BoundProcessor(lambda value, ingest: fn(copy.deepcopy(value), config), False)
         return BoundProcessor(lambda value, ingest: fn(value, config), False)
@@ -77,11 +79,6 @@ class BoundProcessor:
 
     def __call__(self, value: dict[str, Any], ingest: Mapping[str, Any] | None = None) -> dict[str, Any] | Drop:
         return self.fn(value, ingest)
-
-
-def _has_templates(config: BaseModel) -> bool:
-    templated: bool = getattr(config, "templated", False)
-    return templated
 
 
 class ProcessorRegistry:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import threading
 from typing import Any
 
 import cel
@@ -246,3 +247,24 @@ def test_binding_member_paths_gives_what_the_whole_value_gives(doc: dict[str, An
     if expected not in (True, False):
         expected = "error"  # a non-boolean answer is an error for a condition
     assert got == expected
+
+
+def test_one_compiled_condition_is_evaluated_from_many_threads() -> None:
+    """A built pipeline is shared by the service's threads: its compiled conditions are too."""
+    condition = Condition("ctx.a == 'x' && ctx.b > 1")
+    answers: list[tuple[int, bool]] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            answers.extend((b, condition.evaluate({"ctx": {"a": "x", "b": b}})) for b in range(500))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(answers) == 2000
+    assert all(answer == (b > 1) for b, answer in answers)

@@ -269,7 +269,16 @@ class _StageCall:
         assert stage.handlers is not None and self.handled is not None
         errors = self.handled
         handled = [(i, self.units[i]) for i in errors if self.units[i].item.status is Status.SUCCESS]
-        subs = [_handler_item(unit.item, unit.value, errors[i], run.verbose) for i, unit in handled]
+        # A hit's handlers get a result holding just that hit: their hit-scoped stages are called on it.
+        subs = [
+            _handler_item(
+                unit.item,
+                unit.value if unit.hit is None else {**unit.item.value, "hits": [unit.value]},
+                errors[i],
+                run.verbose,
+            )
+            for i, unit in handled
+        ]
         run_stages(stage.handlers, subs, run)
         traces = self.handler_traces = {}
         for (i, unit), sub in zip(handled, subs, strict=True):
@@ -283,8 +292,13 @@ class _StageCall:
                 self._drop(unit)
             elif unit.hit is None:
                 unit.item.value = sub.value
+            elif not sub.value["hits"]:  # its handlers removed the hit
+                self._drop(unit)
+            elif len(sub.value["hits"]) == 1:
+                self._apply_hit(unit, sub.value["hits"][0])
             else:
-                self._apply_hit(unit, sub.value)
+                cause = f"failure handlers answered {len(sub.value['hits'])} hits for one"
+                self._fail(i, unit, StageError(cause, cause_type="invalid_output"))
 
     def _wait(self, pending: list[int], backoff: float) -> list[int]:
         """The units that can wait ``backoff`` for their next attempt, charged for it; the others give up."""

@@ -167,3 +167,55 @@ def test_unavailable_stage_is_never_handled(service: PipelineService) -> None:
     service.registry._history.pop("target")
     out = service.execute("p", {"title": "x"})
     assert out["status"] == "failed" and "unavailable" in out["error"]["reason"]
+
+
+def test_handlers_of_a_hit_scoped_stage_run_per_hit(service: PipelineService) -> None:
+    service.put_pipeline(
+        pipeline(
+            "r",
+            [
+                {
+                    **native("price", "convert", field="_source.price", type="int"),
+                    "on_failure": [native("mark", field="_source.bad_price", value="{{_ingest.on_failure_message}}")],
+                }
+            ],
+            kind="result",
+        )
+    )
+    service.associate("shop", "result", "r")
+    response = {
+        "hits": {
+            "hits": [
+                {"_id": "1", "_score": 2.0, "_source": {"price": "3"}},
+                {"_id": "2", "_score": 1.0, "_source": {"price": "n/a"}},
+            ]
+        }
+    }
+    hits = service.process_results("shop", {}, response)["hits"]["hits"]
+    assert [h["_source"] for h in hits] == [
+        {"price": 3},
+        {"price": "n/a", "bad_price": "field [_source.price]: cannot convert 'n/a' to int"},
+    ]
+    price = next(s for s in service.stats("r")["stages"] if s["name"] == "price")
+    assert (price["count"], price["succeeded"], price["failed"]) == (2, 1, 1)
+
+
+def test_a_hit_handler_that_drops_removes_only_that_hit(service: PipelineService) -> None:
+    service.put_pipeline(
+        pipeline(
+            "r",
+            [{**native("price", "convert", field="_source.price", type="int"), "on_failure": [native("bye", "drop")]}],
+            kind="result",
+        )
+    )
+    service.associate("shop", "result", "r")
+    response = {
+        "hits": {
+            "hits": [
+                {"_id": "1", "_score": 2.0, "_source": {"price": "x"}},
+                {"_id": "2", "_score": 1.0, "_source": {"price": "4"}},
+            ]
+        }
+    }
+    hits = service.process_results("shop", {}, response)["hits"]["hits"]
+    assert [(h["_id"], h["_source"]) for h in hits] == [("2", {"price": 4})]

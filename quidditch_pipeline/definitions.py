@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_serializer,
@@ -30,6 +31,7 @@ from pydantic import (
 )
 
 from . import _paths
+from .conditions import Condition
 from .errors import DefinitionError
 from .processors import PROCESSORS
 
@@ -216,9 +218,77 @@ class PipelineConfig(_Strict):
 class _StageBase(_Strict):
     name: str = Field(min_length=1, max_length=128)
     description: str | None = None
+    #: Names the stage in errors, traces and stats (Elasticsearch's processor ``tag``).
+    tag: str | None = Field(None, min_length=1, max_length=256)
     enabled: bool = True
-    on_failure: FailurePolicy | None = None
+    #: A CEL condition (:mod:`quidditch_pipeline.conditions`); false skips the stage for that input.
+    if_: str | None = Field(None, alias="if")
+    #: A policy, or handler stages that run on the input instead when the stage fails.
+    on_failure: FailurePolicy | list[StageDefinition] | None = None
+    #: Elasticsearch's spelling of ``on_failure: continue``.
+    ignore_failure: bool = False
     timeout_ms: float | None = Field(None, gt=0)
+
+    @field_validator("if_")
+    @classmethod
+    def _condition(cls, value: str | None) -> str | None:
+        if value is not None:
+            Condition(value)  # a syntax error or an unknown variable is refused when stored
+        return value
+
+    @field_validator("on_failure", mode="before")
+    @classmethod
+    def _on_failure(cls, value: Any) -> Any:
+        return _parse_on_failure(value)
+
+    @model_validator(mode="after")
+    def _ignore_failure(self) -> _StageBase:
+        if self.ignore_failure and self.on_failure not in (None, FailurePolicy.CONTINUE):
+            shown = "a list of handlers" if isinstance(self.on_failure, list) else f"[{self.on_failure}]"
+            reason = f"ignore_failure: true means on_failure: continue; it contradicts on_failure {shown}"
+            raise _Nested([("ignore_failure", reason)])
+        return self
+
+    @property
+    def policy(self) -> FailurePolicy | None:
+        """The stage's own policy (``None``: its pipeline's, or handlers), ``ignore_failure`` resolved."""
+        if self.ignore_failure:
+            return FailurePolicy.CONTINUE
+        return self.on_failure if isinstance(self.on_failure, FailurePolicy) else None
+
+    @property
+    def handlers(self) -> list[StageDefinition] | None:
+        return self.on_failure if isinstance(self.on_failure, list) else None
+
+
+class _Nested(ValueError):
+    """Problems found inside a field, by their paths relative to it (a ``ValueError``, so pydantic reports it at
+    the field's location and :func:`_problems` joins the two)."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{p}: {m}" for p, m in problems))
+        self.problems = problems
+
+
+def _parse_on_failure(value: Any) -> Any:
+    """``on_failure``: a policy name, or a non-empty list of handler stages (validated with their field paths)."""
+    if value is None or isinstance(value, FailurePolicy):
+        return value
+    if isinstance(value, str):
+        try:
+            return FailurePolicy(value)
+        except ValueError:
+            raise ValueError(
+                f"[{value}] is not a failure policy: give abort, continue, retry or a list of handler stages"
+            ) from None
+    if isinstance(value, list):
+        if not value:
+            raise ValueError("give at least one handler stage (or a policy: abort, continue, retry)")
+        try:
+            return _HANDLERS.validate_python(value)
+        except ValidationError as exc:
+            raise _Nested(_problems(exc)) from None
+    raise ValueError(f"expected abort, continue, retry or a list of handler stages, got {type(value).__name__}")
 
 
 class PythonStage(_StageBase):
@@ -242,18 +312,23 @@ class PipelineStage(_StageBase):
 
 
 StageDefinition = Annotated[PythonStage | NativeStage | CompositeStage | PipelineStage, Field(discriminator="type")]
-CompositeConfig.model_rebuild()
+for _model in (PythonStage, NativeStage, CompositeStage, PipelineStage, CompositeConfig):
+    _model.model_rebuild()
+_HANDLERS: TypeAdapter[list[StageDefinition]] = TypeAdapter(list[StageDefinition])
 
 
 def iter_stages(
     stages: list[StageDefinition], path: str = "stages", depth: int = 1
 ) -> Iterator[tuple[str, int, StageDefinition]]:
-    """Every stage, nested ones included, with its field path and nesting depth."""
+    """Every stage, nested ones and failure handlers included, with its field path and nesting depth."""
     for i, stage in enumerate(stages):
         here = f"{path}[{i}]"
         yield here, depth, stage
         if isinstance(stage, CompositeStage):
             yield from iter_stages(stage.config.stages, f"{here}.config.stages", depth + 1)
+        handlers = stage.handlers
+        if handlers is not None:
+            yield from iter_stages(handlers, f"{here}.on_failure", depth + 1)
 
 
 class PipelineDefinition(_Strict):
@@ -265,7 +340,9 @@ class PipelineDefinition(_Strict):
     description: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     enabled: bool = True
-    on_failure: FailurePolicy = FailurePolicy.ABORT
+    #: The default policy of its stages, or handler stages that catch any failure the stages do not handle
+    #: (the pipeline then ends for that input with what the handlers made of it).
+    on_failure: FailurePolicy | list[StageDefinition] = FailurePolicy.ABORT
     retry: RetryPolicy = RetryPolicy()
     timeout_ms: float | None = Field(None, gt=0)
     parameters: dict[str, Any] = Field(default_factory=dict)
@@ -277,23 +354,46 @@ class PipelineDefinition(_Strict):
         parse_semver(value)
         return value
 
+    @field_validator("on_failure", mode="before")
+    @classmethod
+    def _on_failure(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("expected abort, continue, retry or a list of handler stages")
+        return _parse_on_failure(value)
+
     @model_validator(mode="after")
     def _shape(self) -> PipelineDefinition:
-        problems = _shape_problems(self.stages)
+        problems = _shape_problems(self.all_stages())
         if problems:
             raise DefinitionError(problems)
         return self
 
+    @property
+    def default_policy(self) -> FailurePolicy:
+        """What a stage without its own policy does when it fails (with pipeline handlers: abort, caught by them)."""
+        return self.on_failure if isinstance(self.on_failure, FailurePolicy) else FailurePolicy.ABORT
+
+    @property
+    def handlers(self) -> list[StageDefinition] | None:
+        return self.on_failure if isinstance(self.on_failure, list) else None
+
+    def all_stages(self) -> list[tuple[str, int, StageDefinition]]:
+        """Every stage with its field path and depth: the stages, then the pipeline's failure handlers."""
+        found = list(iter_stages(self.stages))
+        if self.handlers is not None:
+            found += iter_stages(self.handlers, "on_failure")
+        return found
+
     def to_dict(self) -> dict[str, Any]:
         """The definition as plain JSON data, without unset optional fields."""
-        data: dict[str, Any] = self.model_dump(mode="json", exclude_none=True)
+        data: dict[str, Any] = _drop_false_ignore(self.model_dump(mode="json", exclude_none=True, by_alias=True))
         return data
 
     def pipeline_targets(self) -> list[tuple[str, str]]:
         """``(field path, target name)`` of every ``pipeline`` stage."""
         return [
             (f"{path}.config.pipeline", stage.config.pipeline)
-            for path, _, stage in iter_stages(self.stages)
+            for path, _, stage in self.all_stages()
             if isinstance(stage, PipelineStage)
         ]
 
@@ -301,16 +401,28 @@ class PipelineDefinition(_Strict):
         """``(field path, udf name, pinned version or None)`` of every ``python`` stage."""
         return [
             (f"{path}.config", stage.config.udf_name, stage.config.udf_version)
-            for path, _, stage in iter_stages(self.stages)
+            for path, _, stage in self.all_stages()
             if isinstance(stage, PythonStage)
         ]
 
 
-def _shape_problems(stages: list[StageDefinition]) -> list[tuple[str, str]]:
+def _drop_false_ignore(data: Any) -> Any:
+    """``ignore_failure: false`` is the default: left out of what is stored and shown, like other defaults
+    that definitions written before it did not have."""
+    if isinstance(data, dict):
+        if data.get("ignore_failure") is False:
+            data = {k: v for k, v in data.items() if k != "ignore_failure"}
+        return {k: _drop_false_ignore(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_drop_false_ignore(v) for v in data]
+    return data
+
+
+def _shape_problems(stages: list[tuple[str, int, StageDefinition]]) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     total = 0
     seen: dict[str, set[str]] = {}
-    for path, depth, stage in iter_stages(stages):
+    for path, depth, stage in stages:
         total += 1
         if depth > MAX_DEPTH:
             problems.append((path, f"stages nest deeper than {MAX_DEPTH} levels"))
@@ -344,15 +456,21 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+def _join(path: str, inner: str) -> str:
+    """``stages[1]`` + ``on_failure`` -> ``stages[1].on_failure``; ``stages[1].on_failure`` + ``[0].name`` ->
+    ``stages[1].on_failure[0].name``."""
+    if not path or not inner:
+        return path or inner
+    return f"{path}{inner}" if inner.startswith("[") else f"{path}.{inner}"
+
+
 def _problems(exc: ValidationError, base: str = "") -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     for err in exc.errors(include_url=False):
-        path = _field_path(tuple(err["loc"]))
-        if base:
-            path = f"{base}.{path}" if path else base
+        path = _join(base, _field_path(tuple(err["loc"])))
         ctx_error = (err.get("ctx") or {}).get("error")
-        if isinstance(ctx_error, DefinitionError):
-            problems.extend((f"{path}.{p}" if path and p else p or path, m) for p, m in ctx_error.problems)
+        if isinstance(ctx_error, (DefinitionError, _Nested)):
+            problems.extend((_join(path, p), m) for p, m in ctx_error.problems)
             continue
         message = str(ctx_error) if isinstance(ctx_error, Exception) else err["msg"]
         if err["type"] == "extra_forbidden":

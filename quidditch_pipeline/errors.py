@@ -145,6 +145,7 @@ class StageError(QuidditchError):
         stage_type: str = "",
         input_id: str | None = None,
         cause_type: str | None = None,
+        tag: str | None = None,
     ) -> None:
         self.cause = cause
         self.pipeline = pipeline
@@ -152,15 +153,21 @@ class StageError(QuidditchError):
         self.stage_type = stage_type
         self.input_id = input_id
         self.cause_type = cause_type or self.kind
+        self.tag = tag
         super().__init__(self._render())
 
     def _render(self) -> str:
-        where = f"pipeline [{self.pipeline}] stage [{self.stage}] ({self.stage_type})"
+        tag = f" tag [{self.tag}]" if self.tag else ""
+        where = f"pipeline [{self.pipeline}] stage [{self.stage}]{tag} ({self.stage_type})"
         on = f" on input [{self.input_id}]" if self.input_id is not None else ""
         return f"{where} failed{on}: {self.cause}"
 
-    def located(self, *, pipeline: str, stage: str, stage_type: str, input_id: str | None) -> StageError:
+    def located(
+        self, *, pipeline: str, stage: str, stage_type: str, input_id: str | None, tag: str | None = None
+    ) -> StageError:
         """This error with its location filled in (only where it is still blank: innermost wins)."""
+        if self.stage:
+            tag = self.tag
         err = type(self)(
             self.cause,
             pipeline=self.pipeline or pipeline,
@@ -168,6 +175,7 @@ class StageError(QuidditchError):
             stage_type=self.stage_type or stage_type,
             input_id=self.input_id if self.input_id is not None else input_id,
             cause_type=self.cause_type,
+            tag=tag,
         )
         return err
 
@@ -179,6 +187,7 @@ class StageError(QuidditchError):
             "stage": self.stage,
             "stage_type": self.stage_type,
             "input_id": self.input_id,
+            "tag": self.tag,
             "cause": self.cause,
         }
 

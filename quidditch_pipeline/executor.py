@@ -17,6 +17,14 @@ is preempted per call and re-runs units alone after a whole-call failure. A unit
 has timed out even if it could not be preempted; its neighbours have not. Only what cannot be measured alone
 is charged an equal share of the call.
 
+Conditions and failure handlers: a stage's ``if`` is evaluated per unit before the stage is called; false
+skips the stage for that unit (``skipped`` in its stats and trace), an evaluation error is a stage error under
+the stage's policy (not retried: it would fail the same way). A unit the stage fails (after retries) goes to
+the stage's handler stages when it has them, instead of its policy; they run on the unit's input with the
+failure described under ``_ingest`` and their answer is the stage's. A pipeline's handlers catch whatever
+failure its stages did not handle: the pipeline ends for that input with what the handlers made of it. A
+failing handler fails the input; a stage that is unavailable is never handled (fail closed).
+
 Fail closed: a stage that cannot run at all (:class:`StageUnavailableError`: a UDF version or called pipeline
 gone) fails its input whatever the policy. A stage's answer of the wrong shape (not an object, a result set
 without a ``hits`` list, a hit without ``_score``) is a stage error under the stage's policy.
@@ -32,7 +40,7 @@ import orjson
 from ._outcome import DROP
 from .definitions import FailurePolicy, PipelineDefinition, PipelineType
 from .errors import InputError, PipelineTimeoutError, StageError, StageTimeoutError
-from .stages.base import Item, Run, Stage, Status, Unit
+from .stages.base import Item, Run, Stage, Status, Unit, ingest_of
 from .stats import PipelineMetrics
 
 __all__ = ["CompiledPipeline", "run_stages", "validate_input"]
@@ -118,11 +126,14 @@ class _StageCall:
         "end",
         "errors",
         "failed",
+        "handled",
+        "handler_traces",
         "ignored",
         "items",
         "last_error",
         "retries",
         "run",
+        "skipped",
         "stage",
         "timed",
         "timeouts",
@@ -146,6 +157,10 @@ class _StageCall:
         self.took = [0.0] * n if run.verbose else []
         self.errors: dict[int, StageError] = {}
         self.ignored: dict[int, StageError] = {}
+        # Made when first needed (a condition, a handler): most stage calls need neither.
+        self.handled: dict[int, StageError] | None = None  # unit index -> the error its handlers ran for
+        self.handler_traces: dict[int, list[dict[str, Any]] | None] | None = None
+        self.skipped: set[int] | None = None  # units whose condition was false
         self.copied: set[int] = set()
         self.failed = self.dropped = self.retries = self.timeouts = 0
         self.last_error: StageError | None = None
@@ -162,10 +177,19 @@ class _StageCall:
             stage.metric.skip(n)
             self._trace(skipped=True)
             return
+        first = None
+        if stage.condition is not None:
+            first = self._conditions()
+            skipped = len(self.skipped or ())
+            if skipped:
+                stage.metric.skip(skipped)
+                n -= skipped
+            elif len(first) == n:
+                first = None  # every unit runs: the path without a condition
         start = self.end = clock.now()
         stage.metric.begin(n)
         try:
-            pending = self._attempt(None, 1, start)
+            pending = self._attempt(first, 1, start)
             attempt = 1
             while pending:
                 backoff = stage.retry.backoff_s(attempt)
@@ -177,6 +201,9 @@ class _StageCall:
                 self.retries += len(pending)
                 attempt += 1
                 pending = self._attempt(pending, attempt, clock.now())
+            if self.handled:
+                self._run_handlers()
+                self.end = clock.now()
         except BaseException:
             self.failed = n - self.dropped  # what became of the rest is unknown: none of it succeeded
             raise
@@ -196,6 +223,82 @@ class _StageCall:
             )
         if self.run.verbose:
             self._trace()
+
+    def _conditions(self) -> list[int]:
+        """Evaluate the stage's condition for each unit: the units to call. A false condition skips the unit;
+        one that cannot be evaluated is a stage error, under the policy (retrying would fail the same way)."""
+        stage, run = self.stage, self.run
+        condition = stage.condition
+        assert condition is not None
+        variables: dict[str, Any] = {"params": stage.condition_params(run)}
+        needs_meta, needs_ingest = condition.needs_meta, condition.needs_ingest
+        call: list[int] = []
+        self.skipped = skipped = set()
+        for i, unit in enumerate(self.units):
+            item = unit.item
+            variables["ctx"] = value = unit.value
+            if needs_meta:
+                variables["meta"] = {
+                    "index": item.meta.get("index"),
+                    "id": item.id if unit.hit is None else value.get("_id"),
+                    "pipeline": stage.pipeline,
+                    "stage": stage.name,
+                    "type": stage.pipeline_type.value,
+                    "tag": stage.tag,
+                }
+            if needs_ingest:
+                variables["_ingest"] = ingest_of(item)
+            try:
+                run_it = condition.evaluate(variables)
+            except ValueError as exc:
+                error = self._locate(unit, StageError(str(exc), cause_type="condition_error"))
+                self.errors[i] = self.last_error = error
+                if self.attempts:
+                    self.attempts[i] = 1
+                self._give_up(i, error, stage.retry.then if stage.policy is FailurePolicy.RETRY else stage.policy)
+                continue
+            if run_it:
+                call.append(i)
+            else:
+                skipped.add(i)
+        return call
+
+    def _run_handlers(self) -> None:
+        """Run the stage's handler stages on the units it failed; their answer becomes the stage's."""
+        stage, run = self.stage, self.run
+        assert stage.handlers is not None and self.handled is not None
+        errors = self.handled
+        handled = [(i, self.units[i]) for i in errors if self.units[i].item.status is Status.SUCCESS]
+        # A hit's handlers get a result holding just that hit: their hit-scoped stages are called on it.
+        subs = [
+            _handler_item(
+                unit.item,
+                unit.value if unit.hit is None else {**unit.item.value, "hits": [unit.value]},
+                errors[i],
+                run.verbose,
+            )
+            for i, unit in handled
+        ]
+        run_stages(stage.handlers, subs, run)
+        traces = self.handler_traces = {}
+        for (i, unit), sub in zip(handled, subs, strict=True):
+            if self.timed:
+                unit.item.spent += sub.spent
+            if run.verbose:
+                traces[i] = sub.trace
+            if sub.status is Status.FAILED:
+                self._fail(i, unit, sub.error or StageError("a failure handler failed"))
+            elif sub.status is Status.DROPPED or sub.status is Status.REJECTED:
+                self._drop(unit)
+            elif unit.hit is None:
+                unit.item.value = sub.value
+            elif not sub.value["hits"]:  # its handlers removed the hit
+                self._drop(unit)
+            elif len(sub.value["hits"]) == 1:
+                self._apply_hit(unit, sub.value["hits"][0])
+            else:
+                cause = f"failure handlers answered {len(sub.value['hits'])} hits for one"
+                self._fail(i, unit, StageError(cause, cause_type="invalid_output"))
 
     def _wait(self, pending: list[int], backoff: float) -> list[int]:
         """The units that can wait ``backoff`` for their next attempt, charged for it; the others give up."""
@@ -331,13 +434,19 @@ class _StageCall:
 
     def _locate(self, unit: Unit, error: StageError) -> StageError:
         stage = self.stage
-        return error.located(pipeline=stage.pipeline, stage=stage.path, stage_type=stage.type, input_id=unit.item.label)
+        return error.located(
+            pipeline=stage.pipeline, stage=stage.path, stage_type=stage.type, input_id=unit.item.label, tag=stage.tag
+        )
 
     def _give_up(self, i: int, error: StageError, policy: FailurePolicy | str) -> None:
         unit = self.units[i]
         self.failed += 1
         if policy == FailurePolicy.CONTINUE:
             self.ignored.setdefault(id(unit.item), error)
+        elif self.stage.handlers is not None:
+            if self.handled is None:
+                self.handled = {}
+            self.handled[i] = error
         else:
             self._fail(i, unit, error)
 
@@ -401,13 +510,15 @@ class _StageCall:
             entry: dict[str, Any] = {
                 "name": stage.name,
                 "type": stage.type,
+                **({"tag": stage.tag} if stage.tag else {}),
                 "status": "skipped",
                 "attempts": max((self.attempts[i] for i in idx), default=0),
                 "took_us": round(sum(self.took[i] for i in idx) * 1e6, 1),
                 "error": None,
                 "output": None,
             }
-            if not skipped:
+            condition_skipped = self.skipped is not None and all(i in self.skipped for i in idx)
+            if not skipped and not condition_skipped:
                 entry["status"], error = self._item_status(item, idx)
                 entry["error"] = error.message if error is not None else None
                 if item.active:
@@ -415,6 +526,10 @@ class _StageCall:
             children = [self.units[i].children for i in idx if self.units[i].children is not None]
             if children:
                 entry["stages"] = children[0]
+            traces = self.handler_traces
+            handlers = [traces[i] for i in idx if traces.get(i) is not None] if traces else []
+            if handlers:
+                entry["on_failure"] = handlers[0]
             item.trace.append(entry)
 
     def _item_status(self, item: Item, idx: list[int]) -> tuple[str, StageError | None]:
@@ -425,9 +540,28 @@ class _StageCall:
         ignored = self.ignored.get(id(item))
         if ignored is not None:
             return "error_ignored", ignored
+        errors = self.handled
+        handled = [errors[i] for i in idx if i in errors] if errors else []
+        if handled:
+            return "error_handled", handled[0]
         if any(self.attempts[i] > 1 for i in idx):
             return "retried", None
         return "success", None
+
+
+def _handler_item(item: Item, value: Any, error: StageError, verbose: bool) -> Item:
+    """A copy of ``item`` (with ``value``) for failure handlers: the failure is described under ``_ingest``,
+    with Elasticsearch's names, and the handlers get what is left of the item's time."""
+    ingest = {
+        **ingest_of(item),
+        "on_failure_message": error.cause,
+        "on_failure_stage": error.stage,
+        "on_failure_stage_type": error.stage_type,
+        "on_failure_pipeline": error.pipeline,
+        "on_failure_tag": error.tag,
+    }
+    limit = None if item.limit is None else item.limit - item.spent
+    return Item(item.position, item.id, value, item.meta, trace=[] if verbose else None, limit=limit, ingest=ingest)
 
 
 class CompiledPipeline:
@@ -439,16 +573,46 @@ class CompiledPipeline:
         revision: int,
         stages: list[Stage],
         metrics: PipelineMetrics,
+        handlers: list[Stage] | None = None,
     ) -> None:
         self.definition = definition
         self.name = definition.name
         self.type = definition.type
         self.revision = revision
         self.stages = stages
+        #: Stages that catch whatever failure the stages did not handle (the pipeline's ``on_failure`` list).
+        self.handlers = handlers
         self.metrics = metrics
         self.timeout_s = definition.timeout_ms / 1000.0 if definition.timeout_ms else None
         #: The pipelines its ``pipeline`` stages call, by name.
         self.calls = tuple(dict.fromkeys(target for _, target in definition.pipeline_targets()))
+
+    def _handle(self, items: list[Item], run: Run) -> None:
+        """Run the pipeline's handlers on the items its stages failed (never on an unavailable stage's)."""
+        assert self.handlers is not None
+        failed = [
+            (item, item.error)
+            for item in items
+            if item.status is Status.FAILED and item.error is not None and item.error.kind != "unavailable"
+        ]
+        if not failed:
+            return
+        subs = [_handler_item(item, item.value, error, run.verbose) for item, error in failed]
+        run_stages(self.handlers, subs, run)
+        for (item, _), sub in zip(failed, subs, strict=True):
+            item.spent += sub.spent
+            item.status, item.value = sub.status, sub.value
+            item.error = sub.error if sub.status is Status.FAILED else None
+            if item.trace is not None:
+                item.trace.append(
+                    {
+                        "name": "on_failure",
+                        "type": "on_failure",
+                        "status": "error" if sub.status is Status.FAILED else "success",
+                        "error": sub.error.message if sub.error is not None else None,
+                        "stages": sub.trace or [],
+                    }
+                )
 
     def run(self, items: list[Item], run: Run) -> None:
         """Run the pipeline over ``items`` (already validated), recording its stats."""
@@ -469,6 +633,8 @@ class CompiledPipeline:
         finished = False
         try:
             run_stages(self.stages, items, run)
+            if self.handlers is not None:
+                self._handle(items, run)
             finished = True
         finally:
             took_us = (clock.now() - start) * 1e6

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal, TypeVar
@@ -33,11 +33,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from . import _paths
 from ._outcome import DROP, Drop
+from .templates import Template, compile_value, is_template, render_value
 
 __all__ = ["PROCESSORS", "Processor", "ProcessorError", "ProcessorRegistry", "register_processor"]
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
-ProcessorFn = Callable[[dict[str, Any], Any], "dict[str, Any] | Drop"]
+ProcessorFn = Callable[..., "dict[str, Any] | Drop"]
+#: A processor with its config bound: ``(value, ingest metadata or None) -> new value | DROP``.
+BoundFn = Callable[[dict[str, Any], "Mapping[str, Any] | None"], "dict[str, Any] | Drop"]
 
 
 class ProcessorError(Exception):
@@ -50,14 +53,32 @@ class Processor:
     config_model: type[BaseModel]
     fn: ProcessorFn
     copy_input: bool
+    #: ``fn(value, config, ingest)``: a built-in that reads the ingest metadata (its templates may).
+    takes_ingest: bool = False
 
-    def bind(self, options: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any] | Drop]:
-        """The processor with its config parsed once, ready to run on values."""
+    def bind(self, options: dict[str, Any]) -> BoundProcessor:
+        """The processor with its config parsed (and its templates compiled) once, ready to run on values."""
         config = self.config_model.model_validate(options)
         fn = self.fn
+        if self.takes_ingest:
+            # Configs with templates say so (``templated``): only those need the ingest metadata made.
+            templated = bool(getattr(config, "templated", False))
+            return BoundProcessor(lambda value, ingest: fn(value, config, ingest), templated)
         if self.copy_input:
-            return lambda value: fn(copy.deepcopy(value), config)
-        return lambda value: fn(value, config)
+            return BoundProcessor(lambda value, ingest: fn(copy.deepcopy(value), config), False)
+        return BoundProcessor(lambda value, ingest: fn(value, config), False)
+
+
+@dataclass(frozen=True, slots=True)
+class BoundProcessor:
+    """A processor bound to its config. ``wants_ingest``: it renders templates, so give it the ingest metadata
+    (``_ingest.timestamp`` …); otherwise it is called with ``None``."""
+
+    fn: BoundFn
+    wants_ingest: bool
+
+    def __call__(self, value: dict[str, Any], ingest: Mapping[str, Any] | None = None) -> dict[str, Any] | Drop:
+        return self.fn(value, ingest)
 
 
 class ProcessorRegistry:
@@ -67,13 +88,21 @@ class ProcessorRegistry:
         self._lock = threading.Lock()
         self._processors: dict[str, Processor] = {}
 
-    def register(self, name: str, config: type[BaseModel], fn: ProcessorFn, *, copy_input: bool = True) -> None:
+    def register(
+        self,
+        name: str,
+        config: type[BaseModel],
+        fn: ProcessorFn,
+        *,
+        copy_input: bool = True,
+        takes_ingest: bool = False,
+    ) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", name):
             raise ValueError(f"invalid processor name [{name}]")
         with self._lock:
             if name in self._processors:
                 raise ValueError(f"native processor [{name}] is already registered")
-            self._processors[name] = Processor(name, config, fn, copy_input)
+            self._processors[name] = Processor(name, config, fn, copy_input, takes_ingest)
 
     def unregister(self, name: str) -> None:
         with self._lock:
@@ -106,11 +135,11 @@ def register_processor(
     return decorate
 
 
-def _builtin(
-    name: str, config: type[ConfigT]
-) -> Callable[[Callable[[dict[str, Any], ConfigT], dict[str, Any] | Drop]], Callable[..., Any]]:
-    def decorate(fn: Callable[[dict[str, Any], ConfigT], dict[str, Any] | Drop]) -> Callable[..., Any]:
-        PROCESSORS.register(name, config, fn, copy_input=False)
+def _builtin(name: str, config: type[ConfigT], *, ingest: bool = False) -> Callable[[ProcessorFn], ProcessorFn]:
+    """Register a built-in: it never changes its input; with ``ingest``, ``fn(value, config, ingest)``."""
+
+    def decorate(fn: ProcessorFn) -> ProcessorFn:
+        PROCESSORS.register(name, config, fn, copy_input=False, takes_ingest=ingest)
         return fn
 
     return decorate
@@ -158,17 +187,84 @@ def _read(value: dict[str, Any], config: _FieldConfig, ignore_missing: bool, *, 
 # --- set, remove, rename, copy -----------------------------------------------------------------------------
 
 
-class SetConfig(_FieldConfig):
+class _TemplatedField(_Config):
+    """A ``field`` that may be a template (``{{kind}}_count``), rendered per input into a field path."""
+
+    field: str
+
+    @field_validator("field")
+    @classmethod
+    def _field(cls, value: str) -> str:
+        if is_template(value):
+            Template(value)
+        else:
+            _paths.check_path(value)
+        return value
+
+    @cached_property
+    def path(self) -> tuple[str, ...]:
+        """The field path when ``field`` is not a template."""
+        return _paths.split_path(self.field)
+
+    @cached_property
+    def _field_template(self) -> Template | tuple[str, ...]:
+        return Template(self.field) if is_template(self.field) else _paths.split_path(self.field)
+
+    def target(self, value: dict[str, Any], ingest: Mapping[str, Any] | None) -> tuple[str, ...]:
+        """The field path for this input."""
+        field = self._field_template
+        if not isinstance(field, Template):
+            return field
+        rendered = field.render(value, ingest)
+        try:
+            return _paths.check_path(rendered)
+        except ValueError as exc:
+            raise ProcessorError(f"field template [{self.field}] rendered {exc}") from None
+
+
+class _TemplatedValue(_TemplatedField):
     value: Any
+
+    @field_validator("value")
+    @classmethod
+    def _value(cls, value: Any) -> Any:
+        compile_value(value)  # a template error is refused when the pipeline is stored
+        return value
+
+    @cached_property
+    def _compiled(self) -> Any:
+        return compile_value(self.value)
+
+    @cached_property
+    def templated(self) -> bool:
+        return self._compiled is not self.value or is_template(self.field)
+
+    def rendered(self, value: dict[str, Any], ingest: Mapping[str, Any] | None) -> Any:
+        """The configured value for this input: templates rendered, containers fresh (never shared)."""
+        compiled = self._compiled
+        if compiled is self.value:
+            new = self.value
+            return copy.deepcopy(new) if isinstance(new, (dict, list)) else new
+        return render_value(compiled, value, ingest)
+
+
+class SetConfig(_TemplatedValue):
     override: bool = True
 
 
-@_builtin("set", SetConfig)
-def _set(value: dict[str, Any], config: SetConfig) -> dict[str, Any]:
-    if not config.override and _paths.get(value, config.path, None) is not None:
+@_builtin("set", SetConfig, ingest=True)
+def _set(value: dict[str, Any], config: SetConfig, ingest: Mapping[str, Any] | None) -> dict[str, Any]:
+    if config.templated:
+        path = config.target(value, ingest)
+        new = config.rendered(value, ingest)
+    else:  # the common case, kept as cheap as before templates
+        path = config.path
+        new = config.value
+        if isinstance(new, (dict, list)):
+            new = copy.deepcopy(new)
+    if not config.override and _paths.get(value, path, None) is not None:
         return value
-    new = config.value
-    return _set_path(value, config.path, copy.deepcopy(new) if isinstance(new, (dict, list)) else new)
+    return _set_path(value, path, new)
 
 
 def _set_path(value: dict[str, Any], path: tuple[str, ...], new: Any) -> dict[str, Any]:
@@ -374,14 +470,14 @@ def _convert(value: dict[str, Any], config: ConvertConfig) -> dict[str, Any]:
 # --- append, drop, fail --------------------------------------------------------------------------------------
 
 
-class AppendConfig(_FieldConfig):
-    value: Any
+class AppendConfig(_TemplatedValue):
     allow_duplicates: bool = True
 
 
-@_builtin("append", AppendConfig)
-def _append(value: dict[str, Any], config: AppendConfig) -> dict[str, Any]:
-    found = _paths.get(value, config.path)
+@_builtin("append", AppendConfig, ingest=True)
+def _append(value: dict[str, Any], config: AppendConfig, ingest: Mapping[str, Any] | None) -> dict[str, Any]:
+    path = config.target(value, ingest)
+    found = _paths.get(value, path)
     current: list[Any]
     if found is _paths.MISSING or found is None:
         current = []
@@ -389,10 +485,11 @@ def _append(value: dict[str, Any], config: AppendConfig) -> dict[str, Any]:
         current = list(found)
     else:
         current = [found]
-    for item in config.value if isinstance(config.value, list) else [config.value]:
+    new = config.rendered(value, ingest)
+    for item in new if isinstance(new, list) else [new]:
         if config.allow_duplicates or item not in current:
-            current.append(copy.deepcopy(item))
-    return _set_path(value, config.path, current)
+            current.append(item)
+    return _set_path(value, path, current)
 
 
 class DropConfig(_Config):
@@ -418,7 +515,23 @@ def _drop(value: dict[str, Any], config: DropConfig) -> dict[str, Any] | Drop:
 class FailConfig(_Config):
     message: str = Field(min_length=1)
 
+    @field_validator("message")
+    @classmethod
+    def _message(cls, value: str) -> str:
+        compile_value(value)
+        return value
 
-@_builtin("fail", FailConfig)
-def _fail(value: dict[str, Any], config: FailConfig) -> dict[str, Any]:
-    raise ProcessorError(config.message)
+    @cached_property
+    def _template(self) -> Template | str:
+        compiled: Template | str = compile_value(self.message)
+        return compiled
+
+    @cached_property
+    def templated(self) -> bool:
+        return isinstance(self._template, Template)
+
+
+@_builtin("fail", FailConfig, ingest=True)
+def _fail(value: dict[str, Any], config: FailConfig, ingest: Mapping[str, Any] | None) -> dict[str, Any]:
+    message = config._template
+    raise ProcessorError(message.render(value, ingest) if isinstance(message, Template) else message)

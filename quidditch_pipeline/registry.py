@@ -23,7 +23,14 @@ from .definitions import PipelineDefinition, PipelineType, latest_version, parse
 from .errors import ConflictError, DefinitionError, NotFoundError
 from .storage import Revision, Storage, UdfRecord
 
-__all__ = ["PutResult", "Registry", "StoredPipeline"]
+__all__ = ["PutResult", "Registry", "StoredPipeline", "final_kind"]
+
+
+def final_kind(pipeline_type: PipelineType) -> str:
+    """How a final association is stored: ``document_final``, ``query_final`` (none for results)."""
+    if pipeline_type is PipelineType.RESULT:
+        raise ValueError("result pipelines have no final pipeline")
+    return f"{pipeline_type.value}_final"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +84,21 @@ class Registry:
 
     # --- pipelines ------------------------------------------------------------------------------------------
 
-    def put(self, definition: PipelineDefinition) -> PutResult:
-        """Store ``definition`` as the pipeline's next revision (creating the pipeline if it is new)."""
+    def put(self, definition: PipelineDefinition, *, if_revision: int | None = None) -> PutResult:
+        """Store ``definition`` as the pipeline's next revision (creating the pipeline if it is new).
+
+        ``if_revision``: store only if the pipeline's latest revision is that one (checked under the lock that
+        orders writes, so no other put comes between); :class:`ConflictError` otherwise.
+        """
         with self._lock:
-            self.check_references(definition)
             name = definition.name
             history = self._history.get(name, [])
+            if if_revision is not None:
+                current = history[-1].revision if history else None
+                if current != if_revision:
+                    found = f"its revision is [{current}]" if current is not None else "it does not exist"
+                    raise ConflictError(f"pipeline [{name}]: required revision [{if_revision}], but {found}")
+            self.check_references(definition)
             if history:
                 self._check_retype(name, definition.type)
             number = max(history[-1].revision if history else 0, self._marks.get(name, 0)) + 1
@@ -236,7 +252,10 @@ class Registry:
 
     # --- index associations ---------------------------------------------------------------------------------
 
-    def associate(self, index: str, pipeline_type: PipelineType, name: str) -> None:
+    def associate(self, index: str, pipeline_type: PipelineType, name: str, *, final: bool = False) -> None:
+        """Make ``name`` the index's pipeline of its type (``final``: its final pipeline, which runs after the
+        default or request pipeline and cannot be skipped; documents and queries only)."""
+        kind = final_kind(pipeline_type) if final else pipeline_type.value
         with self._lock:
             stored = self._latest(name)
             if stored is None:
@@ -245,22 +264,26 @@ class Registry:
                 raise ConflictError(
                     f"pipeline [{name}] is a {stored.type} pipeline; index [{index}] needs a {pipeline_type} pipeline"
                 )
-            if self._associations.get((index, pipeline_type.value)) == name:
+            if self._associations.get((index, kind)) == name:
                 return
-            self._storage.set_association(index, pipeline_type.value, name)
-            self._associations[(index, pipeline_type.value)] = name
+            self._storage.set_association(index, kind, name)
+            self._associations[(index, kind)] = name
 
-    def disassociate(self, index: str, pipeline_type: PipelineType) -> None:
+    def disassociate(self, index: str, pipeline_type: PipelineType, *, final: bool = False) -> None:
+        kind = final_kind(pipeline_type) if final else pipeline_type.value
         with self._lock:
-            if (index, pipeline_type.value) not in self._associations:
+            if (index, kind) not in self._associations:
                 return
-            self._storage.set_association(index, pipeline_type.value, None)
-            del self._associations[(index, pipeline_type.value)]
+            self._storage.set_association(index, kind, None)
+            del self._associations[(index, kind)]
 
     def pipeline_for(self, index: str, pipeline_type: PipelineType) -> str | None:
         # Keyed by the type's string value; the StrEnum member hashes and compares as that string, and
         # reading ``.value`` (an enum property) would cost more than the lookup.
         return self._associations.get((index, pipeline_type))
+
+    def final_pipeline_for(self, index: str, pipeline_type: PipelineType) -> str | None:
+        return self._associations.get((index, final_kind(pipeline_type)))
 
     def associations(self, index: str) -> dict[str, str]:
         with self._lock:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -179,15 +179,29 @@ class PipelineService:
 
     # --- pipelines ------------------------------------------------------------------------------------------
 
-    def put_pipeline(self, definition: dict[str, Any] | PipelineDefinition, name: str | None = None) -> dict[str, Any]:
-        """Create or replace a pipeline; every put stores a new revision."""
+    def put_pipeline(
+        self,
+        definition: dict[str, Any] | PipelineDefinition,
+        name: str | None = None,
+        *,
+        if_version: int | None = None,
+        if_revision: int | None = None,
+    ) -> dict[str, Any]:
+        """Create or replace a pipeline; every put stores a new revision.
+
+        ``if_version`` (Elasticsearch's name) and ``if_revision`` (an alias) are optimistic concurrency: the put
+        happens only if the stored pipeline's latest *revision* is that number, else :class:`ConflictError`
+        (409), also when the pipeline does not exist yet. The revision is compared, not the definition's
+        ``version``: a semantic version is the author's label, the revision counts every put.
+        """
+        expected = _expected_revision(if_version, if_revision)
         if isinstance(definition, dict):
             if name is not None and "name" not in definition:
                 definition = {**definition, "name": name}
             definition = parse_definition(definition)
         if name is not None and definition.name != name:
             raise DefinitionError([("name", f"[{definition.name}] differs from the pipeline name [{name}] in the URL")])
-        result = self.registry.put(definition)
+        result = self.registry.put(definition, if_revision=expected)
         with self._lock:
             self._compiled.pop(result.name, None)
         return {
@@ -225,10 +239,14 @@ class PipelineService:
         return {"acknowledged": True}
 
     def associate(self, index: str, type: str, name: str) -> None:
-        self.registry.associate(index, _pipeline_type(type), name)
+        """Attach ``name`` to ``index`` as its ``document``, ``query`` or ``result`` pipeline, or as its
+        ``document_final`` / ``query_final`` pipeline (runs after the other, cannot be skipped with ``_none``)."""
+        kind, final = _association_kind(type)
+        self.registry.associate(index, kind, name, final=final)
 
     def disassociate(self, index: str, type: str) -> None:
-        self.registry.disassociate(index, _pipeline_type(type))
+        kind, final = _association_kind(type)
+        self.registry.disassociate(index, kind, final=final)
 
     def associations(self, index: str) -> dict[str, str]:
         return self.registry.associations(index)
@@ -260,8 +278,9 @@ class PipelineService:
         items: list[Item],
         params: dict[str, Any] | None = None,
         verbose: bool = False,
+        resolve: Callable[[str], CompiledPipeline] | None = None,
     ) -> None:
-        pipeline.run(items, Run(params or {}, None, verbose, self._clock, self.compiled))
+        pipeline.run(items, Run(params or {}, None, verbose, self._clock, resolve or self.compiled))
 
     def execute(
         self,
@@ -271,9 +290,17 @@ class PipelineService:
         inputs: Sequence[Any] | None = None,
         params: dict[str, Any] | None = None,
         verbose: bool = True,
+        substitutions: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Run a stored (by name) or inline (a definition) pipeline on sample input(s): the ``_execute`` API."""
-        compiled = self.compiled(pipeline) if isinstance(pipeline, str) else self._inline(pipeline)
+        """Run a stored (by name) or inline (a definition) pipeline on sample input(s): the ``_execute`` API.
+
+        ``substitutions`` maps pipeline names to definitions used in their place for this run only (the
+        pipeline itself, when named, and any pipeline its ``pipeline`` stages call); nothing is stored, and
+        their stats are not the stored pipelines'.
+        """
+        subs = self._substitutions(substitutions)
+        resolve = self.compiled if not subs else lambda name: subs[name] if name in subs else self.compiled(name)
+        compiled = resolve(pipeline) if isinstance(pipeline, str) else self._inline(pipeline, subs)
         if (input is _UNSET) == (inputs is None):
             raise InputError("give exactly one of [input] and [inputs]")
         if params is not None and not isinstance(params, dict):
@@ -285,20 +312,66 @@ class PipelineService:
             validate_input(compiled.type, value, "input" if inputs is None else f"inputs[{i}]")
         items = [Item(i, None, value, {"index": None}, trace=[] if verbose else None) for i, value in enumerate(batch)]
         start = self._clock.now()
-        self._run(compiled, items, params, verbose)
+        self._run(compiled, items, params, verbose, resolve)
         took = self._clock.now() - start
         results = [_execute_result(item, took / len(items), verbose) for item in items]
         if inputs is None:
             return results[0]
         return {"took_us": round(took * 1e6, 1), "results": results}
 
-    def _inline(self, data: dict[str, Any]) -> CompiledPipeline:
+    def _inline(
+        self, data: dict[str, Any], subs: dict[str, CompiledPipeline] | None = None, field: str = "pipeline"
+    ) -> CompiledPipeline:
+        """Build a definition that is not stored (``_execute``'s inline pipeline or a substitution)."""
         if not isinstance(data, dict):
-            raise DefinitionError([("pipeline", "expected a pipeline definition object")])
+            raise DefinitionError([(field, "expected a pipeline definition object")])
         data = {"name": "inline", "version": "0.0.0", **data}
-        definition = parse_definition(data)
-        self.registry.check_references(definition)
+        try:
+            definition = parse_definition(data)
+        except DefinitionError as exc:
+            if field == "pipeline":
+                raise
+            raise DefinitionError([(f"{field}.{p}" if p else field, m) for p, m in exc.problems]) from exc
+        if not subs:
+            self.registry.check_references(definition)
+        else:  # targets may be substitutions: check each against what this run will call
+            problems = []
+            for path, target in definition.pipeline_targets():
+                called = subs[target].type if target in subs else self._stored_type(target)
+                if called is None:
+                    problems.append((f"{field}.{path}", f"pipeline [{target}] does not exist"))
+                elif called is not definition.type:
+                    problems.append((f"{field}.{path}", f"pipeline [{target}] is a {called} pipeline"))
+            if problems:
+                raise DefinitionError(problems)
         return build_pipeline(definition, 0, PipelineMetrics(definition.name), self._build_ctx)
+
+    def _stored_type(self, name: str) -> PipelineType | None:
+        try:
+            return self.registry.get(name).definition.type
+        except NotFoundError:
+            return None
+
+    def _substitutions(self, substitutions: dict[str, Any] | None) -> dict[str, CompiledPipeline]:
+        """Each substitution built (never stored). Built in two passes, so that one may call another."""
+        if substitutions is None:
+            return {}
+        if not isinstance(substitutions, dict):
+            raise DefinitionError([("substitutions", "expected an object of pipeline name -> definition")])
+        named: dict[str, dict[str, Any]] = {}
+        for name, data in substitutions.items():
+            field = f"substitutions.{name}"
+            if not isinstance(data, dict):
+                raise DefinitionError([(field, "expected a pipeline definition object")])
+            if data.get("name", name) != name:
+                raise DefinitionError([(f"{field}.name", f"[{data['name']}] differs from the substituted name")])
+            named[name] = {**data, "name": name}
+        # First pass: each one's type, so that the second can check calls between substitutions.
+        typed = {
+            name: self._inline({**data, "stages": [], "on_failure": "abort"}, None, f"substitutions.{name}")
+            for name, data in named.items()
+        }
+        return {name: self._inline(data, typed, f"substitutions.{name}") for name, data in named.items()}
 
     def _pick(self, index: str, kind: PipelineType, override: str | None) -> CompiledPipeline | None:
         """The pipeline that guards ``index`` (``override``: named by the request; ``"_none"``: none).
@@ -309,8 +382,18 @@ class PipelineService:
         if override == "_none":
             return None
         name = override if override is not None else self.registry.pipeline_for(index, kind)
-        if name is None:
+        return None if name is None else self._guard(index, kind, name)
+
+    def _pick_final(self, index: str, kind: PipelineType, final: str | None) -> CompiledPipeline | None:
+        """The index's final pipeline (``final``: named by the caller, e.g. from the index's settings;
+        ``"_none"``: none). A request's ``pipeline=_none`` does not reach here: it cannot skip this one."""
+        if final == "_none":
             return None
+        name = final if final is not None else self.registry.final_pipeline_for(index, kind)
+        return None if name is None else self._guard(index, kind, name)
+
+    def _guard(self, index: str, kind: PipelineType, name: str) -> CompiledPipeline:
+        """``name`` built (with every pipeline it calls) to guard ``index``; fails closed."""
         try:
             compiled = self.compiled(name)
             if compiled.calls:
@@ -332,6 +415,16 @@ class PipelineService:
                     raise QuidditchError(f"it calls pipeline [{target}], which is unavailable: {exc.message}") from exc
                 self._check_calls(called, seen)
 
+    def _run_guard(self, index: str, pipeline: CompiledPipeline, items: list[Item]) -> None:
+        """Run one of the pipelines that guard ``index`` over the items still going (a default or request
+        pipeline, then the final one): each starts with its own time limit."""
+        going = [item for item in items if item.status is Status.SUCCESS or item.status is Status.SKIPPED]
+        for item in going:
+            item.status, item.spent, item.limit = Status.SUCCESS, 0.0, None
+        if going:
+            self._run(pipeline, going)
+            self._unavailable(index, pipeline, going)
+
     def _unavailable(self, index: str, pipeline: CompiledPipeline, items: list[Item]) -> None:
         """Fail closed when a stage turned out unavailable while running (e.g. a UDF deleted since the build)."""
         self._refuse_unavailable(index, pipeline, (item.error for item in items if item.status is Status.FAILED))
@@ -348,10 +441,16 @@ class PipelineService:
                 raise PipelineUnavailableError(index, pipeline.type.value, pipeline.name, error.message)
 
     def process_document(
-        self, index: str, doc_id: str | None, source: dict[str, Any], *, pipeline: str | None = None
+        self,
+        index: str,
+        doc_id: str | None,
+        source: dict[str, Any],
+        *,
+        pipeline: str | None = None,
+        final_pipeline: str | None = None,
     ) -> dict[str, Any] | None:
         """The document as it should be written, ``None`` when dropped; raises the error when it aborts."""
-        outcome = self.process_documents(index, [(doc_id, source)], pipeline=pipeline)[0]
+        outcome = self.process_documents(index, [(doc_id, source)], pipeline=pipeline, final_pipeline=final_pipeline)[0]
         if outcome.error is not None:
             raise outcome.error
         return outcome.source
@@ -362,20 +461,40 @@ class PipelineService:
         items: Sequence[tuple[str | None, dict[str, Any]]],
         *,
         pipeline: str | None = None,
+        final_pipeline: str | None = None,
     ) -> list[DocumentOutcome]:
-        """Run the index's document pipeline over a batch; one outcome per document, in order."""
+        """Run the index's document pipeline over a batch, then its final pipeline; one outcome per document.
+
+        ``pipeline`` names the request's pipeline (``"_none"``: none) in place of the index's default;
+        ``final_pipeline`` names the final one (``None``: the index's ``document_final`` association,
+        ``"_none"``: none). Either one missing or unbuildable refuses the batch (fail closed).
+        """
         compiled = self._pick(index, PipelineType.DOCUMENT, pipeline)
-        if compiled is None:
+        final = self._pick_final(index, PipelineType.DOCUMENT, final_pipeline)
+        if compiled is None and final is None:
             return [DocumentOutcome(doc_id, "success", source, None) for doc_id, source in items]
         if self._pool is not None:
-            return self._documents_in_workers(compiled, index, items)
+            answered: list[DocumentOutcome | None] = [None] * len(items)
+            going = list(enumerate(items))
+            for guard in (compiled, final):  # the default (or request) pipeline, then the final one
+                if guard is None:
+                    continue
+                outcomes = self._documents_in_workers(guard, index, [item for _, item in going])
+                still: list[tuple[int, tuple[str | None, dict[str, Any]]]] = []
+                for (i, _), outcome in zip(going, outcomes, strict=True):
+                    answered[i] = outcome
+                    if outcome.status == "success" and outcome.source is not None:
+                        still.append((i, (outcome.id, outcome.source)))
+                going = still
+            return [outcome for outcome in answered if outcome is not None]
         meta = {"index": index}  # read-only, shared by the batch's items
         run_items = [
             Item(i, doc_id, source, meta) for i, (doc_id, source) in enumerate(items) if isinstance(source, dict)
         ]
         if run_items:
-            self._run(compiled, run_items)
-            self._unavailable(index, compiled, run_items)
+            for guard in (compiled, final):
+                if guard is not None:
+                    self._run_guard(index, guard, run_items)
         if len(run_items) == len(items):
             return [_document_outcome(item) for item in run_items]
         outcomes = [_not_an_object(doc_id) for doc_id, _ in items]
@@ -410,26 +529,31 @@ class PipelineService:
         items: Sequence[tuple[str | None, bytes]],
         *,
         pipeline: str | None = None,
+        final_pipeline: str | None = None,
     ) -> list[JsonDocumentOutcome]:
         """:meth:`process_documents` on documents given as JSON bytes, answering JSON bytes: the way in for a
         ``_bulk`` whose lines need not be parsed by this process when workers run the pipeline. A document
         whose bytes are not a JSON object fails alone; an unchanged document answers the bytes it came with.
+        ``pipeline`` and ``final_pipeline`` as in :meth:`process_documents`.
         """
         compiled = self._pick(index, PipelineType.DOCUMENT, pipeline)
-        if compiled is not None and self._pool is not None:
-            answers = self._in_workers(compiled, index, [doc_id for doc_id, _ in items], [raw for _, raw in items])
-            data = answers.data
-            answered: list[JsonDocumentOutcome] = []
-            for i, ((doc_id, raw), code) in enumerate(zip(items, answers.codes, strict=True)):
-                if code == _wire.UNCHANGED:
-                    answered.append(JsonDocumentOutcome(doc_id, "success", raw, None))
-                elif code == _wire.CHANGED:
-                    answered.append(JsonDocumentOutcome(doc_id, "success", data[i], None))
-                elif code == _wire.DROPPED:
-                    answered.append(JsonDocumentOutcome(doc_id, "dropped", None, None))
-                else:
-                    answered.append(JsonDocumentOutcome(doc_id, "failed", None, _answer_error(answers, i)))
-            self._refuse_unavailable(index, compiled, (outcome.error for outcome in answered))
+        final = self._pick_final(index, PipelineType.DOCUMENT, final_pipeline)
+        guards = [guard for guard in (compiled, final) if guard is not None]
+        if guards and self._pool is not None:
+            answered = [JsonDocumentOutcome(doc_id, "success", raw, None) for doc_id, raw in items]
+            for guard in guards:  # the default (or request) pipeline, then the final one
+                going = [i for i, outcome in enumerate(answered) if outcome.status == "success"]
+                raws = [answered[i].source_json or b"null" for i in going]
+                answers = self._in_workers(guard, index, [answered[i].id for i in going], raws)
+                for k, (i, code) in enumerate(zip(going, answers.codes, strict=True)):
+                    doc_id = answered[i].id
+                    if code == _wire.CHANGED:
+                        answered[i] = JsonDocumentOutcome(doc_id, "success", answers.data[k], None)
+                    elif code == _wire.DROPPED:
+                        answered[i] = JsonDocumentOutcome(doc_id, "dropped", None, None)
+                    elif code != _wire.UNCHANGED:
+                        answered[i] = JsonDocumentOutcome(doc_id, "failed", None, _answer_error(answers, k))
+                self._refuse_unavailable(index, guard, (answered[i].error for i in going))
             return answered
         outcomes: list[JsonDocumentOutcome] = []
         run_items: list[Item] = []
@@ -442,11 +566,11 @@ class PipelineService:
                 continue
             outcomes.append(JsonDocumentOutcome(doc_id, "success", raw, None))
             run_items.append(Item(pos, doc_id, value, meta))
-        if compiled is None or not run_items:
+        if not guards or not run_items:
             return outcomes
         originals = [item.value for item in run_items]
-        self._run(compiled, run_items)
-        self._unavailable(index, compiled, run_items)
+        for guard in guards:
+            self._run_guard(index, guard, run_items)
         for item, original in zip(run_items, originals, strict=True):
             outcome = _document_outcome(item)
             out = outcomes[item.position]
@@ -539,22 +663,30 @@ class PipelineService:
             item.status = Status.FAILED
             item.error = error if isinstance(error, StageError) else StageError(error.message, pipeline=compiled.name)
 
-    def process_query(self, index: str, body: dict[str, Any], *, pipeline: str | None = None) -> dict[str, Any]:
-        """The search body as the query pipeline rewrote it; raises ``QueryRejectedError`` on a reject."""
+    def process_query(
+        self, index: str, body: dict[str, Any], *, pipeline: str | None = None, final_pipeline: str | None = None
+    ) -> dict[str, Any]:
+        """The search body as the query pipeline, then the final query pipeline, rewrote it; raises
+        ``QueryRejectedError`` on a reject. ``pipeline`` and ``final_pipeline`` as in :meth:`process_documents`."""
         compiled = self._pick(index, PipelineType.QUERY, pipeline)
-        if compiled is None:
+        final = self._pick_final(index, PipelineType.QUERY, final_pipeline)
+        if compiled is None and final is None:
             return body
         validate_input(PipelineType.QUERY, body, "body")
         item = Item(0, None, body, {"index": index})
-        self._run_one(compiled, item)
-        self._unavailable(index, compiled, [item])
-        if item.status is Status.REJECTED:
-            raise QueryRejectedError(
-                f"query pipeline [{compiled.name}] rejected the search request", pipeline=compiled.name
-            )
-        if item.status is Status.FAILED and item.error is not None:
-            raise item.error
-        return body if item.status is Status.SKIPPED else dict(item.value)
+        for guard in (compiled, final):
+            if guard is None:
+                continue
+            item.status, item.spent, item.limit = Status.SUCCESS, 0.0, None  # a skip by the first one included
+            self._run_one(guard, item)
+            self._unavailable(index, guard, [item])
+            if item.status is Status.REJECTED:
+                raise QueryRejectedError(
+                    f"query pipeline [{guard.name}] rejected the search request", pipeline=guard.name
+                )
+            if item.status is Status.FAILED and item.error is not None:
+                raise item.error
+        return body if item.value is body else dict(item.value)
 
     def process_results(
         self,
@@ -738,6 +870,28 @@ class PipelineService:
                         out.update(status="success", mapped=snapshot(mapped))
         out["took_us"] = round((self._clock.now() - start) * 1e6, 1)
         return out
+
+
+def _association_kind(value: str) -> tuple[PipelineType, bool]:
+    """``document`` -> (document, not final); ``document_final`` -> (document, final)."""
+    if value in ("document_final", "query_final"):
+        return PipelineType(value.removesuffix("_final")), True
+    try:
+        return PipelineType(value), False
+    except ValueError:
+        raise InputError(
+            f"type: [{value}] is not an association type (document, query, result, document_final, query_final)"
+        ) from None
+
+
+def _expected_revision(if_version: int | None, if_revision: int | None) -> int | None:
+    """The revision a conditional put expects; both spellings must agree."""
+    for field, value in (("if_version", if_version), ("if_revision", if_revision)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise InputError(f"{field}: expected a revision number (an integer >= 1), got {value!r}")
+    if if_version is not None and if_revision is not None and if_version != if_revision:
+        raise InputError(f"if_version [{if_version}] and if_revision [{if_revision}] differ; give one")
+    return if_version if if_version is not None else if_revision
 
 
 def _pipeline_type(value: str) -> PipelineType:

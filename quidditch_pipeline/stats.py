@@ -255,10 +255,15 @@ class PipelineMetrics:
         self._lock = threading.Lock()
         self._stages: dict[str, tuple[str, Metric]] = {}
         self._order: list[str] = []
+        self._tags: dict[str, str] = {}
 
-    def stage(self, path: str, stage_type: str) -> Metric:
+    def stage(self, path: str, stage_type: str, tag: str | None = None) -> Metric:
         """The metric for the stage at ``path``; kept across re-puts while a stage of that name exists."""
         with self._lock:
+            if tag:
+                self._tags[path] = tag
+            else:
+                self._tags.pop(path, None)
             found = self._stages.get(path)
             if found is None or found[0] != stage_type:
                 found = (stage_type, found[1] if found else Metric())
@@ -299,8 +304,11 @@ class PipelineMetrics:
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             stages = [(p, self._stages[p]) for p in self._order if p in self._stages]
+            tags = dict(self._tags)
         out: dict[str, Any] = {"name": self.name, **self.pipeline.snapshot()}
-        out["stages"] = [{"name": p, "type": t, **m.snapshot()} for p, (t, m) in stages]
+        out["stages"] = [
+            {"name": p, "type": t, **({"tag": tags[p]} if p in tags else {}), **m.snapshot()} for p, (t, m) in stages
+        ]
         return out
 
 

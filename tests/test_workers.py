@@ -321,3 +321,24 @@ def test_serve_runs_one_worker_per_usable_core_by_default_and_workers_n_when_ask
         assert client.get("/logs/_doc/299").json()["_source"] == {"n": 299, "tagged": True}
         [worker] = client.get("/_pipeline/_stats").json()["workers"]
         assert worker["items"] == 300 and client.get("/_pipeline/tag/_stats").json()["count"] == 300
+
+
+def test_final_pipeline_runs_after_the_default_in_both_paths_and_none_cannot_skip_it(either: PipelineService) -> None:
+    either.put_pipeline(pipeline("fin-default", native("d", "set", field="by_default", value=True)))
+    either.put_pipeline(
+        pipeline(
+            "fin-final",
+            native("pii", "remove", field="ssn", ignore_missing=True),
+            {**native("flag", "set", field="flagged", value="{{kind}}"), "if": "has(ctx.kind) && ctx.kind == 'spam'"},
+        )
+    )
+    either.associate("fin-idx", "document", "fin-default")
+    either.associate("fin-idx", "document_final", "fin-final")
+    outs = either.process_documents("fin-idx", [("1", {"ssn": "1", "kind": "spam"}), ("2", {"ssn": "2"})])
+    assert [o.source for o in outs] == [
+        {"kind": "spam", "by_default": True, "flagged": "spam"},
+        {"by_default": True},
+    ]
+    raw = either.process_documents_json("fin-idx", [("1", b'{"ssn": "1"}'), ("2", b'"x"')], pipeline="_none")
+    assert [o.status for o in raw] == ["success", "failed"]
+    assert raw[0].source_json is not None and orjson.loads(raw[0].source_json) == {}

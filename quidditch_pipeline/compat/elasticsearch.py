@@ -219,9 +219,11 @@ def to_elasticsearch(definition: PipelineDefinition | dict[str, Any]) -> dict[st
         problems.append(("on_failure", "retries cannot be expressed"))
     if definition.parameters:
         problems.append(("parameters", "parameters cannot be expressed"))
+    if definition.handlers is not None:
+        problems.append(("on_failure", "failure handlers cannot be exported yet"))
     processors = []
     for i, stage in enumerate(definition.stages):
-        processor = _processor(stage, f"stages[{i}]", definition.on_failure, problems)
+        processor = _processor(stage, f"stages[{i}]", definition.default_policy, problems)
         if processor is not None:
             processors.append(processor)
     if problems:
@@ -250,7 +252,11 @@ def _processor(stage: Any, path: str, default: FailurePolicy, problems: list[tup
         problems.append((f"{path}.enabled", "a disabled stage cannot be expressed"))
     if stage.timeout_ms is not None:
         problems.append((f"{path}.timeout_ms", "timeouts cannot be expressed"))
-    policy = stage.on_failure or default
+    if stage.handlers is not None:
+        problems.append((f"{path}.on_failure", "failure handlers cannot be exported yet"))
+    if stage.if_ is not None:
+        problems.append((f"{path}.if", "a CEL condition has no Painless equivalent"))
+    policy = stage.policy or default
     if policy is FailurePolicy.RETRY:
         problems.append((f"{path}.on_failure", "retries cannot be expressed"))
     kind, options = _options(stage)

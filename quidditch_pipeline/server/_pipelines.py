@@ -17,6 +17,12 @@ from .engine import IndexInfo
 NO_PIPELINE: Final = "_none"
 
 
+def final_pipeline_name(info: IndexInfo, kind: str) -> str:
+    """The index's final pipeline of ``kind`` (``document`` or ``query``; ``_none``: none). A request cannot
+    override or skip it: it is where an index enforces what every write or search must pass (e.g. PII)."""
+    return info.pipeline(f"{kind}_final") or NO_PIPELINE
+
+
 def pipeline_name(info: IndexInfo, kind: str, override: str | None) -> str:
     """The pipeline of ``kind`` that guards a request on the index (``_none``: none)."""
     if override is not None:

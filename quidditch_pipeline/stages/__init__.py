@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from .base import Item, Run, RunnablePipeline, Stage, StageRunner, Status, Unit
+from .base import Item, Run, RunnablePipeline, Stage, StageRunner, Status, Unit, ingest_of
 from .composite import CompositeStage, PipelineCallStage
 from .native import NativeStage
 from .python import PythonStage, UdfRef, UdfResolver, UdfRunner
@@ -23,4 +23,5 @@ __all__ = [
     "UdfResolver",
     "UdfRunner",
     "Unit",
+    "ingest_of",
 ]

@@ -11,6 +11,11 @@ pipeline's ``timeout_ms``), and the executor gives each :class:`Unit` its own ``
 stage that can measure what each unit took writes it to :attr:`Unit.took`, so a unit is judged by its own
 time, never by its neighbours'.
 
+Conditions (``if``), tags and failure handlers are attributes of every stage, applied by the executor: a
+condition is evaluated per unit before the stage is called; handlers run on the units the stage failed.
+Ingest metadata (``_ingest.timestamp``, and in handlers ``_ingest.on_failure_*``) lives on the :class:`Item`,
+beside its value, never in it: templates and conditions read it, the document does not carry it.
+
 Stages never import the executor: a compound stage is handed a :data:`StageRunner` when it is built, and a
 ``pipeline`` stage finds its target through :attr:`Run.resolve` as a :class:`RunnablePipeline`.
 """
@@ -18,17 +23,19 @@ Stages never import the executor: a compound stage is handed a :data:`StageRunne
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
 from .._clock import Clock
+from ..conditions import Condition
 from ..definitions import FailurePolicy, PipelineType, RetryPolicy
 from ..errors import StageError
 from ..stats import Metric
 
-__all__ = ["Item", "Run", "RunnablePipeline", "Stage", "StageRunner", "Status", "Unit"]
+__all__ = ["Item", "Run", "RunnablePipeline", "Stage", "StageRunner", "Status", "Unit", "ingest_of"]
 
 
 class Status(StrEnum):
@@ -55,6 +62,8 @@ class Item:
     #: (``None``: no limit). Kept only while a limit applies; the items of one run all have one or none.
     spent: float = 0.0
     limit: float | None = None
+    #: Ingest metadata (``timestamp``; ``on_failure_*`` in failure handlers), made when first read.
+    ingest: dict[str, Any] | None = None
 
     @property
     def label(self) -> str:
@@ -84,6 +93,15 @@ class Unit:
         if self.hit is None:
             return self.item.value
         return self.item.value["hits"][self.hit]
+
+
+def ingest_of(item: Item) -> dict[str, Any]:
+    """The item's ingest metadata; ``timestamp`` is when it was first read (Elasticsearch: when the document
+    entered the ingest pipeline), in ISO 8601, UTC."""
+    ingest = item.ingest
+    if ingest is None:
+        ingest = item.ingest = {"timestamp": datetime.now(UTC).isoformat()}
+    return ingest
 
 
 class RunnablePipeline(Protocol):
@@ -129,6 +147,10 @@ class Stage(ABC):
         retry: RetryPolicy,
         timeout_s: float | None,
         metric: Metric,
+        tag: str | None = None,
+        condition: Condition | None = None,
+        handlers: list[Stage] | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> None:
         self.name = name
         self.path = path
@@ -140,6 +162,16 @@ class Stage(ABC):
         self.retry = retry
         self.timeout_s = timeout_s
         self.metric = metric
+        self.tag = tag
+        self.condition = condition
+        #: Stages that run on a unit this stage failed (after retries), instead of its policy.
+        self.handlers = handlers
+        self._pipeline_params: Mapping[str, Any] = params or {}
+
+    def condition_params(self, run: Run) -> Mapping[str, Any]:
+        """``params`` as a condition of this stage reads it: ``pipeline.parameters < execute-time params``."""
+        base = self._pipeline_params
+        return {**base, **run.params} if run.params else base
 
     def prepare(self, run: Run) -> None:
         """Get ready to be called (e.g. load a UDF); the time it takes does not count against the deadline."""
@@ -154,7 +186,8 @@ class Stage(ABC):
         """
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.pipeline}/{self.path}>"
+        tag = f" tag={self.tag}" if self.tag else ""
+        return f"<{type(self).__name__} {self.pipeline}/{self.path}{tag}>"
 
 
 #: Runs stages in order over a batch of items (the executor's ``run_stages``, handed to compound stages).

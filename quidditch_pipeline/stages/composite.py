@@ -31,6 +31,7 @@ def _sub_items(units: list[Unit], run: Run) -> list[Item]:
             meta=u.item.meta,
             trace=[] if run.verbose else None,
             limit=u.budget,
+            ingest=u.item.ingest,
         )
         for u in units
     ]

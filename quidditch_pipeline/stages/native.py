@@ -2,32 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from .._outcome import Drop
 from ..errors import StageError
-from ..processors import ProcessorError
-from .base import Run, Stage, Unit
+from ..processors import BoundProcessor, ProcessorError
+from .base import Run, Stage, Unit, ingest_of
 
 __all__ = ["NativeStage"]
 
 
 class NativeStage(Stage):
-    def __init__(self, fn: Callable[[dict[str, Any]], dict[str, Any] | Drop], *, per_hit: bool, **common: Any):
+    def __init__(self, processor: BoundProcessor, *, per_hit: bool, **common: Any):
         super().__init__(**common)
-        self._fn = fn
+        self._fn = processor.fn
+        self._wants_ingest = processor.wants_ingest
         self.per_hit = per_hit
 
     def invoke(self, units: list[Unit], run: Run) -> list[Any]:
         fn = self._fn
+        wants_ingest = self._wants_ingest
         now = run.clock.now
         out: list[Any] = []
         for unit in units:
             # Timed only under a budget: the executor judges each unit by its own time, not its batch's.
             t0 = now() if unit.budget is not None else 0.0
             try:
-                result: Any = fn(unit.value)
+                result: Any = fn(unit.value, ingest_of(unit.item) if wants_ingest else None)
             except ProcessorError as exc:
                 result = StageError(str(exc))
             except Exception as exc:  # a host processor's bug fails its stage only

@@ -80,11 +80,10 @@ class PythonStage(Stage):
         pipeline_params: Mapping[str, Any],
         **common: Any,
     ) -> None:
-        super().__init__(**common)
+        super().__init__(params=pipeline_params, **common)
         self.config = config
         self._udfs = udfs
         self._runtime = runtime
-        self._pipeline_params = dict(pipeline_params)
         self._params = {**pipeline_params, **config.parameters}
         self._inputs = None if config.input_fields is None else _paths.projection(config.input_fields)
         target = config.target_field
@@ -98,6 +97,10 @@ class PythonStage(Stage):
         if not run.params:
             return self._params
         return {**self._pipeline_params, **run.params, **self.config.parameters}
+
+    def condition_params(self, run: Run) -> Mapping[str, Any]:
+        """A condition on a python stage reads the parameters its UDF gets."""
+        return self.params(run)
 
     def prepare(self, run: Run) -> None:
         """Resolve the UDF version and load its component (compiling it on first use) before the clock starts."""

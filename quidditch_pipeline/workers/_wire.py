@@ -112,6 +112,7 @@ def error_to_wire(error: QuidditchError) -> dict[str, Any]:
             "stage_type": error.stage_type,
             "input_id": error.input_id,
             "cause_type": error.cause_type,
+            "tag": error.tag,
         }
     return {"class": type(error).__name__, "message": error.message}
 
@@ -128,6 +129,7 @@ def error_from_wire(data: dict[str, Any], pipeline: str) -> QuidditchError:
             stage_type=str(data["stage_type"]),
             input_id=None if data["input_id"] is None else str(data["input_id"]),
             cause_type=str(data["cause_type"]),
+            tag=None if data.get("tag") is None else str(data["tag"]),
         )
     message_error = _MESSAGE_ERRORS.get(name) if isinstance(name, str) else None
     if message_error is not None:

@@ -25,6 +25,8 @@ PIPELINE_SETTINGS: Final = {
     "document": "index.document.default_pipeline",
     "query": "index.query.default_pipeline",
     "result": "index.result.default_pipeline",
+    "document_final": "index.document.final_pipeline",
+    "query_final": "index.query.final_pipeline",
 }
 _KNOWN_SETTINGS: Final = frozenset(
     {*PIPELINE_SETTINGS.values(), "index.refresh_interval", "index.number_of_shards", "index.number_of_replicas"}

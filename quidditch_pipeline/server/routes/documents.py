@@ -21,7 +21,7 @@ from ...errors import (
 )
 from .._body import json_object, parse_object, read_body
 from .._errors import error_of
-from .._pipelines import NO_PIPELINE, pipeline_name
+from .._pipelines import NO_PIPELINE, final_pipeline_name, pipeline_name
 from .._responses import EXISTS, BulkBody, DocBody, ErrorBody, JsonResponse, WriteBody, json_body_doc, responses
 from .._routing import AppContext, PipelineParam, RefreshParam, refresh_flag, route
 from ..engine import (
@@ -179,7 +179,13 @@ def router(ctx: AppContext) -> APIRouter:
     ) -> Response:
         info = backend.get_index(index)
         validate_doc_id(doc_id)
-        processed = svc.process_document(index, doc_id, source, pipeline=pipeline_name(info, "document", pipeline))
+        processed = svc.process_document(
+            index,
+            doc_id,
+            source,
+            pipeline=pipeline_name(info, "document", pipeline),
+            final_pipeline=final_pipeline_name(info, "document"),
+        )
         if processed is None:
             return JsonResponse(_noop_body(index, doc_id))
         (result,) = backend.bulk(index, [IndexOp(doc_id, processed, create=create, auto_id=auto_id)], refresh=refresh)
@@ -320,14 +326,17 @@ def router(ctx: AppContext) -> APIRouter:
                 groups.setdefault((item.index, item.pipeline or pipeline), []).append(item)
         for (index, override), group in groups.items():
             name = pipeline_name(infos[index], "document", override)
-            if name == NO_PIPELINE:
+            final = final_pipeline_name(infos[index], "document")
+            if name == NO_PIPELINE and final == NO_PIPELINE:
                 for item in group:
                     _parse_source(item, item.raw)
                 continue
             # The source lines go to the pipeline as they arrived (a worker parses them, not this process);
             # what comes back is parsed once, for the index.
             try:
-                outcomes = svc.process_documents_json(index, [(item.id, item.raw) for item in group], pipeline=name)
+                outcomes = svc.process_documents_json(
+                    index, [(item.id, item.raw) for item in group], pipeline=name, final_pipeline=final
+                )
             except QuidditchError as exc:
                 for item in group:
                     item.error = exc

@@ -90,12 +90,20 @@ def router(ctx: AppContext) -> APIRouter:
             }
         },
     )
-    async def put_pipeline(name: str, request: Request) -> dict[str, Any]:
-        """Create or replace a pipeline: stores a new revision (JSON, or YAML with Content-Type application/yaml)."""
+    async def put_pipeline(
+        name: str,
+        request: Request,
+        if_version: Annotated[int | None, Query(ge=0)] = None,
+        if_revision: Annotated[int | None, Query(ge=0)] = None,
+    ) -> dict[str, Any]:
+        """Create or replace a pipeline: stores a new revision (JSON, or YAML with Content-Type application/yaml).
+        ``?if_version=N`` (or ``?if_revision=N``): only if the stored pipeline's latest revision is N, else 409."""
         raw = await read_body(request, ctx.limits.max_body_bytes)
         # Parsing runs in the thread pool too: a hostile body must not hold the event loop.
         definition = await run_in_threadpool(_definition_body, raw, request.headers.get("content-type", ""))
-        return await run_in_threadpool(svc.put_pipeline, definition, name)
+        return await run_in_threadpool(
+            lambda: svc.put_pipeline(definition, name, if_version=if_version, if_revision=if_revision)
+        )
 
     @route(router, ["GET"], "/_pipeline/{name}", responses=responses(OpenBody, 400, 404))
     def get_pipeline(
@@ -162,7 +170,7 @@ def _definition_body(raw: bytes, content_type: str) -> dict[str, Any]:
 async def _execute(
     run: Callable[..., dict[str, Any]], pipeline: str | dict[str, Any], body: dict[str, Any]
 ) -> dict[str, Any]:
-    allowed = {"input", "inputs", "params", "verbose"}
+    allowed = {"input", "inputs", "params", "verbose", "substitutions", "pipeline_substitutions"}
     unknown = sorted(set(body) - allowed)
     problems = [(key, "unknown field") for key in unknown]
     if ("input" in body) == ("inputs" in body):
@@ -173,9 +181,18 @@ async def _execute(
         problems.append(("params", "must be an object"))
     if "verbose" in body and not isinstance(body["verbose"], bool):
         problems.append(("verbose", "must be true or false"))
+    if "substitutions" in body and "pipeline_substitutions" in body:
+        problems.append(("substitutions", "give substitutions or pipeline_substitutions, not both"))
+    substitutions = body.get("substitutions", body.get("pipeline_substitutions"))
+    if substitutions is not None and not isinstance(substitutions, dict):
+        problems.append(("substitutions", "must be an object: pipeline name -> definition"))
     if problems:
         raise DefinitionError(problems, subject="_execute request")
-    kwargs: dict[str, Any] = {"params": body.get("params"), "verbose": body.get("verbose", True)}
+    kwargs: dict[str, Any] = {
+        "params": body.get("params"),
+        "verbose": body.get("verbose", True),
+        "substitutions": substitutions,
+    }
     if "input" in body:
         kwargs["input"] = body["input"]
     else:

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ...errors import InputError
 from .._body import json_object
-from .._pipelines import NO_PIPELINE, pipeline_name
+from .._pipelines import NO_PIPELINE, final_pipeline_name, pipeline_name
 from .._responses import OBJECT, CountBody, SearchBody, json_body_doc, responses
 from .._routing import AppContext, route
 
@@ -56,7 +56,12 @@ def router(ctx: AppContext) -> APIRouter:
         body = _with_url_params(body, q, size, offset)
         if search_pipeline == NO_PIPELINE:
             query_pipeline = result_pipeline = NO_PIPELINE
-        query = svc.process_query(index, body, pipeline=pipeline_name(info, "query", query_pipeline))
+        query = svc.process_query(
+            index,
+            body,
+            pipeline=pipeline_name(info, "query", query_pipeline),
+            final_pipeline=final_pipeline_name(info, "query"),
+        )
         response = svc.process_results(
             index, query, backend.search(index, query), pipeline=pipeline_name(info, "result", result_pipeline)
         )

@@ -8,7 +8,8 @@
 
 Runs alternate between the two sides so drift hits both alike; the ratios are the point.
 
-Run: ``python benchmarks/bench_http.py [--docs 20000] [--batch 500] [--searches 1000] [--json]``
+Run: ``python benchmarks/bench_http.py [--docs 20000] [--batch 500] [--searches 1000] [--workers N] [--json]``
+(``--workers``: the server's pipeline worker processes, as ``serve --workers``; default: the usable cores)
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ WORDS = [
 
 @dataclass
 class Figures:
+    workers: int | None
     docs: int
     bulk_size: int
     bulk_docs_per_s_none: float
@@ -77,7 +79,7 @@ def bulk_lines(docs: Sequence[tuple[str, dict[str, Any]]]) -> bytes:
 
 
 @contextlib.contextmanager
-def server(data_dir: Path) -> Iterator[str]:
+def server(data_dir: Path, workers: int | None = None) -> Iterator[str]:
     with contextlib.closing(socket.socket()) as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -85,6 +87,8 @@ def server(data_dir: Path) -> Iterator[str]:
     env.pop("QUIDDITCH_ADMIN_TOKEN", None)
     command = [sys.executable, "-m", "quidditch_pipeline.server.serve", "--port", str(port),
                "--data-dir", str(data_dir), "--log-level", "warning"]  # fmt: skip
+    if workers is not None:
+        command += ["--workers", str(workers)]
     process = subprocess.Popen(command, env=env, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -169,13 +173,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--searches", type=int, default=1_000)
     parser.add_argument("--catalog", type=int, default=10_000, help="documents in the searched index")
+    parser.add_argument("--workers", type=int, default=None, help="serve --workers (default: the usable cores)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = parser.parse_args(argv)
     console = Console(stderr=True)
     rng = random.Random(42)
     today = datetime.date.today()
     docs = [(f"d{i}", document(rng, today)) for i in range(args.docs)]
-    with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp, server(Path(tmp) / "data") as url, \
+    with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp, server(Path(tmp) / "data", args.workers) as url, \
             httpx.Client(base_url=url, timeout=600) as client:  # fmt: skip
         set_up(client, console)
         catalog = [(f"c{i}", document(rng, today)) for i in range(args.catalog)]
@@ -190,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"search: {args.searches} queries on {args.catalog} documents …")
         plain, piped = bench_search(client, args.searches, rng)
     figures = Figures(
+        workers=args.workers,
         docs=args.docs,
         bulk_size=args.batch,
         bulk_docs_per_s_none=round(plain_rate),
@@ -203,7 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         search_p50_ratio=round(piped.get_value_at_percentile(50) / plain.get_value_at_percentile(50), 3),
         search_p99_ratio=round(piped.get_value_at_percentile(99) / plain.get_value_at_percentile(99), 3),
     )
-    table = Table(title="HTTP: pipelines against none (one run)")
+    workers = "the usable cores" if args.workers is None else args.workers
+    table = Table(title=f"HTTP: pipelines against none (one run, serve --workers {workers})")
     for column in ("measure", "no pipeline", "with pipelines", "ratio"):
         table.add_column(column, justify="right")
     table.add_row("_bulk docs/s (native + WASM stage)", f"{figures.bulk_docs_per_s_none:,.0f}",

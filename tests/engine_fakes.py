@@ -7,7 +7,9 @@ the same behaviours end to end.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -17,7 +19,7 @@ from quidditch_pipeline.builder import BuildContext, build_pipeline
 from quidditch_pipeline.definitions import parse_definition
 from quidditch_pipeline.executor import CompiledPipeline
 from quidditch_pipeline.processors import PROCESSORS, ProcessorError, register_processor
-from quidditch_pipeline.stages import Item, Run
+from quidditch_pipeline.stages import Item, Run, UdfRef
 from quidditch_pipeline.stats import StatsRegistry
 
 
@@ -96,3 +98,38 @@ def run(
     items = [Item(i, f"d{i}", v, {"index": "idx"}, trace=[] if verbose else None) for i, v in enumerate(values)]
     pipeline.run(items, Run({}, None, verbose, clock, (pipelines or {}).__getitem__))
     return items
+
+
+class UdfAnswer:
+    """One item's answer from a fake UDF runtime (the fields the python stage reads)."""
+
+    def __init__(self, value: Any) -> None:
+        self.ok, self.value, self.error = True, value, None
+
+
+class FakeUdfRuntime(ABC):
+    """Resolver and runtime of a python stage without WebAssembly: every UDF resolves, loads with arity 2,
+    and :meth:`answer` says what a call returns (tests beside these run real components)."""
+
+    def resolve(self, name: str, version: str | None) -> UdfRef:
+        return UdfRef(name, version or "1.0.0", name, Path("/nonexistent"))
+
+    def load(self, sha256: str, wasm_path: Path) -> int:
+        return 2
+
+    def call_batch(
+        self,
+        sha256: str,
+        wasm_path: Path,
+        values: Sequence[Any],
+        params: Mapping[str, Any],
+        metas: Sequence[Mapping[str, Any]] | None,
+        *,
+        timeout_s: float | None,
+        memory_limit_mb: int | None = None,
+    ) -> list[UdfAnswer]:
+        return self.answer(values, timeout_s)
+
+    @abstractmethod
+    def answer(self, values: Sequence[Any], timeout_s: float | None) -> list[UdfAnswer]:
+        """What one call returns for ``values`` (it may spend fake time or raise, as a real call would)."""

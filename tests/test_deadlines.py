@@ -9,8 +9,7 @@ tests/test_service_udf.py does it with a runaway UDF in real WebAssembly.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -20,8 +19,8 @@ from quidditch_pipeline._clock import SYSTEM_CLOCK
 from quidditch_pipeline.builder import BuildContext
 from quidditch_pipeline.errors import UdfTimeoutError
 from quidditch_pipeline.processors import PROCESSORS, register_processor
-from quidditch_pipeline.stages import Item, Run, Status, UdfRef
-from tests.engine_fakes import CALLS, CLOCK, build, cost, fake_processors, run
+from quidditch_pipeline.stages import Item, Run, Status
+from tests.engine_fakes import CALLS, CLOCK, FakeUdfRuntime, UdfAnswer, build, cost, fake_processors, run
 
 
 class SleepConfig(BaseModel):
@@ -151,41 +150,20 @@ def test_a_called_pipeline_applies_its_own_per_input_budget() -> None:
 # --- python stages ----------------------------------------------------------------------------------------------
 
 
-class _Result:
-    def __init__(self, value: Any) -> None:
-        self.ok, self.value, self.error = True, value, None
-
-
-class PreemptingRuntime:
+class PreemptingRuntime(FakeUdfRuntime):
     """A UDF runtime on the fake clock: each value costs ``cost_ms``; a call is preempted at its timeout."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[int, float | None]] = []
 
-    def resolve(self, name: str, version: str | None) -> UdfRef:
-        return UdfRef(name, version or "1.0.0", name, Path("/nonexistent"))
-
-    def load(self, sha256: str, wasm_path: Path) -> int:
-        return 2
-
-    def call_batch(
-        self,
-        sha256: str,
-        wasm_path: Path,
-        values: Sequence[Any],
-        params: Mapping[str, Any],
-        metas: Sequence[Mapping[str, Any]] | None,
-        *,
-        timeout_s: float | None,
-        memory_limit_mb: int | None = None,
-    ) -> list[_Result]:
+    def answer(self, values: Sequence[Any], timeout_s: float | None) -> list[UdfAnswer]:
         self.calls.append((len(values), timeout_s))
         total = sum(float(v.get("cost_ms", 0)) for v in values) / 1000
         if timeout_s is not None and total > timeout_s:
             CLOCK.sleep(timeout_s)
             raise UdfTimeoutError("epoch deadline reached")
         CLOCK.sleep(total)
-        return [_Result({"udf": True}) for _ in values]
+        return [UdfAnswer({"udf": True}) for _ in values]
 
 
 def test_a_python_stage_reruns_each_input_alone_with_its_own_budget() -> None:

@@ -3,8 +3,7 @@ never an exception escaping to the caller; and no exit from a stage leaves a ``c
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import pytest
@@ -13,8 +12,8 @@ from pydantic import BaseModel, ConfigDict
 from quidditch_pipeline import PipelineService, StageError
 from quidditch_pipeline.builder import BuildContext
 from quidditch_pipeline.processors import PROCESSORS, register_processor
-from quidditch_pipeline.stages import Status, UdfRef
-from tests.engine_fakes import build, cost, fake_processors, run
+from quidditch_pipeline.stages import Status
+from tests.engine_fakes import FakeUdfRuntime, UdfAnswer, build, cost, fake_processors, run
 
 
 class Escape(BaseException):
@@ -96,35 +95,14 @@ def test_a_hit_stage_answering_a_malformed_hit_fails_for_that_hit(answer: str, p
     assert problem in (stage["last_error"] or {})["message"]
 
 
-class _Result:
-    def __init__(self, value: Any) -> None:
-        self.ok, self.value, self.error = True, value, None
-
-
-class ReplyingRuntime:
+class ReplyingRuntime(FakeUdfRuntime):
     """A UDF runtime whose UDF answers what the test says (a response-scope UDF replacing ``hits``)."""
 
     def __init__(self, reply: Any) -> None:
         self.reply = reply
 
-    def resolve(self, name: str, version: str | None) -> UdfRef:
-        return UdfRef(name, version or "1.0.0", name, Path("/nonexistent"))
-
-    def load(self, sha256: str, wasm_path: Path) -> int:
-        return 2
-
-    def call_batch(
-        self,
-        sha256: str,
-        wasm_path: Path,
-        values: Sequence[Any],
-        params: Mapping[str, Any],
-        metas: Sequence[Mapping[str, Any]] | None,
-        *,
-        timeout_s: float | None,
-        memory_limit_mb: int | None = None,
-    ) -> list[_Result]:
-        return [_Result(self.reply) for _ in values]
+    def answer(self, values: Sequence[Any], timeout_s: float | None) -> list[UdfAnswer]:
+        return [UdfAnswer(self.reply) for _ in values]
 
 
 @pytest.mark.parametrize(

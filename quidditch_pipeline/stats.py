@@ -25,7 +25,7 @@ import threading
 import time
 from collections import deque
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from hdrh.histogram import HdrHistogram
 
@@ -36,6 +36,8 @@ MetricDelta = dict[str, Any]
 
 _MAX_US = 3_600_000_000  # an hour; longer durations are clamped rather than lost
 _LOG_MAX = 4096
+#: The counters of a metric, in the order ``_stats`` shows them.
+_COUNTERS: Final = ("count", "succeeded", "failed", "dropped", "skipped", "retries", "timeouts", "current")
 _BEGIN: Any = object()
 _SKIP: Any = object()
 
@@ -169,14 +171,7 @@ class Metric:
             counters = (self.count, self.skipped, self.current, self.failed, self.timeouts, self.retries)
             if any(counters) or self.last_error is not None:
                 folded = {
-                    "count": self.count,
-                    "succeeded": self.succeeded,
-                    "failed": self.failed,
-                    "dropped": self.dropped,
-                    "skipped": self.skipped,
-                    "retries": self.retries,
-                    "timeouts": self.timeouts,
-                    "current": self.current,
+                    **self._counters(),
                     "total_us": self.total_us,
                     "last_error": self.last_error,
                     "last_error_time": self.last_error_time,
@@ -203,7 +198,7 @@ class Metric:
         folded = delta.get("folded")
         if folded is not None:
             with self._lock:
-                for counter in ("count", "succeeded", "failed", "dropped", "skipped", "retries", "timeouts", "current"):
+                for counter in _COUNTERS:
                     setattr(self, counter, getattr(self, counter) + folded[counter])
                 self.total_us += folded["total_us"]
                 if folded["last_error"] is not None:
@@ -214,6 +209,10 @@ class Metric:
         if len(log) > _LOG_MAX:
             self._drain()
 
+    def _counters(self) -> dict[str, int]:
+        """The counters by name, in the order ``_stats`` shows them (the caller holds the lock)."""
+        return {counter: getattr(self, counter) for counter in _COUNTERS}
+
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             self._fold()
@@ -222,14 +221,7 @@ class Metric:
             # One pass over the buckets for all three (each get_value_at_percentile is a pass of its own).
             pct = hist.get_percentile_to_value_dict([50, 95, 99]) if total else {}
             return {
-                "count": self.count,
-                "succeeded": self.succeeded,
-                "failed": self.failed,
-                "dropped": self.dropped,
-                "skipped": self.skipped,
-                "retries": self.retries,
-                "timeouts": self.timeouts,
-                "current": self.current,
+                **self._counters(),
                 "duration_us": {
                     "p50": pct.get(50, 0),
                     "p95": pct.get(95, 0),

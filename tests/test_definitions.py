@@ -35,6 +35,7 @@ from quidditch_pipeline.definitions import (
     parse_semver,
 )
 from quidditch_pipeline.errors import DefinitionError, QuidditchError
+from tests.hostile_inputs import BILLION_LAUGHS
 
 
 def base(**overrides: Any) -> dict[str, Any]:
@@ -1016,22 +1017,6 @@ def test_property_arbitrary_text_loads_or_raises_definition_error(text: str | by
 
 # --- issue 10: bounded parsing, names matched whole ------------------------------------------------------------
 
-BILLION_LAUGHS = """\
-name: p
-version: 1.0.0
-type: document
-stages: []
-parameters:
-  a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
-  b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
-  c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
-  d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
-  e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
-  f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
-  g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
-  h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
-  i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
-"""
 
 
 @pytest.mark.timeout(10)

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from .hostile_inputs import BILLION_LAUGHS
 from .server_harness import ServerProcess
 
 #: Small on purpose, so a few sockets reach them.
@@ -177,22 +178,6 @@ def test_bodies_in_flight_past_the_breaker_are_429_and_released(server: ServerPr
     assert httpx.put(f"{server.url}/flood/_doc/ok", json={"t": "small"}, timeout=30).status_code == 201
 
 
-BILLION_LAUGHS = """
-name: bomb
-version: 1.0.0
-type: document
-stages: [{name: s, type: native, config: {processor: lowercase, field: t}}]
-metadata:
-  a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
-  b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
-  c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
-  d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
-  e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
-  f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
-  g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
-  h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
-  i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
-"""
 
 
 def repeated(seconds: float, send: Callable[[], httpx.Response]) -> list[tuple[httpx.Response, float]]:

@@ -79,6 +79,9 @@ _SAME_PARAMS = _REQUEST_HEADER + marshal.dumps(None, 2)
 # The linear memory a UDF instance starts with: componentize-py's CPython snapshot (199 pages, ~12.4 MiB,
 # measured with componentize-py 0.25.1), rounded up.
 _GUEST_BASELINE = 16 * _MIB
+# The same for the shared interpreter, whose snapshot holds the pre-imported standard library too (the
+# smallest limit it instantiates with measured 28 MiB), rounded up.
+_INTERPRETER_BASELINE = 32 * _MIB
 # A deadline no call reaches, for code that drives an _Instance directly (benchmarks/floors.py measures the
 # bare call that way); call_batch always sets one of at most max_call_ms.
 _NO_DEADLINE = 1 << 62
@@ -150,6 +153,7 @@ class _Component:
         self.component = component
         self.source = source
         self.load_index = None if source is None else component.get_export_index(_LOAD_SOURCE_EXPORT)
+        self.baseline = _GUEST_BASELINE if source is None else _INTERPRETER_BASELINE
         run_index = component.get_export_index(_RUN_EXPORT)
         describe_index = component.get_export_index(_DESCRIBE_EXPORT)
         if run_index is None or describe_index is None:
@@ -470,7 +474,9 @@ class UdfRuntime:
     limit unless a call asks for another; ``max_output_bytes`` bounds what one call may return;
     ``max_call_ms`` is the longest one call into the guest may hold an instance (longer batches are cut
     into several calls); ``max_wait_ms`` bounds the wait for a free instance of a call without a deadline;
-    ``epoch_tick_ms`` is the resolution of deadlines.
+    ``epoch_tick_ms`` is the resolution of deadlines. ``interpreter_dir`` keeps the shared interpreter
+    component and its compiled form (default: the user's cache, see :mod:`.interpreter`), apart from
+    ``cache_dir`` so that a runtime with a temporary cache does not build and compile it again.
     """
 
     def __init__(
@@ -483,12 +489,14 @@ class UdfRuntime:
         max_call_ms: int = 2000,
         max_wait_ms: int = 10_000,
         epoch_tick_ms: int = 1,
+        interpreter_dir: Path | None = None,
     ) -> None:
         if min(pool_size, memory_limit_mb, max_output_bytes, max_call_ms, max_wait_ms, epoch_tick_ms) < 1:
             raise ValueError(
                 "pool_size, memory_limit_mb, max_output_bytes, max_call_ms, max_wait_ms and epoch_tick_ms must be >= 1"
             )
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.interpreter_dir = default_cache_dir() if interpreter_dir is None else Path(interpreter_dir)
         if self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.pool_size = pool_size
@@ -581,7 +589,7 @@ class UdfRuntime:
         (content-addressed); its sha256 and path, for :meth:`call_batch`. Raises :class:`UdfLoadError`."""
         data = source.encode("utf-8")
         sha256 = hashlib.sha256(data).hexdigest()
-        path = self._interpreter_dir() / "sources" / f"{sha256}.py"
+        path = self.interpreter_dir / "sources" / f"{sha256}.py"
         if sha256 not in self._components:
             if not path.is_file():
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -593,11 +601,8 @@ class UdfRuntime:
         """The shared interpreter component's sha256 and path, built on first use (see :mod:`.interpreter`)."""
         with self._interpreter_lock:
             if self._interpreter is None:
-                self._interpreter = interpreter_component(self._interpreter_dir())
+                self._interpreter = interpreter_component(self.interpreter_dir)
             return self._interpreter
-
-    def _interpreter_dir(self) -> Path:
-        return default_cache_dir() if self.cache_dir is None else self.cache_dir / "interpreter"
 
     def _component(self, sha256: str, wasm_path: Path, filename: str | None = None) -> _Component:
         component = self._components.get(sha256)
@@ -651,7 +656,8 @@ class UdfRuntime:
         except UnicodeDecodeError as exc:
             raise UdfLoadError(f"{path} is neither a component nor UTF-8 Python source") from exc
         interpreter_sha, interpreter_path = self.interpreter()
-        compiled = self._compiled(interpreter_sha, interpreter_path)
+        cache = self.interpreter_dir / f"{interpreter_sha}-{_WASMTIME_VERSION}.cwasm"
+        compiled = self._compiled(interpreter_sha, interpreter_path, cache)
         return _Component(self, sha256, compiled, _Source(text, filename or "udf.py"))
 
     def unload(self, sha256: str, *, drop_compiled: bool = False) -> None:
@@ -673,8 +679,8 @@ class UdfRuntime:
         """Where the compiled form of component ``sha256`` is cached (None without a cache folder)."""
         return None if self.cache_dir is None else self.cache_dir / f"{sha256}-{_WASMTIME_VERSION}.cwasm"
 
-    def _compiled(self, sha256: str, wasm_path: Path) -> Component:
-        cache = self.compiled_path(sha256)
+    def _compiled(self, sha256: str, wasm_path: Path, cache: Path | None = None) -> Component:
+        cache = cache or self.compiled_path(sha256)
         if cache is None:
             return self._compile(sha256, wasm_path, None)
         component = self._cached(cache)
@@ -807,7 +813,8 @@ class UdfRuntime:
         count = len(values)
         apart, batch = _encode_request(params, values, metas, self.max_output_bytes)
         size = len(apart) + len(batch)
-        if limit > _GUEST_BASELINE and 2 * size + _GUEST_BASELINE > limit:
+        baseline = component.baseline
+        if limit > baseline and 2 * size + baseline > limit:
             # Taking the request in needs its bytes twice (the string as received, then as a Python str),
             # and running out there traps inside componentize-py's glue, where no MemoryError can be caught.
             # (A limit below the baseline fails when the instance is created, with its own message.)

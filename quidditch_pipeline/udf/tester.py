@@ -10,6 +10,7 @@ side only, an import that works only natively, a value that cannot cross the san
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import itertools
 import json
@@ -45,13 +46,15 @@ class Outcome:
     took_us: float
     disagreement: str | None = None
 
-    def line(self) -> str:
-        """The report's line for this input, without its time (what ``--watch`` compares)."""
+    def line(self, *, timed: bool = False) -> str:
+        """The report's line for this input; ``--watch`` compares them without the time."""
         if self.error is not None:
             where = f" at line {self.error['line']}" if self.error.get("line") else ""
             text = f"[{self.index}] error {self.error['type']}{where}: {self.error['reason']}"
         else:
             text = f"[{self.index}] {self.status} raw={_json(self.raw)} mapped={_json(self.mapped)}"
+        if timed:
+            text += f"  ({self.took_us:.0f} µs)"
         if self.disagreement is not None:
             text += f"\n    native disagrees: {self.disagreement}"
         return text
@@ -130,7 +133,7 @@ def run_udf_test(
         outcome = Outcome(index, out["status"], out.get("raw"), out.get("mapped"), out["error"], out["took_us"])
         if native:
             disagreement = native_error or _compare(outcome, process, value, params or {}, arity, type, path)
-            outcome = Outcome(*(getattr(outcome, f) for f in Outcome.__slots__[:-1]), disagreement)
+            outcome = dataclasses.replace(outcome, disagreement=disagreement)
         outcomes.append(outcome)
     return TestReport(tuple(outcomes))
 
@@ -173,7 +176,7 @@ def _compare(
     error = outcome.error
     if error is not None:
         if error["type"] in _IMPORT_ERRORS:
-            return f"an import that works only natively: {error['reason']} (import it at module top level)"
+            return f"an import that works only natively: {error['reason']} (the sandbox has the standard library only)"
         if error["type"] in _CROSSING_ERRORS:
             return f"the value cannot cross the sandbox's boundary: {error['reason']}"
         return f"raises in the sandbox only ({error['type']}: {error['reason']}); natively it returned {native!r}"
@@ -219,7 +222,7 @@ def watch_runs(path: Path, extra: Sequence[Path], run: Callable[[], TestReport],
         if report.load_error is not None and report.load_error != previous_error:
             emit(report.load_error)
         for outcome in changed:
-            emit(f"{outcome.line()}  ({outcome.took_us:.0f} µs)")
+            emit(outcome.line(timed=True))
         previous, previous_error = lines, report.load_error
         for changes in watch(*{p.parent for p in targets}):
             if any(Path(changed_path).resolve() in targets for _, changed_path in changes):

@@ -102,9 +102,7 @@ def _build() -> bytes:
         (app / "udf_preload.json").write_text(json.dumps(preload), encoding="utf-8")
         output = root / "interpreter.wasm"
         try:
-            done = componentize(
-                root, _WIT_DIR, _WORLD, app, "udf_interpreter", output, timeout_s=_BUILD_TIMEOUT_S
-            )
+            done = componentize(root, _WIT_DIR, _WORLD, app, "udf_interpreter", output, timeout_s=_BUILD_TIMEOUT_S)
         except subprocess.TimeoutExpired as exc:
             raise UdfLoadError(f"building the shared UDF interpreter took over {_BUILD_TIMEOUT_S:g} s") from exc
         if done.returncode != 0 or not output.is_file():

@@ -31,6 +31,8 @@ __all__ = ["Outcome", "TestReport", "load_inputs", "run_udf_test"]
 
 _IMPORT_ERRORS = frozenset({"ImportError", "ModuleNotFoundError"})
 _CROSSING_ERRORS = frozenset({"unmappable_return_value", "output_too_large"})
+_MAPPING_ERROR = "unmappable_result"
+_SETTLE_S = 0.02
 _native_names = itertools.count()
 
 
@@ -168,12 +170,13 @@ def _compare(
         native = process(*args)
     except BaseException as exc:  # the author's code, natively: anything, SystemExit included
         native_error = f"{type(exc).__name__}{_native_line(exc, path)}: {exc}"
-        if outcome.error is None:
+        if outcome.error is None or outcome.error["type"] == _MAPPING_ERROR:
             return f"raises natively only ({native_error}); the sandbox returned {_json(outcome.raw)}"
         if outcome.error["type"] != type(exc).__name__:
             return f"different errors: sandbox {outcome.error['type']}, native {native_error}"
         return None
-    error = outcome.error
+    # The mapping failing on the host (say, a number without target_field) happens after both returned.
+    error = None if outcome.error is None or outcome.error["type"] == _MAPPING_ERROR else outcome.error
     if error is not None:
         if error["type"] in _IMPORT_ERRORS:
             return f"an import that works only natively: {error['reason']} (the sandbox has the standard library only)"
@@ -205,13 +208,22 @@ def _json(value: Any) -> str:
 
 def watch_runs(path: Path, extra: Sequence[Path], run: Callable[[], TestReport], emit: Callable[[str], None]) -> None:
     """Run now, then again on every save of ``path`` (or of ``extra``, the inputs file), emitting only the
-    inputs whose report changed; returns when interrupted."""
+    inputs whose report changed; returns when interrupted.
+
+    One watcher lives across runs, and what a run read is compared with the files after it: a save made
+    while a run was going is never missed, and a save that changed nothing starts no run.
+    """
     from watchfiles import watch  # imported here: only --watch needs it
 
+    targets = [p.resolve() for p in (path, *extra)]
+    changes = watch(*{p.parent for p in targets})
     previous: dict[int, str] = {}
     previous_error: str | None = None
-    targets = {p.resolve() for p in (path, *extra)}
+    ran: list[bytes | None] | None = None
     for number in itertools.count(1):
+        while ran is not None and _contents(targets) == ran:  # wait for a save that changed something
+            next(changes)
+        ran = _settled(targets)
         started = time.monotonic()
         report = run()
         lines = {o.index: o.line() for o in report.outcomes}
@@ -224,6 +236,25 @@ def watch_runs(path: Path, extra: Sequence[Path], run: Callable[[], TestReport],
         for outcome in changed:
             emit(outcome.line(timed=True))
         previous, previous_error = lines, report.load_error
-        for changes in watch(*{p.parent for p in targets}):
-            if any(Path(changed_path).resolve() in targets for _, changed_path in changes):
-                break
+
+
+def _settled(paths: Sequence[Path]) -> list[bytes | None]:
+    """The files' contents once a save is over: the same on two reads ``_SETTLE_S`` apart (an editor that
+    truncates, then writes, is otherwise caught with an empty file)."""
+    before = _contents(paths)
+    while True:
+        time.sleep(_SETTLE_S)
+        now = _contents(paths)
+        if now == before:
+            return now
+        before = now
+
+
+def _contents(paths: Sequence[Path]) -> list[bytes | None]:
+    contents: list[bytes | None] = []
+    for path in paths:
+        try:
+            contents.append(path.read_bytes())
+        except OSError:  # mid-save (an editor's rename), or deleted: the next event tells
+            contents.append(None)
+    return contents

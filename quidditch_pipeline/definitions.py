@@ -153,10 +153,18 @@ class RetryPolicy(_Strict):
 
 
 class PythonConfig(_Strict):
-    udf_name: str | None = Field(None, pattern=NAME_PATTERN)
+    #: Required, but None when the stage carries inline ``source`` instead.
+    udf_name: str | None = Field(pattern=NAME_PATTERN)
     udf_version: str | None = None
     #: Inline UDF source in place of ``udf_name``: only in ``_pipeline/_execute``, never in a stored pipeline.
     source: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inline(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "source" in data and "udf_name" not in data:
+            return {**data, "udf_name": None}
+        return data
     parameters: dict[str, Any] = Field(default_factory=dict)
     target_field: FieldPath | None = None
     scope: Literal["hit", "response"] = "hit"

@@ -271,11 +271,21 @@ def hostile_source_udf(udf_runtime: UdfRuntime) -> BuiltUdf:
 @pytest.fixture
 def seeded_cache(tmp_path: Path, udf_runtime: UdfRuntime, hostile_udf: BuiltUdf) -> Path:
     """A fresh cache folder holding the hostile UDF's compiled form (copied from the session's cache)."""
-    udf_runtime.load(hostile_udf.sha256, hostile_udf.path)
+    return _seeded(tmp_path, udf_runtime, hostile_udf)
+
+
+@pytest.fixture
+def seeded_component_cache(tmp_path: Path, udf_runtime: UdfRuntime, hostile_component_udf: BuiltUdf) -> Path:
+    """``seeded_cache`` for the hostile UDF as a component, whatever mode a test module picks."""
+    return _seeded(tmp_path, udf_runtime, hostile_component_udf)
+
+
+def _seeded(tmp_path: Path, runtime: UdfRuntime, udf: BuiltUdf) -> Path:
+    runtime.load(udf.sha256, udf.path)
     cache = tmp_path / "compiled"
     cache.mkdir()
-    if hostile_udf.mode == "component":  # source mode's compiled code is the interpreter's, kept apart
-        compiled = udf_runtime.compiled_path(hostile_udf.sha256)
+    if udf.mode == "component":  # source mode's compiled code is the interpreter's, kept apart
+        compiled = runtime.compiled_path(udf.sha256)
         assert compiled is not None and compiled.is_file()
         shutil.copyfile(compiled, cache / compiled.name)
     return cache

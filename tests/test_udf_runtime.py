@@ -128,6 +128,8 @@ def test_guest_shim_wit_and_runtime_agree_on_the_abi() -> None:
     wit = (UDF_DIR / "wit" / "udf.wit").read_text()
     assert re.search(r'^ABI = "([^"]+)"', guest, re.M)[1] == ABI  # type: ignore[index]
     assert f"package quidditch:udf@{ABI};" in wit
+    shared = (UDF_DIR / "wit_source" / "udf-source.wit").read_text()
+    assert f"package quidditch:udf-source@{ABI};" in shared  # the interpreter's world: the same ABI plus load-source
 
 
 # -- calls and results ------------------------------------------------------------------------------

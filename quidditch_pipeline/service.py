@@ -43,7 +43,7 @@ from .storage import MemoryStorage, SqliteStorage, Storage
 from .udf.artifacts import ArtifactStore
 from .udf.build import BuildLimits
 from .udf.runtime import UdfRuntime
-from .udf.store import UdfStore, inline_udf
+from .udf.store import UdfStore, inline_udf, record_mode
 from .workers import _wire
 from .workers.pool import BatchAnswer, WorkerPool
 from .workers.worker import WorkerConfig, parse_input
@@ -646,7 +646,7 @@ class PipelineService:
             "version": record.version,
             "sha256": record.sha256,
             "size": record.size,
-            "mode": "source" if record.sha256 == record.source_sha256 else "component",
+            "mode": record_mode(record),
             "created": result.created,
         }
 
@@ -665,6 +665,7 @@ class PipelineService:
                     "version": version,
                     "sha256": record.sha256,
                     "size": record.size,
+                    "mode": record_mode(record),
                     "created_at": _iso(record.created_at),
                 }
             )

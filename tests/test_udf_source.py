@@ -159,6 +159,7 @@ def test_a_version_put_as_source_is_stored_as_its_source_and_runs(svc: PipelineS
     put = svc.put_udf("doubler", "1.0.0", DOUBLER, mode="source")
     took = time.monotonic() - started
     assert put["created"] and put["mode"] == "source"
+    assert svc.udf_info("doubler")["versions"][0]["mode"] == "source"
     assert took < 1.0  # no build: the check and one instance of the shared interpreter
     ref = svc.udfs.resolve("doubler", None)
     assert ref.path.read_text(encoding="utf-8") == DOUBLER  # the artifact is the source, content-addressed

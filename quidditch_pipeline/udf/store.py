@@ -37,7 +37,17 @@ from ..storage import UdfRecord
 from .artifacts import ArtifactStore
 from .build import BuildLimits, build_component, check_source, is_wasm
 
-__all__ = ["INLINE_NAME", "MODES", "PutUdfResult", "UdfCatalog", "UdfLoader", "UdfRef", "UdfStore", "inline_udf"]
+__all__ = [
+    "INLINE_NAME",
+    "MODES",
+    "PutUdfResult",
+    "UdfCatalog",
+    "UdfLoader",
+    "UdfRef",
+    "UdfStore",
+    "inline_udf",
+    "record_mode",
+]
 
 #: The name and file name inline source (in ``_execute``) runs under.
 INLINE_NAME = "inline"
@@ -247,6 +257,11 @@ def inline_udf(runtime: SourceLoader, source: str) -> UdfRef:
     check_source(source, filename=filename)
     sha, path = runtime.load_source(source, filename=filename)
     return UdfRef(INLINE_NAME, "source", sha, path)
+
+
+def record_mode(record: UdfRecord) -> str:
+    """``source`` for a version stored as its source (its artifact is the source itself), else ``component``."""
+    return "source" if record.sha256 == record.source_sha256 else "component"
 
 
 def _check_mode(mode: str) -> None:

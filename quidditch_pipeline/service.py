@@ -130,6 +130,7 @@ class PipelineService:
                 memory_limit_mb=max(1, self.runtime.memory_limit_bytes >> 20),
                 max_call_ms=round(self.runtime.max_call_s * 1000),
                 default_udf_timeout_ms=default_udf_timeout_ms,
+                interpreter_dir=str(self.runtime.interpreter_dir),
             )
             try:
                 self._pool = WorkerPool(workers, config, merge_stats=self.stats_registry.merge, grace_s=worker_grace_s)

@@ -18,7 +18,7 @@ import pytest
 from quidditch_pipeline import DefinitionError, PipelineService
 from quidditch_pipeline.errors import ConflictError, UdfBuildError, UdfLoadError
 from quidditch_pipeline.server import TantivyBackend, create_app
-from quidditch_pipeline.storage import MemoryStorage
+from quidditch_pipeline.storage import MemoryStorage, SqliteStorage
 from quidditch_pipeline.udf import UdfItemResult, UdfRuntime
 
 from .server_harness import serve_app
@@ -179,6 +179,20 @@ def test_a_pipeline_runs_a_source_mode_udf(svc: PipelineService) -> None:
     svc.put_pipeline({"name": "p", "version": "1.0.0", "type": "document", "stages": [stage]})
     result = svc.execute("p", input={"n": 5})
     assert result["output"] == {"n": 10, "type": "document"}
+
+
+def test_a_source_mode_udf_runs_in_worker_processes(tmp_path: Path, udf_runtime: UdfRuntime) -> None:
+    # The workers open the registry and the artifacts themselves, and find the interpreter where the
+    # parent's runtime keeps it.
+    with PipelineService(
+        SqliteStorage(tmp_path / "registry.sqlite"), tmp_path / "udfs", runtime=udf_runtime, workers=1
+    ) as service:
+        service.put_udf("doubler", "1.0.0", DOUBLER, mode="source")
+        stage = {"name": "double", "type": "python", "config": {"udf_name": "doubler"}}
+        service.put_pipeline({"name": "p", "version": "1.0.0", "type": "document", "stages": [stage]})
+        outcomes = service.process_documents("idx", [("a", {"n": 7}), ("b", {})], pipeline="p")
+        assert outcomes[0].source == {"n": 14, "type": "document"}
+        assert outcomes[1].status == "failed" and "KeyError" in str(outcomes[1].error)
 
 
 def test_the_service_default_mode_can_be_source(tmp_path: Path, udf_runtime: UdfRuntime) -> None:

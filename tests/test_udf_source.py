@@ -20,6 +20,7 @@ from quidditch_pipeline.errors import ConflictError, UdfBuildError, UdfLoadError
 from quidditch_pipeline.server import TantivyBackend, create_app
 from quidditch_pipeline.storage import MemoryStorage, SqliteStorage
 from quidditch_pipeline.udf import UdfItemResult, UdfRuntime
+from quidditch_pipeline.udf.interpreter import interpreter_built
 
 from .server_harness import serve_app
 from .udf_fixtures import EXAMPLES_DIR, source_udf
@@ -60,6 +61,13 @@ def test_two_source_udfs_with_module_level_state_do_not_share_it(udf_runtime: Ud
     # The second UDF's module starts at zero whatever the first has counted.
     assert call(udf_runtime, second.sha256, second.path, [0], start=2)[0].value == {"start": 2, "count": 1}
     assert call(udf_runtime, first.sha256, first.path, [0], start=1)[0].value["count"] == counted[1] + 1
+
+
+def test_the_interpreter_is_built_once_into_its_folder_and_found_there(tmp_path: Path, udf_runtime: UdfRuntime) -> None:
+    sha256, path = udf_runtime.interpreter()
+    assert path.parent == udf_runtime.interpreter_dir and interpreter_built(udf_runtime.interpreter_dir)
+    assert not interpreter_built(tmp_path)  # another folder: its first use would build one there
+    assert udf_runtime.interpreter() == (sha256, path)
 
 
 def test_a_source_udf_gets_meta_per_item_errors_with_its_line_and_the_same_results(udf_runtime: UdfRuntime) -> None:

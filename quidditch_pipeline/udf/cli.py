@@ -117,6 +117,7 @@ def main_udf_build(args: argparse.Namespace) -> int:
 def main_udf_test(args: argparse.Namespace) -> int:
     """Run ``udf test``; 0 when every input ran without error or disagreement, else 1."""
     from ..service import PipelineService  # the service imports this package: import it on use
+    from .interpreter import default_cache_dir, interpreter_built
     from .runtime import UdfRuntime
     from .tester import load_inputs, run_udf_test, watch_runs
 
@@ -160,6 +161,11 @@ def main_udf_test(args: argparse.Namespace) -> int:
         out.print(text, markup=False)
 
     interpreter_dir = None if args.cache_dir is None else Path(args.cache_dir)
+    if not interpreter_built(interpreter_dir or default_cache_dir()):
+        err.print(
+            "building the shared UDF interpreter (once per release of quidditch-pipeline: about a minute)…",
+            markup=False,
+        )
     with (
         UdfRuntime(interpreter_dir=interpreter_dir) as runtime,
         PipelineService.in_memory(runtime=runtime) as service,

@@ -24,7 +24,7 @@ from ..errors import UdfLoadError
 from .build import _UNAVAILABLE_MODULES, componentize
 from .guest_stdlib import GUEST_STDLIB
 
-__all__ = ["PRELOADED", "interpreter_component"]
+__all__ = ["PRELOADED", "default_cache_dir", "interpreter_built", "interpreter_component"]
 
 _HERE = Path(__file__).resolve().parent
 _WIT_DIR = _HERE / "wit_source"
@@ -79,10 +79,18 @@ def default_cache_dir() -> Path:
     return Path(base) / "quidditch-pipeline" / "interpreter"
 
 
+def interpreter_built(cache_dir: Path) -> bool:
+    """Whether this release's interpreter is in ``cache_dir`` already (else the first use builds it)."""
+    return _path(cache_dir).is_file()
+
+
+def _path(cache_dir: Path) -> Path:
+    return cache_dir / f"interpreter-{_key()[:32]}.wasm"
+
+
 def interpreter_component(cache_dir: Path) -> tuple[str, Path]:
     """The shared interpreter's sha256 and path under ``cache_dir``, built there first if missing."""
-    key = _key()
-    path = cache_dir / f"interpreter-{key[:32]}.wasm"
+    path = _path(cache_dir)
     if not path.is_file():
         cache_dir.mkdir(parents=True, exist_ok=True)
         with file_lock(cache_dir):

@@ -99,7 +99,8 @@ def _build(
         if inline is not None:  # _execute only (a stored pipeline refuses it): checked and loaded now
             inline_udf(ctx.runtime, inline)
         else:
-            ctx.udfs.resolve(sdef.config.udf_name or "", sdef.config.udf_version)
+            assert sdef.config.udf_name is not None  # PythonConfig holds one of the two
+            ctx.udfs.resolve(sdef.config.udf_name, sdef.config.udf_version)
     except QuidditchError as exc:
         key = "udf_name" if inline is None else "source"
         raise DefinitionError([(f"{field}.config.{key}", exc.message)]) from exc

@@ -158,13 +158,6 @@ class PythonConfig(_Strict):
     udf_version: str | None = None
     #: Inline UDF source in place of ``udf_name``: only in ``_pipeline/_execute``, never in a stored pipeline.
     source: str | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _inline(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "source" in data and "udf_name" not in data:
-            return {**data, "udf_name": None}
-        return data
     parameters: dict[str, Any] = Field(default_factory=dict)
     target_field: FieldPath | None = None
     scope: Literal["hit", "response"] = "hit"
@@ -179,6 +172,13 @@ class PythonConfig(_Strict):
             return None
         parse_udf_version(value)
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inline(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "source" in data and "udf_name" not in data:
+            return {**data, "udf_name": None}
+        return data
 
     @model_validator(mode="after")
     def _one_udf(self) -> PythonConfig:

@@ -227,6 +227,18 @@ def test_inline_source_runs_unstored_and_is_cached_by_its_sha256(svc: PipelineSe
     assert svc.registry.udf_names() == []
 
 
+def test_only_the_last_inline_sources_stay_loaded(tmp_path: Path, udf_runtime: UdfRuntime) -> None:
+    # Every save of an author's file is a new source: a long session must not keep a pool for each.
+    with UdfRuntime(tmp_path, inline_sources=3, interpreter_dir=udf_runtime.interpreter_dir) as runtime:
+        loaded = [runtime.load_source(f"{DOUBLER}# save {i}\n") for i in range(6)]
+        assert runtime.stats().loaded == 3
+        sha, path = loaded[0]  # unloaded, and loaded again when called
+        assert runtime.call_batch(sha, path, [{"n": 1}], {}, [{"type": "document"}], timeout_s=5)[0].value == {
+            "n": 2,
+            "type": "document",
+        }
+
+
 def test_inline_source_in_a_pipeline_runs_in_execute_and_is_refused_when_stored(svc: PipelineService) -> None:
     stage = {"name": "double", "type": "python", "config": {"source": DOUBLER}}
     definition = {"name": "p", "version": "1.0.0", "type": "document", "stages": [stage]}

@@ -477,6 +477,8 @@ class UdfRuntime:
     ``epoch_tick_ms`` is the resolution of deadlines. ``interpreter_dir`` keeps the shared interpreter
     component and its compiled form (default: the user's cache, see :mod:`.interpreter`), apart from
     ``cache_dir`` so that a runtime with a temporary cache does not build and compile it again.
+    ``inline_sources`` bounds the sources loaded with :meth:`load_source` kept loaded (least recently
+    loaded first out: they are unloaded, and loaded again when asked for).
     """
 
     def __init__(
@@ -490,10 +492,13 @@ class UdfRuntime:
         max_wait_ms: int = 10_000,
         epoch_tick_ms: int = 1,
         interpreter_dir: Path | None = None,
+        inline_sources: int = 16,
     ) -> None:
-        if min(pool_size, memory_limit_mb, max_output_bytes, max_call_ms, max_wait_ms, epoch_tick_ms) < 1:
+        limits = (pool_size, memory_limit_mb, max_output_bytes, max_call_ms, max_wait_ms, epoch_tick_ms, inline_sources)
+        if min(limits) < 1:
             raise ValueError(
-                "pool_size, memory_limit_mb, max_output_bytes, max_call_ms, max_wait_ms and epoch_tick_ms must be >= 1"
+                "pool_size, memory_limit_mb, max_output_bytes, max_call_ms, max_wait_ms, epoch_tick_ms and "
+                "inline_sources must be >= 1"
             )
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.interpreter_dir = default_cache_dir() if interpreter_dir is None else Path(interpreter_dir)
@@ -513,6 +518,9 @@ class UdfRuntime:
         self._lock = threading.Lock()
         self._components: dict[str, _Component] = {}
         self._interpreter: tuple[str, Path] | None = None
+        # Inline sources loaded, least recently loaded first (an ordered set).
+        self._inline: dict[str, None] = {}
+        self.inline_sources = inline_sources
         self._interpreter_lock = threading.Lock()
         self._loading: dict[str, Future[_Component]] = {}
         self._counters = {"compiles": 0, "cache_loads": 0, "instances_created": 0, "instances_discarded": 0}
@@ -595,6 +603,15 @@ class UdfRuntime:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_atomically(path, data)
             self._component(sha256, path, filename)
+        # An author editing makes a new source (and pool) per save: keep the last few loaded, not all.
+        with self._lock:
+            self._inline.pop(sha256, None)
+            self._inline[sha256] = None
+            evicted = list(self._inline)[: -self.inline_sources]
+            for old in evicted:
+                del self._inline[old]
+        for old in evicted:
+            self.unload(old)
         return sha256, path
 
     def interpreter(self) -> tuple[str, Path]:

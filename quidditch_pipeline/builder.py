@@ -23,6 +23,7 @@ from .executor import CompiledPipeline, run_stages
 from .processors import PROCESSORS
 from .stages import CompositeStage, NativeStage, PipelineCallStage, PythonStage, Stage, UdfResolver, UdfRunner
 from .stats import PipelineMetrics
+from .udf.store import inline_udf
 
 __all__ = ["BuildContext", "build_pipeline"]
 
@@ -121,8 +122,14 @@ def _build(
     if ctx.udfs is None or ctx.runtime is None:
         raise DefinitionError([(field, "python stages need a UDF runtime, and this service has none")])
     # Resolved now (and again per run for an unpinned version): a stage whose UDF version is gone is not built.
+    inline = sdef.config.source
     try:
-        ctx.udfs.resolve(sdef.config.udf_name, sdef.config.udf_version)
+        if inline is not None:  # _execute only (a stored pipeline refuses it): checked and loaded now
+            inline_udf(ctx.runtime, inline)
+        else:
+            assert sdef.config.udf_name is not None  # PythonConfig holds one of the two
+            ctx.udfs.resolve(sdef.config.udf_name, sdef.config.udf_version)
     except QuidditchError as exc:
-        raise DefinitionError([(f"{field}.config.udf_name", exc.message)]) from exc
+        key = "udf_name" if inline is None else "source"
+        raise DefinitionError([(f"{field}.config.{key}", exc.message)]) from exc
     return PythonStage(sdef.config, udfs=ctx.udfs, runtime=ctx.runtime, pipeline_params=pdef.parameters, **common)

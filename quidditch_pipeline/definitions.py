@@ -155,8 +155,11 @@ class RetryPolicy(_Strict):
 
 
 class PythonConfig(_Strict):
-    udf_name: str = Field(pattern=NAME_PATTERN)
+    #: Required, but None when the stage carries inline ``source`` instead.
+    udf_name: str | None = Field(pattern=NAME_PATTERN)
     udf_version: str | None = None
+    #: Inline UDF source in place of ``udf_name``: only in ``_pipeline/_execute``, never in a stored pipeline.
+    source: str | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
     target_field: FieldPath | None = None
     scope: Literal["hit", "response"] = "hit"
@@ -171,6 +174,21 @@ class PythonConfig(_Strict):
             return None
         parse_udf_version(value)
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inline(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "source" in data and "udf_name" not in data:
+            return {**data, "udf_name": None}
+        return data
+
+    @model_validator(mode="after")
+    def _one_udf(self) -> PythonConfig:
+        if (self.udf_name is None) == (self.source is None):
+            raise ValueError("give exactly one of udf_name (a registered UDF) and source (inline, _execute only)")
+        if self.source is not None and self.udf_version is not None:
+            raise ValueError("udf_version goes with udf_name, not with inline source")
+        return self
 
 
 class NativeConfig(BaseModel):
@@ -402,7 +420,15 @@ class PipelineDefinition(_Strict):
         return [
             (f"{path}.config", stage.config.udf_name, stage.config.udf_version)
             for path, _, stage in self.all_stages()
-            if isinstance(stage, PythonStage)
+            if isinstance(stage, PythonStage) and stage.config.udf_name is not None
+        ]
+
+    def inline_sources(self) -> list[str]:
+        """The field path of every python stage's inline ``source`` (allowed in ``_execute`` only)."""
+        return [
+            f"{path}.config.source"
+            for path, _, stage in self.all_stages()
+            if isinstance(stage, PythonStage) and stage.config.source is not None
         ]
 
 

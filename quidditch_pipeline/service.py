@@ -43,7 +43,7 @@ from .storage import MemoryStorage, SqliteStorage, Storage
 from .udf.artifacts import ArtifactStore
 from .udf.build import BuildLimits
 from .udf.runtime import UdfRuntime
-from .udf.store import UdfStore
+from .udf.store import UdfStore, inline_udf, record_mode
 from .workers import _wire
 from .workers.pool import BatchAnswer, WorkerPool
 from .workers.worker import WorkerConfig, parse_input
@@ -89,6 +89,7 @@ class PipelineService:
         pool_size: int = 4,
         max_call_ms: int = 2000,
         udf_build_limits: BuildLimits | None = None,
+        udf_mode: str = "component",
         workers: int = 0,
         worker_grace_s: float = 5.0,
         worker_batch_timeout_s: float = 60.0,
@@ -105,7 +106,9 @@ class PipelineService:
         self.runtime = runtime or UdfRuntime(
             compiled_cache_dir, pool_size=pool_size, memory_limit_mb=memory_limit_mb, max_call_ms=max_call_ms
         )
-        self.udfs = UdfStore(self.registry, ArtifactStore(artifacts_dir), self.runtime, limits=udf_build_limits)
+        self.udfs = UdfStore(
+            self.registry, ArtifactStore(artifacts_dir), self.runtime, limits=udf_build_limits, default_mode=udf_mode
+        )
         self.stats_registry = StatsRegistry()
         self._clock = clock
         self._build_ctx = BuildContext(self.udfs, self.runtime, default_udf_timeout_ms)
@@ -127,6 +130,7 @@ class PipelineService:
                 memory_limit_mb=max(1, self.runtime.memory_limit_bytes >> 20),
                 max_call_ms=round(self.runtime.max_call_s * 1000),
                 default_udf_timeout_ms=default_udf_timeout_ms,
+                interpreter_dir=str(self.runtime.interpreter_dir),
             )
             try:
                 self._pool = WorkerPool(workers, config, merge_stats=self.stats_registry.merge, grace_s=worker_grace_s)
@@ -201,6 +205,10 @@ class PipelineService:
             definition = parse_definition(definition)
         if name is not None and definition.name != name:
             raise DefinitionError([("name", f"[{definition.name}] differs from the pipeline name [{name}] in the URL")])
+        inline = definition.inline_sources()
+        if inline:
+            reason = "inline UDF source runs in _execute only: put the UDF (PUT /_udf/{name}/{version}) and name it"
+            raise DefinitionError([(path, reason) for path in inline])
         result = self.registry.put(definition, if_revision=expected)
         with self._lock:
             self._compiled.pop(result.name, None)
@@ -756,11 +764,14 @@ class PipelineService:
 
     # --- UDFs -----------------------------------------------------------------------------------------------
 
-    def put_udf(self, name: str, version: str, source_or_wasm: str | bytes) -> dict[str, Any]:
-        """Register a UDF version from Python source (built with componentize-py) or component bytes; it is
-        compiled and instantiated before it is registered, so a broken component is refused at upload (and
-        the first document does not wait seconds for the compile)."""
-        result = self.udfs.put(name, version, source_or_wasm)
+    def put_udf(
+        self, name: str, version: str, source_or_wasm: str | bytes, *, mode: str | None = None
+    ) -> dict[str, Any]:
+        """Register a UDF version from Python source (built with componentize-py, or with ``mode="source"``
+        kept as source for the shared interpreter) or component bytes; it is loaded and instantiated before
+        it is registered, so a broken UDF is refused at upload (and the first document does not wait for
+        the compile)."""
+        result = self.udfs.put(name, version, source_or_wasm, mode=mode)
         record = result.record
         return {
             "acknowledged": True,
@@ -768,6 +779,7 @@ class PipelineService:
             "version": record.version,
             "sha256": record.sha256,
             "size": record.size,
+            "mode": record_mode(record),
             "created": result.created,
         }
 
@@ -786,6 +798,7 @@ class PipelineService:
                     "version": version,
                     "sha256": record.sha256,
                     "size": record.size,
+                    "mode": record_mode(record),
                     "created_at": _iso(record.created_at),
                 }
             )
@@ -805,18 +818,25 @@ class PipelineService:
 
     def execute_udf(
         self,
-        name: str,
+        name: str | None,
         input: Any,
         *,
+        source: str | None = None,
         version: str | None = None,
         params: dict[str, Any] | None = None,
         type: str = "document",
         scope: str = "hit",
         target_field: str | None = None,
     ) -> dict[str, Any]:
-        """Run one UDF on one input: the raw value it returned and what the mapping makes of it."""
+        """Run one UDF on one input: the raw value it returned and what the mapping makes of it. With
+        ``source`` (and no ``name``), that source runs on the shared interpreter, stored nowhere but the
+        runtime's cache (by sha256), so the next call with the same source starts warm."""
         kind = _pipeline_type(type)
-        ref = self.udfs.resolve(name, None if version in (None, "latest") else version)
+        if source is not None:
+            ref = inline_udf(self.runtime, source)
+        else:
+            assert name is not None
+            ref = self.udfs.resolve(name, None if version in (None, "latest") else version)
         hit_scope = kind is PipelineType.RESULT and scope == "hit"
         if hit_scope:
             if not isinstance(input, dict) or not {"_id", "_score", "_source"} <= input.keys():
@@ -826,7 +846,7 @@ class PipelineService:
         meta = {"index": None, "id": None, "pipeline": None, "stage": None, "type": kind.value}
         start = self._clock.now()
         out: dict[str, Any] = {
-            "udf": name,
+            "udf": ref.name,
             "version": ref.version,
             "raw": None,
             "mapped": None,
@@ -843,7 +863,9 @@ class PipelineService:
             )[0]
         except UdfCallError as exc:
             # Named like the python stage names it: the runtime knows the component, not the UDF.
-            out.update(status="failed", error={"type": exc.kind, "reason": f"UDF [{name}@{ref.version}] {exc.message}"})
+            out.update(
+                status="failed", error={"type": exc.kind, "reason": f"UDF [{ref.name}@{ref.version}] {exc.message}"}
+            )
         else:
             if not result.ok:
                 err = result.error

@@ -159,6 +159,7 @@ def test_openapi_schema_lists_every_route(client: httpx.Client) -> None:
         "/_udf/{name}": {"get"},
         "/_udf/{name}/{version}": {"put", "delete"},
         "/_udf/{name}/_execute": {"post"},
+        "/_udf/_execute": {"post"},
         "/": {"get", "head"},
         "/{index}": {"put", "get", "head", "delete"},
         "/{index}/_settings": {"get", "put"},

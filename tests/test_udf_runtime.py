@@ -2,7 +2,9 @@
 
 Most tests share the session's runtime and the ``hostile`` test UDF (see udf_fixtures.py); a test that needs
 its own runtime gives it a cache seeded with the session's compiled component (``seeded_cache``), so that
-only the test about recompiling a corrupt cache pays for a compile.
+only the test about recompiling a corrupt cache pays for a compile. Every test of calls runs in both modes:
+the UDF as a component of its own, and its source on the shared interpreter; the tests of a component's own
+compile cache run on the component.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from quidditch_pipeline.errors import InputError, UdfLoadError, UdfMemoryError, 
 from quidditch_pipeline.udf import ABI, UdfItemError, UdfItemResult, UdfRuntime
 from quidditch_pipeline.udf import runtime as runtime_module
 
-from .udf_fixtures import BuiltUdf
+from .udf_fixtures import BuiltUdf, interpreter_dir
 
 UDF_DIR = Path(runtime_module.__file__).parent
 
@@ -32,9 +34,15 @@ def call(runtime: UdfRuntime, udf: BuiltUdf, values: list[Any], timeout_s: float
     return runtime.call_batch(udf.sha256, udf.path, values, params, metas, timeout_s=timeout_s)
 
 
+@pytest.fixture(params=["component", "source"])
+def hostile_udf(request: pytest.FixtureRequest) -> BuiltUdf:
+    udf: BuiltUdf = request.getfixturevalue(f"hostile_{request.param}_udf")
+    return udf
+
+
 @pytest.fixture
 def small_pool(seeded_cache: Path) -> Iterator[UdfRuntime]:
-    with UdfRuntime(seeded_cache, pool_size=2) as runtime:
+    with UdfRuntime(seeded_cache, interpreter_dir=interpreter_dir(), pool_size=2) as runtime:
         yield runtime
 
 
@@ -42,7 +50,7 @@ def small_pool(seeded_cache: Path) -> Iterator[UdfRuntime]:
 
 
 def test_a_second_runtime_maps_the_compiled_component_back(seeded_cache: Path, hostile_udf: BuiltUdf) -> None:
-    with UdfRuntime(seeded_cache) as runtime:
+    with UdfRuntime(seeded_cache, interpreter_dir=interpreter_dir()) as runtime:
         started = time.perf_counter()
         runtime.load(hostile_udf.sha256, hostile_udf.path)
         took = time.perf_counter() - started
@@ -52,7 +60,7 @@ def test_a_second_runtime_maps_the_compiled_component_back(seeded_cache: Path, h
 
 
 def test_concurrent_loads_load_once(seeded_cache: Path, hostile_udf: BuiltUdf) -> None:
-    with UdfRuntime(seeded_cache) as runtime:
+    with UdfRuntime(seeded_cache, interpreter_dir=interpreter_dir()) as runtime:
         start = threading.Barrier(8)
 
         def load() -> None:
@@ -69,16 +77,16 @@ def test_concurrent_loads_load_once(seeded_cache: Path, hostile_udf: BuiltUdf) -
 
 
 def test_a_corrupt_cache_file_is_compiled_again_once_for_concurrent_calls(
-    seeded_cache: Path, hostile_udf: BuiltUdf
+    seeded_component_cache: Path, hostile_component_udf: BuiltUdf
 ) -> None:
-    [compiled] = seeded_cache.iterdir()
+    [compiled] = seeded_component_cache.iterdir()
     compiled.write_bytes(compiled.read_bytes()[: 1 << 20])  # truncated, as by a crash mid-write
-    with UdfRuntime(seeded_cache) as runtime:
+    with UdfRuntime(seeded_component_cache, interpreter_dir=interpreter_dir()) as runtime:
         results: list[Any] = []
 
         def first_call() -> None:
             # Compiling takes seconds; the call's 1 s limit starts once the UDF is loaded.
-            results.append(call(runtime, hostile_udf, ["ok"], timeout_s=1.0, do="echo")[0].value)
+            results.append(call(runtime, hostile_component_udf, ["ok"], timeout_s=1.0, do="echo")[0].value)
 
         threads = [threading.Thread(target=first_call) for _ in range(4)]
         for thread in threads:
@@ -87,10 +95,10 @@ def test_a_corrupt_cache_file_is_compiled_again_once_for_concurrent_calls(
             thread.join()
         assert results == ["ok"] * 4
         assert runtime.stats().compiles == 1
-    with UdfRuntime(seeded_cache) as again:
-        again.load(hostile_udf.sha256, hostile_udf.path)
+    with UdfRuntime(seeded_component_cache, interpreter_dir=interpreter_dir()) as again:
+        again.load(hostile_component_udf.sha256, hostile_component_udf.path)
         assert (again.stats().compiles, again.stats().cache_loads) == (0, 1)
-    assert [p.name for p in seeded_cache.iterdir()] == [compiled.name]  # no temporary files left
+    assert [p.name for p in seeded_component_cache.iterdir()] == [compiled.name]  # no temporary files left
 
 
 def test_a_file_that_does_not_match_its_sha256_is_refused(tmp_path: Path, hostile_udf: BuiltUdf) -> None:
@@ -120,6 +128,8 @@ def test_guest_shim_wit_and_runtime_agree_on_the_abi() -> None:
     wit = (UDF_DIR / "wit" / "udf.wit").read_text()
     assert re.search(r'^ABI = "([^"]+)"', guest, re.M)[1] == ABI  # type: ignore[index]
     assert f"package quidditch:udf@{ABI};" in wit
+    shared = (UDF_DIR / "wit_source" / "udf-source.wit").read_text()
+    assert f"package quidditch:udf-source@{ABI};" in shared  # the interpreter's world: the same ABI plus load-source
 
 
 # -- calls and results ------------------------------------------------------------------------------
@@ -201,7 +211,7 @@ def test_the_pool_is_bounded_and_callers_wait_for_an_instance(small_pool: UdfRun
 
 
 def test_waiting_for_an_instance_counts_against_the_deadline(seeded_cache: Path, hostile_udf: BuiltUdf) -> None:
-    with UdfRuntime(seeded_cache, pool_size=1) as runtime:
+    with UdfRuntime(seeded_cache, interpreter_dir=interpreter_dir(), pool_size=1) as runtime:
         runtime.load(hostile_udf.sha256, hostile_udf.path)
         busy = threading.Thread(target=call, args=(runtime, hostile_udf, [0]), kwargs={"do": "spin", "seconds": 0.5})
         busy.start()
@@ -257,7 +267,7 @@ def test_unload_forgets_a_component_until_it_is_asked_for_again(small_pool: UdfR
 
 
 def test_close_stops_the_ticker_and_refuses_further_calls(seeded_cache: Path, hostile_udf: BuiltUdf) -> None:
-    runtime = UdfRuntime(seeded_cache)
+    runtime = UdfRuntime(seeded_cache, interpreter_dir=interpreter_dir())
     call(runtime, hostile_udf, [1], do="echo")
     ticker = runtime._ticker
     runtime.close()
@@ -293,7 +303,7 @@ def test_a_long_batch_is_cut_into_calls_that_each_fit_the_maximum(
         finally:
             held.append(time.monotonic() - began)
 
-    with UdfRuntime(seeded_cache, pool_size=1, max_call_ms=200) as runtime:
+    with UdfRuntime(seeded_cache, interpreter_dir=interpreter_dir(), pool_size=1, max_call_ms=200) as runtime:
         call(runtime, hostile_udf, [0, 1], do="spin", seconds=0.03)  # the UDF's time per item, learnt
         monkeypatch.setattr(runtime_module._Instance, "call", timed)
         results = call(runtime, hostile_udf, list(range(20)), timeout_s=5.0, do="spin", seconds=0.03)
@@ -305,7 +315,7 @@ def test_a_long_batch_is_cut_into_calls_that_each_fit_the_maximum(
 def test_a_batch_slower_than_expected_is_split_when_preempted_at_the_maximum(
     seeded_cache: Path, hostile_udf: BuiltUdf
 ) -> None:
-    with UdfRuntime(seeded_cache, pool_size=1, max_call_ms=200) as runtime:
+    with UdfRuntime(seeded_cache, interpreter_dir=interpreter_dir(), pool_size=1, max_call_ms=200) as runtime:
         call(runtime, hostile_udf, [0], do="echo")  # learnt: items are fast
         results = call(runtime, hostile_udf, list(range(12)), timeout_s=5.0, do="spin", seconds=0.04)
         assert [r.value for r in results] == list(range(12))
@@ -315,7 +325,7 @@ def test_a_batch_slower_than_expected_is_split_when_preempted_at_the_maximum(
 def test_one_item_longer_than_the_maximum_fails_alone_with_a_clear_error(
     seeded_cache: Path, hostile_udf: BuiltUdf
 ) -> None:
-    with UdfRuntime(seeded_cache, pool_size=1, max_call_ms=200) as runtime:
+    with UdfRuntime(seeded_cache, interpreter_dir=interpreter_dir(), pool_size=1, max_call_ms=200) as runtime:
         began = time.monotonic()
         with pytest.raises(UdfTimeoutError, match=r"ran past the longest a call may hold an instance \(200 ms\)"):
             call(runtime, hostile_udf, [0], timeout_s=5.0, do="spin", seconds=1.0)
@@ -324,7 +334,7 @@ def test_one_item_longer_than_the_maximum_fails_alone_with_a_clear_error(
 
 
 def test_waiting_for_an_instance_without_a_deadline_is_bounded(seeded_cache: Path, hostile_udf: BuiltUdf) -> None:
-    with UdfRuntime(seeded_cache, pool_size=1, max_wait_ms=200) as runtime:
+    with UdfRuntime(seeded_cache, interpreter_dir=interpreter_dir(), pool_size=1, max_wait_ms=200) as runtime:
         runtime.load(hostile_udf.sha256, hostile_udf.path)
         busy = threading.Thread(target=call, args=(runtime, hostile_udf, [0]), kwargs={"do": "spin", "seconds": 1.0})
         busy.start()
@@ -337,17 +347,19 @@ def test_waiting_for_an_instance_without_a_deadline_is_bounded(seeded_cache: Pat
         busy.join()
 
 
-def test_unload_can_drop_the_compiled_form(seeded_cache: Path, hostile_udf: BuiltUdf, tmp_path: Path) -> None:
+def test_unload_can_drop_the_compiled_form(
+    seeded_component_cache: Path, hostile_component_udf: BuiltUdf, tmp_path: Path
+) -> None:
     cache = tmp_path / "own-cache"
     cache.mkdir()
-    for compiled in seeded_cache.iterdir():
+    for compiled in seeded_component_cache.iterdir():
         (cache / compiled.name).write_bytes(compiled.read_bytes())
     with UdfRuntime(cache) as runtime:
-        runtime.load(hostile_udf.sha256, hostile_udf.path)
-        path = runtime.compiled_path(hostile_udf.sha256)
+        runtime.load(hostile_component_udf.sha256, hostile_component_udf.path)
+        path = runtime.compiled_path(hostile_component_udf.sha256)
         assert path is not None and path.exists()
-        runtime.unload(hostile_udf.sha256)
+        runtime.unload(hostile_component_udf.sha256)
         assert path.exists() and runtime.stats().loaded == 0
-        runtime.load(hostile_udf.sha256, hostile_udf.path)
-        runtime.unload(hostile_udf.sha256, drop_compiled=True)
+        runtime.load(hostile_component_udf.sha256, hostile_component_udf.path)
+        runtime.unload(hostile_component_udf.sha256, drop_compiled=True)
         assert not path.exists()

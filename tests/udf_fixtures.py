@@ -34,7 +34,7 @@ import pytest
 from quidditch_pipeline.udf import UdfRuntime, build_component, check_source
 from quidditch_pipeline.udf import build as build_module
 
-__all__ = ["EXAMPLES_DIR", "HOSTILE_SOURCE", "BuiltUdf", "UdfBuilds", "line_of"]
+__all__ = ["EXAMPLES_DIR", "HOSTILE_SOURCE", "BuiltUdf", "UdfBuilds", "interpreter_dir", "line_of", "source_udf"]
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "udfs"
 
@@ -148,6 +148,17 @@ class BuiltUdf:
     def wasm(self) -> bytes:
         return self.path.read_bytes()
 
+    @property
+    def mode(self) -> str:
+        """``component``, or ``source`` for source run on the shared interpreter."""
+        return "source" if self.path.suffix == ".py" else "component"
+
+    @property
+    def baseline_mb(self) -> int:
+        """What the guest's linear memory starts with, rounded up: the interpreter's snapshot also holds
+        the pre-imported standard library. Memory tests add it to the limits they were written for."""
+        return 32 if self.mode == "source" else 16
+
 
 def _known_sources() -> dict[str, str]:
     sources = {"hostile": HOSTILE_SOURCE}
@@ -210,6 +221,11 @@ class UdfBuilds:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def interpreter_dir() -> Path:
+    """Where the tests keep the shared interpreter component and its compiled form."""
+    return _cache_root() / "interpreter"
+
+
 def _cache_root() -> Path:
     default = Path.home() / ".cache" / "quidditch-pipeline" / "test-udfs"
     return Path(os.environ.get("QP_TEST_CACHE", default))
@@ -225,7 +241,7 @@ def udf_builds() -> Iterator[UdfBuilds]:
 @pytest.fixture(scope="session")
 def udf_runtime() -> Iterator[UdfRuntime]:
     """The session's runtime: default limits, compiled components cached across sessions."""
-    with UdfRuntime(_cache_root() / "compiled") as runtime:
+    with UdfRuntime(_cache_root() / "compiled", interpreter_dir=interpreter_dir()) as runtime:
         yield runtime
 
 
@@ -234,13 +250,42 @@ def hostile_udf(udf_builds: UdfBuilds) -> BuiltUdf:
     return udf_builds.get("hostile")
 
 
+@pytest.fixture(scope="session")
+def hostile_component_udf(udf_builds: UdfBuilds) -> BuiltUdf:
+    """The hostile UDF as a component (``hostile_udf``, under a name a test module's override can ask for)."""
+    return udf_builds.get("hostile")
+
+
+def source_udf(runtime: UdfRuntime, name: str, source: str) -> BuiltUdf:
+    """``source`` in source mode: loaded on the shared interpreter (built on first use, then cached)."""
+    sha256, path = runtime.load_source(source, filename=f"{name}.py")
+    return BuiltUdf(name, source, path, sha256)
+
+
+@pytest.fixture(scope="session")
+def hostile_source_udf(udf_runtime: UdfRuntime) -> BuiltUdf:
+    """The hostile UDF in source mode, on the shared interpreter."""
+    return source_udf(udf_runtime, "hostile", HOSTILE_SOURCE)
+
+
 @pytest.fixture
 def seeded_cache(tmp_path: Path, udf_runtime: UdfRuntime, hostile_udf: BuiltUdf) -> Path:
     """A fresh cache folder holding the hostile UDF's compiled form (copied from the session's cache)."""
-    udf_runtime.load(hostile_udf.sha256, hostile_udf.path)
-    compiled = udf_runtime.compiled_path(hostile_udf.sha256)
-    assert compiled is not None and compiled.is_file()
+    return _seeded(tmp_path, udf_runtime, hostile_udf)
+
+
+@pytest.fixture
+def seeded_component_cache(tmp_path: Path, udf_runtime: UdfRuntime, hostile_component_udf: BuiltUdf) -> Path:
+    """``seeded_cache`` for the hostile UDF as a component, whatever mode a test module picks."""
+    return _seeded(tmp_path, udf_runtime, hostile_component_udf)
+
+
+def _seeded(tmp_path: Path, runtime: UdfRuntime, udf: BuiltUdf) -> Path:
+    runtime.load(udf.sha256, udf.path)
     cache = tmp_path / "compiled"
     cache.mkdir()
-    shutil.copyfile(compiled, cache / compiled.name)
+    if udf.mode == "component":  # source mode's compiled code is the interpreter's, kept apart
+        compiled = runtime.compiled_path(udf.sha256)
+        assert compiled is not None and compiled.is_file()
+        shutil.copyfile(compiled, cache / compiled.name)
     return cache

@@ -1,7 +1,8 @@
 """``serve --demo``: the whole flow on a running server, set up through its own HTTP API.
 
 Once the server listens, a background thread does what a user would do with curl: it uploads the example
-UDFs of the repository's ``udfs/`` folder as Python source (the server builds them, several at a time),
+UDFs of the repository's ``udfs/`` folder as Python source in source mode (``?mode=source``: no build, they
+run on the shared interpreter component, which the first use on a machine builds and compiles once),
 stores a document, a query and a result pipeline that use them, creates a ``products`` index naming the
 three, and bulk-indexes a small catalogue through the document pipeline. What exists already is skipped,
 so a restart on the same data directory is ready at once. Then it prints curl commands to try.
@@ -198,15 +199,15 @@ def _register_udfs(api: _Api, console: Console, udf_dir: Path) -> None:
         return
     workers = max(1, min(len(missing), os.cpu_count() or 1))
     console.print(
-        f"demo: building {len(missing)} example UDFs on the server, {workers} at a time "
-        "(componentize-py + wasmtime compile: ~10 s each)…",
+        f"demo: registering {len(missing)} example UDFs in source mode (the first time on this machine, the "
+        "shared interpreter component is built and compiled first: ~15 s, up to a minute or two when busy)…",
         highlight=False,
     )
     started = time.monotonic()
 
     def build(name: str) -> None:
         source = (udf_dir / f"{name}.py").read_bytes()
-        api.require("PUT", f"/_udf/{name}/{UDF_VERSION}", source, content_type="text/x-python")
+        api.require("PUT", f"/_udf/{name}/{UDF_VERSION}?mode=source", source, content_type="text/x-python")
         done = time.monotonic() - started
         console.print(f"demo: [green]✓[/] UDF [bold]{name}[/] {UDF_VERSION} ready after {done:.0f} s", highlight=False)
 

@@ -92,6 +92,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"seconds a shutdown waits for in-flight requests, e.g. UDF builds (default: {GRACEFUL_SHUTDOWN_S:g})",
     )
     parser.add_argument(
+        "--udf-mode",
+        choices=["component", "source"],
+        default="component",
+        help="how a UDF uploaded as Python source is stored without ?mode=: built into a component "
+        "(production) or kept as source for the shared interpreter (the author's loop) (default: component)",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="(info)"
     )
 
@@ -114,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
     token = args.admin_token or os.environ.get(TOKEN_ENV) or None
     data_dir: Path = args.data_dir
     try:
-        service = PipelineService.open(data_dir, workers=usable_cores() if args.workers is None else args.workers)
+        workers = usable_cores() if args.workers is None else args.workers
+        service = PipelineService.open(data_dir, workers=workers, udf_mode=args.udf_mode)
     except QuidditchError as exc:
         console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
         return 1

@@ -19,7 +19,7 @@ from .. import _paths
 from ..definitions import PipelineType, PythonConfig
 from ..errors import QuidditchError, StageError, StageTimeoutError, StageUnavailableError, UdfCallError
 from ..mapping import ResultMapping, UnmappableResult
-from ..udf.store import UdfRef
+from ..udf.store import UdfRef, inline_udf
 from .base import Run, Stage, Unit
 
 __all__ = ["PythonStage", "UdfRef", "UdfResolver", "UdfRunner"]
@@ -52,6 +52,10 @@ class _ItemResult(Protocol):
 class UdfRunner(Protocol):
     def load(self, sha256: str, wasm_path: Path) -> int:
         """Compile (or load from cache) the component once per process; the arity of its ``process``."""
+        ...
+
+    def load_source(self, source: str, *, filename: str = "udf.py") -> tuple[str, Path]:
+        """Load inline source on the shared interpreter; its sha256 and path (see ``UdfRuntime``)."""
         ...
 
     def call_batch(
@@ -111,7 +115,11 @@ class PythonStage(Stage):
 
     def _resolve(self) -> tuple[UdfRef, int]:
         """The UDF's artifact at the configured version (resolved now), loaded; the arity of its ``process``."""
-        ref = self._udfs.resolve(self.config.udf_name, self.config.udf_version)
+        if self.config.source is not None:  # inline, in _execute: on the shared interpreter, unregistered
+            ref = inline_udf(self._runtime, self.config.source)
+        else:
+            assert self.config.udf_name is not None
+            ref = self._udfs.resolve(self.config.udf_name, self.config.udf_version)
         return ref, self._runtime.load(ref.sha256, ref.path)
 
     def invoke(self, units: list[Unit], run: Run) -> list[Any]:

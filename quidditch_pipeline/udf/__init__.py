@@ -5,7 +5,10 @@
 * :mod:`.store` — UDF versions: registered once they load, immutable, builds bounded;
 * :mod:`.runtime` — wasmtime: compile once, cache on disk, pool instances, bound time and memory;
 * ``wit/udf.wit`` and ``guest/udf_guest.py`` — the versioned contract between host and guest, and the shim
-  built into every component.
+  built into every component;
+* :mod:`.interpreter` — the shared interpreter component (``wit_source/udf-source.wit``,
+  ``guest/udf_interpreter.py``): one build that runs any UDF's source, for source mode and inline source;
+* :mod:`.tester` — ``udf test``: sample inputs in the sandbox, compared with native CPython, on every save.
 """
 
 from .artifacts import ArtifactStore

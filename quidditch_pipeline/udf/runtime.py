@@ -10,6 +10,11 @@ A call crosses into the guest once per batch (see ``wit/udf.wit``). Every instan
 (``Store.set_limits``) and every call an epoch deadline; a call that traps, is preempted at its deadline,
 runs out of memory or answers garbage costs its instance, which is closed and replaced on demand.
 
+A UDF stored as source (its artifact is Python source, not a component) runs on the shared interpreter
+component (:mod:`.interpreter`): one compiled component for every such UDF, each UDF with a pool of its
+own, whose instances get the UDF's source (``load-source``) once when created, bounded by ``max_call_ms``.
+From then on a call is the same as into a per-UDF component.
+
 No call holds an instance longer than ``max_call_ms``, whatever the caller's budget: a batch that would
 take longer is cut into calls sized from the time the UDF has taken per item so far (a batch whose call is
 preempted at that maximum is halved and the halves called again), and the instance goes back to the pool
@@ -42,6 +47,7 @@ from wasmtime.component import Component, ExportIndex, Func, Linker
 
 from .._files import file_lock, write_atomically
 from ..errors import InputError, UdfCallError, UdfLoadError, UdfMemoryError, UdfTimeoutError
+from .interpreter import default_cache_dir, interpreter_component
 
 __all__ = ["ABI", "UdfItemError", "UdfItemResult", "UdfRuntime", "UdfRuntimeStats"]
 
@@ -51,6 +57,8 @@ _WASMTIME_VERSION = importlib.metadata.version("wasmtime")
 
 _RUN_EXPORT = "run-batch"
 _DESCRIBE_EXPORT = "describe"
+_LOAD_SOURCE_EXPORT = "load-source"
+_WASM_MAGIC = b"\0asm"
 _MIB = 1 << 20
 # Instantiating runs the component's start code; it is quick, but must not run unbounded either.
 _INSTANTIATE_S = 10.0
@@ -71,6 +79,9 @@ _SAME_PARAMS = _REQUEST_HEADER + marshal.dumps(None, 2)
 # The linear memory a UDF instance starts with: componentize-py's CPython snapshot (199 pages, ~12.4 MiB,
 # measured with componentize-py 0.25.1), rounded up.
 _GUEST_BASELINE = 16 * _MIB
+# The same for the shared interpreter, whose snapshot holds the pre-imported standard library too (the
+# smallest limit it instantiates with measured 28 MiB), rounded up.
+_INTERPRETER_BASELINE = 32 * _MIB
 # A deadline no call reaches, for code that drives an _Instance directly (benchmarks/floors.py measures the
 # bare call that way); call_batch always sets one of at most max_call_ms.
 _NO_DEADLINE = 1 << 62
@@ -125,12 +136,24 @@ class _Trap(Exception):
     """A call into the guest failed inside wasmtime (trap, interrupt, exit)."""
 
 
-class _Component:
-    """A compiled component: its exported function's index, its arity, and its instance pool."""
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """A UDF's source, which each new instance of the shared interpreter loads before serving."""
 
-    def __init__(self, runtime: UdfRuntime, sha256: str, component: Component) -> None:
+    text: str
+    filename: str
+
+
+class _Component:
+    """A compiled component: its exported function's index, its arity, and its instance pool. With
+    ``source``, the shared interpreter running that source: a pool of its own, the compiled code shared."""
+
+    def __init__(self, runtime: UdfRuntime, sha256: str, component: Component, source: _Source | None = None) -> None:
         self.sha256 = sha256
         self.component = component
+        self.source = source
+        self.load_index = None if source is None else component.get_export_index(_LOAD_SOURCE_EXPORT)
+        self.baseline = _GUEST_BASELINE if source is None else _INTERPRETER_BASELINE
         run_index = component.get_export_index(_RUN_EXPORT)
         describe_index = component.get_export_index(_DESCRIBE_EXPORT)
         if run_index is None or describe_index is None:
@@ -203,6 +226,12 @@ class _Instance:
         if func is None:
             store.close()
             raise UdfLoadError(f"component {component.sha256[:12]}: `{_RUN_EXPORT}` is not a function")
+        if component.source is not None:
+            try:
+                _load_source(store, instance, component, runtime)
+            except BaseException:
+                store.close()
+                raise
         self.store = store
         self.memory_limit = memory_limit
         self._instance = instance
@@ -269,6 +298,42 @@ class _Instance:
 
     def close(self) -> None:
         self.store.close()
+
+
+def _load_source(store: Store, instance: Any, component: _Component, runtime: UdfRuntime) -> None:
+    """Hand a new interpreter instance its UDF's source; its module-level code runs now, within
+    ``max_call_ms``. Raises :class:`UdfLoadError` naming file, line and what to change."""
+    source = component.source
+    assert source is not None
+    func = None if component.load_index is None else instance.get_func(store, component.load_index)
+    if func is None:
+        raise UdfLoadError(f"the shared interpreter does not export `{_LOAD_SOURCE_EXPORT}`")
+    store.set_epoch_deadline(_ticks(runtime.max_call_s, runtime.tick_s))
+    try:
+        answer = orjson.loads(func(store, source.text, source.filename))
+    except WasmtimeError as exc:
+        if "wasm trap: interrupt" in str(exc):
+            raise UdfLoadError(
+                f"{source.filename}: module-level code ran past {runtime.max_call_s * 1000:.0f} ms when the "
+                "instance was created: move slow set-up out of import time, or precompute it into a constant"
+            ) from exc
+        raise UdfLoadError(f"{source.filename}: loading the source trapped: {_summary(str(exc))}") from exc
+    if isinstance(answer, dict) and "fatal" in answer:
+        raise UdfLoadError(f"{source.filename}: module-level code ran out of memory when the instance was created")
+    if isinstance(answer, dict) and "error" in answer:
+        kind, message, line = answer["error"]
+        where = f"{source.filename}:{line}" if line else source.filename
+        raise UdfLoadError(f"{where}: {kind}: {message}{_load_hint(kind)}")
+
+
+def _load_hint(kind: str) -> str:
+    if kind in ("ImportError", "ModuleNotFoundError"):
+        return " (a UDF can import the sandbox's standard library only)"
+    if kind == "SyntaxError":
+        return " (fix the syntax at that line)"
+    if kind == "TypeError":
+        return " (define process(value, params) or process(value, params, meta) at top level)"
+    return " (module-level code raised while the instance was created: fix it, or move it into process)"
 
 
 def _offset(struct: type[ctypes.Structure], field: str) -> int:
@@ -409,7 +474,11 @@ class UdfRuntime:
     limit unless a call asks for another; ``max_output_bytes`` bounds what one call may return;
     ``max_call_ms`` is the longest one call into the guest may hold an instance (longer batches are cut
     into several calls); ``max_wait_ms`` bounds the wait for a free instance of a call without a deadline;
-    ``epoch_tick_ms`` is the resolution of deadlines.
+    ``epoch_tick_ms`` is the resolution of deadlines. ``interpreter_dir`` keeps the shared interpreter
+    component and its compiled form (default: the user's cache, see :mod:`.interpreter`), apart from
+    ``cache_dir`` so that a runtime with a temporary cache does not build and compile it again.
+    ``inline_sources`` bounds the sources loaded with :meth:`load_source` kept loaded (least recently
+    loaded first out: they are unloaded, and loaded again when asked for).
     """
 
     def __init__(
@@ -422,12 +491,17 @@ class UdfRuntime:
         max_call_ms: int = 2000,
         max_wait_ms: int = 10_000,
         epoch_tick_ms: int = 1,
+        interpreter_dir: Path | None = None,
+        inline_sources: int = 16,
     ) -> None:
-        if min(pool_size, memory_limit_mb, max_output_bytes, max_call_ms, max_wait_ms, epoch_tick_ms) < 1:
+        limits = (pool_size, memory_limit_mb, max_output_bytes, max_call_ms, max_wait_ms, epoch_tick_ms, inline_sources)
+        if min(limits) < 1:
             raise ValueError(
-                "pool_size, memory_limit_mb, max_output_bytes, max_call_ms, max_wait_ms and epoch_tick_ms must be >= 1"
+                "pool_size, memory_limit_mb, max_output_bytes, max_call_ms, max_wait_ms, epoch_tick_ms and "
+                "inline_sources must be >= 1"
             )
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.interpreter_dir = default_cache_dir() if interpreter_dir is None else Path(interpreter_dir)
         if self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.pool_size = pool_size
@@ -443,6 +517,11 @@ class UdfRuntime:
         self.linker.add_wasip2()
         self._lock = threading.Lock()
         self._components: dict[str, _Component] = {}
+        self._interpreter: tuple[str, Path] | None = None
+        # Inline sources loaded, least recently loaded first (an ordered set).
+        self._inline: dict[str, None] = {}
+        self.inline_sources = inline_sources
+        self._interpreter_lock = threading.Lock()
         self._loading: dict[str, Future[_Component]] = {}
         self._counters = {"compiles": 0, "cache_loads": 0, "instances_created": 0, "instances_discarded": 0}
         self._closed = False
@@ -501,16 +580,48 @@ class UdfRuntime:
 
     # -- loading ---------------------------------------------------------------------------------------
 
-    def load(self, sha256: str, wasm_path: Path) -> int:
+    def load(self, sha256: str, wasm_path: Path, *, filename: str | None = None) -> int:
         """Compile (or map back from the cache) the component ``sha256`` read from ``wasm_path``; the arity of
         its ``process``: 3 when it takes ``meta`` (give :meth:`call_batch` metas then), else 2.
+
+        When the file holds Python source rather than a component, the UDF runs on the shared interpreter
+        (source mode); ``filename`` names its file in errors (default ``udf.py``).
 
         Single-flight: when several threads ask for the same component at once, one loads it and the others
         wait for that result. Raises :class:`UdfLoadError`.
         """
-        return self._component(sha256, wasm_path).arity
+        return self._component(sha256, wasm_path, filename).arity
 
-    def _component(self, sha256: str, wasm_path: Path) -> _Component:
+    def load_source(self, source: str, *, filename: str = "udf.py") -> tuple[str, Path]:
+        """Load ``source`` on the shared interpreter, stored nowhere but under the runtime's cache folder
+        (content-addressed); its sha256 and path, for :meth:`call_batch`. Raises :class:`UdfLoadError`."""
+        data = source.encode("utf-8")
+        sha256 = hashlib.sha256(data).hexdigest()
+        path = self.interpreter_dir / "sources" / f"{sha256}.py"
+        if sha256 not in self._components:
+            if not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomically(path, data)
+            self._component(sha256, path, filename)
+        # An author editing makes a new source (and pool) per save: keep the last few loaded, not all.
+        with self._lock:
+            self._inline.pop(sha256, None)
+            self._inline[sha256] = None
+            evicted = list(self._inline)[: -self.inline_sources]
+            for old in evicted:
+                del self._inline[old]
+        for old in evicted:
+            self.unload(old)
+        return sha256, path
+
+    def interpreter(self) -> tuple[str, Path]:
+        """The shared interpreter component's sha256 and path, built on first use (see :mod:`.interpreter`)."""
+        with self._interpreter_lock:
+            if self._interpreter is None:
+                self._interpreter = interpreter_component(self.interpreter_dir)
+            return self._interpreter
+
+    def _component(self, sha256: str, wasm_path: Path, filename: str | None = None) -> _Component:
         component = self._components.get(sha256)
         if component is not None:
             return component
@@ -527,7 +638,7 @@ class UdfRuntime:
         if not owner:
             return future.result()
         try:
-            component = _Component(self, sha256, self._compiled(sha256, Path(wasm_path)))
+            component = self._new_component(sha256, Path(wasm_path), filename)
         except BaseException as exc:
             with self._lock:
                 del self._loading[sha256]
@@ -544,6 +655,27 @@ class UdfRuntime:
             return future.result()
         future.set_result(component)
         return component
+
+    def _new_component(self, sha256: str, path: Path, filename: str | None) -> _Component:
+        try:
+            with path.open("rb") as fh:
+                magic = fh.read(4)
+        except OSError as exc:
+            raise UdfLoadError(f"cannot read UDF component {path}: {exc}") from exc
+        if magic == _WASM_MAGIC:
+            return _Component(self, sha256, self._compiled(sha256, path))
+        data = path.read_bytes()
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            raise UdfLoadError(f"{path} has sha256 {actual}, expected {sha256}")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UdfLoadError(f"{path} is neither a component nor UTF-8 Python source") from exc
+        interpreter_sha, interpreter_path = self.interpreter()
+        cache = self.interpreter_dir / f"{interpreter_sha}-{_WASMTIME_VERSION}.cwasm"
+        compiled = self._compiled(interpreter_sha, interpreter_path, cache)
+        return _Component(self, sha256, compiled, _Source(text, filename or "udf.py"))
 
     def unload(self, sha256: str, *, drop_compiled: bool = False) -> None:
         """Forget a component (say, its UDF version was deleted): close its idle instances now, busy ones
@@ -564,8 +696,8 @@ class UdfRuntime:
         """Where the compiled form of component ``sha256`` is cached (None without a cache folder)."""
         return None if self.cache_dir is None else self.cache_dir / f"{sha256}-{_WASMTIME_VERSION}.cwasm"
 
-    def _compiled(self, sha256: str, wasm_path: Path) -> Component:
-        cache = self.compiled_path(sha256)
+    def _compiled(self, sha256: str, wasm_path: Path, cache: Path | None = None) -> Component:
+        cache = cache or self.compiled_path(sha256)
         if cache is None:
             return self._compile(sha256, wasm_path, None)
         component = self._cached(cache)
@@ -698,7 +830,8 @@ class UdfRuntime:
         count = len(values)
         apart, batch = _encode_request(params, values, metas, self.max_output_bytes)
         size = len(apart) + len(batch)
-        if limit > _GUEST_BASELINE and 2 * size + _GUEST_BASELINE > limit:
+        baseline = component.baseline
+        if limit > baseline and 2 * size + baseline > limit:
             # Taking the request in needs its bytes twice (the string as received, then as a Python str),
             # and running out there traps inside componentize-py's glue, where no MemoryError can be caught.
             # (A limit below the baseline fails when the instance is created, with its own message.)

@@ -14,6 +14,9 @@ Rules it keeps:
 * Server-side builds are bounded: at most ``BuildLimits.max_concurrent`` at once, a caller waits at most
   ``BuildLimits.queue_timeout_s`` for a slot, then gets :class:`RejectedExecutionError` (HTTP 429). Each
   build's time, memory and output size are bounded by :func:`build_component`; an upload's size here.
+* A version put with ``mode="source"`` is stored as its source only (the source is the artifact, and its
+  sha256 both the record's ``sha256`` and ``source_sha256``): the pre-build checks run, then it loads on the
+  shared interpreter (its module-level code runs there), in milliseconds instead of a build.
 * An artifact is deleted, and its component unloaded from the runtime, once no version uses it and no put
   of the same bytes is in flight.
 """
@@ -32,9 +35,26 @@ from ..definitions import is_valid_name, parse_udf_version
 from ..errors import DefinitionError, PayloadTooLargeError, RejectedExecutionError, UdfLoadError
 from ..storage import UdfRecord
 from .artifacts import ArtifactStore
-from .build import BuildLimits, build_component, is_wasm
+from .build import BuildLimits, build_component, check_source, is_wasm
 
-__all__ = ["PutUdfResult", "UdfCatalog", "UdfLoader", "UdfRef", "UdfStore"]
+__all__ = [
+    "INLINE_NAME",
+    "MODES",
+    "PutUdfResult",
+    "UdfCatalog",
+    "UdfLoader",
+    "UdfRef",
+    "UdfStore",
+    "inline_udf",
+    "record_mode",
+]
+
+#: The name and file name inline source (in ``_execute``) runs under.
+INLINE_NAME = "inline"
+
+#: How a UDF version given as source is stored: built into a component, or kept as source for the shared
+#: interpreter.
+MODES = ("component", "source")
 
 Builder = Callable[..., bytes]
 
@@ -65,7 +85,7 @@ class UdfCatalog(Protocol):
 class UdfLoader(Protocol):
     """What the store needs of the runtime: load a component (raising :class:`UdfLoadError`), forget one."""
 
-    def load(self, sha256: str, wasm_path: Path) -> int: ...
+    def load(self, sha256: str, wasm_path: Path, *, filename: str | None = None) -> int: ...
     def unload(self, sha256: str, *, drop_compiled: bool = False) -> None: ...
 
 
@@ -89,7 +109,10 @@ class UdfStore:
         limits: BuildLimits | None = None,
         builder: Builder = build_component,
         progress: Callable[[str], None] | None = None,
+        default_mode: str = "component",
     ) -> None:
+        _check_mode(default_mode)
+        self.default_mode = default_mode
         self._catalog = catalog
         self._artifacts = artifacts
         self._loader = loader
@@ -104,8 +127,14 @@ class UdfStore:
         # (name, version, sha256) -> its reference; a python stage resolves its UDF on every call.
         self._refs: dict[tuple[str, str, str], UdfRef] = {}
 
-    def put(self, name: str, version: str, source_or_wasm: str | bytes) -> PutUdfResult:
-        """Register ``name@version`` from Python source (built here) or a component's bytes, once it loads."""
+    def put(
+        self, name: str, version: str, source_or_wasm: str | bytes, *, mode: str | None = None
+    ) -> PutUdfResult:
+        """Register ``name@version`` from Python source or a component's bytes, once it loads. Source is
+        built here (``mode="component"``) or kept as source for the shared interpreter (``"source"``);
+        ``mode`` defaults to the store's ``default_mode``."""
+        mode = self.default_mode if mode is None else mode
+        _check_mode(mode)
         _check_name_version(name, version)
         existing = self._catalog.udf_record(name, version)
         source_sha: str | None = None
@@ -126,11 +155,16 @@ class UdfStore:
                 return PutUdfResult(existing, False)
             if existing is not None:
                 raise existing.immutable_error()  # refused before spending a build
-            component = self._build(name, version, source)
-            sha = hashlib.sha256(component).hexdigest()
+            if mode == "source":
+                check_source(source, filename=f"{name}.py")
+                component, sha = source.encode("utf-8"), source_sha
+            else:
+                component = self._build(name, version, source)
+                sha = hashlib.sha256(component).hexdigest()
         if existing is not None:
             raise existing.immutable_error()
-        return self._register(UdfRecord(name, version, sha, len(component), time.time(), source_sha), component)
+        record = UdfRecord(name, version, sha, len(component), time.time(), source_sha)
+        return self._register(record, component)
 
     def _build(self, name: str, version: str, source: str) -> bytes:
         limits = self.limits
@@ -153,7 +187,7 @@ class UdfStore:
         try:
             self._artifacts.put(component)
             try:
-                self._loader.load(sha, self._artifacts.path(sha))
+                self._loader.load(sha, self._artifacts.path(sha), filename=f"{record.name}.py")
             except UdfLoadError as exc:
                 raise UdfLoadError(
                     f"UDF [{record.name}] version [{record.version}] does not load: {exc.message}"
@@ -209,6 +243,30 @@ class UdfStore:
     def latest(self, name: str) -> str:
         """The version ``latest`` (or no version) means now; ``NotFoundError`` when ``name`` has none."""
         return self._catalog.udf(name, None).version
+
+
+class SourceLoader(Protocol):
+    def load_source(self, source: str, *, filename: str = "udf.py") -> tuple[str, Path]: ...
+
+
+def inline_udf(runtime: SourceLoader, source: str) -> UdfRef:
+    """Check ``source`` and load it on the shared interpreter, unregistered (cached by its sha256): a
+    reference a python stage or ``_execute`` can call. Raises UdfBuildError or UdfLoadError naming
+    ``inline.py`` and the line."""
+    filename = f"{INLINE_NAME}.py"
+    check_source(source, filename=filename)
+    sha, path = runtime.load_source(source, filename=filename)
+    return UdfRef(INLINE_NAME, "source", sha, path)
+
+
+def record_mode(record: UdfRecord) -> str:
+    """``source`` for a version stored as its source (its artifact is the source itself), else ``component``."""
+    return "source" if record.sha256 == record.source_sha256 else "component"
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise DefinitionError([("mode", f"[{mode}] is not a UDF mode ({' or '.join(MODES)})")], subject="UDF")
 
 
 def _check_name_version(name: str, version: str) -> None:

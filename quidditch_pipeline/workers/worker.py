@@ -50,6 +50,8 @@ class WorkerConfig:
     memory_limit_mb: int
     max_call_ms: int
     default_udf_timeout_ms: float
+    #: Where the shared interpreter of source-mode UDFs is kept (the parent runtime's ``interpreter_dir``).
+    interpreter_dir: str | None = None
 
 
 def main(conn: Connection, config: WorkerConfig) -> None:
@@ -78,7 +80,11 @@ class _Worker:
         self.registry = Registry(SqliteStorage(config.registry_path))
         cache = None if config.compiled_cache_dir is None else Path(config.compiled_cache_dir)
         self.runtime = UdfRuntime(
-            cache, pool_size=config.pool_size, memory_limit_mb=config.memory_limit_mb, max_call_ms=config.max_call_ms
+            cache,
+            pool_size=config.pool_size,
+            memory_limit_mb=config.memory_limit_mb,
+            max_call_ms=config.max_call_ms,
+            interpreter_dir=None if config.interpreter_dir is None else Path(config.interpreter_dir),
         )
         self.udfs = UdfStore(self.registry, ArtifactStore(Path(config.artifacts_dir)), self.runtime)
         self.stats = StatsRegistry()

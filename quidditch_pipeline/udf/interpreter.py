@@ -1,0 +1,119 @@
+"""The shared interpreter component: one component that runs any UDF's source, given as data.
+
+Built with componentize-py from ``guest/udf_interpreter.py``, the per-UDF shim and, pre-imported at build
+time, the sandbox's standard library (:data:`PRELOADED`), so a UDF in source mode can import what the
+pre-build check allows without files in the sandbox. It is not shipped (~20 MB): it is built on first use,
+once per content of what goes into it (the guest files, the WIT world, the preload list, componentize-py's
+version), and cached under the runtime's cache folder beside the compiled components; processes sharing
+that folder build it once (a file lock). The runtime then compiles it once, like any component.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from .._files import file_lock, write_atomically
+from ..errors import UdfLoadError
+from .build import _UNAVAILABLE_MODULES, componentize
+from .guest_stdlib import GUEST_STDLIB
+
+__all__ = ["PRELOADED", "default_cache_dir", "interpreter_built", "interpreter_component"]
+
+_HERE = Path(__file__).resolve().parent
+_WIT_DIR = _HERE / "wit_source"
+_GUEST_FILES = ("udf_interpreter.py", "udf_guest.py", "udf_source.py")
+_WORLD = "udf-source"
+# Submodules that ``import pkg`` does not load and UDFs commonly import.
+_SUBMODULES = (
+    "collections.abc",
+    "os.path",
+    "urllib.parse",
+    "json.decoder",
+    "json.encoder",
+    "email.utils",
+    "email.message",
+    "html.parser",
+    "xml.etree.ElementTree",
+    "xml.dom.minidom",
+    "importlib.resources",
+    "importlib.metadata",
+    "logging.handlers",
+    "unittest.mock",
+    "zoneinfo._common",
+    "encodings.idna",
+)
+# What the interpreter imports at build time: every module the pre-build check lets a UDF import. Those
+# the sandbox withholds (sockets, processes) are left out: the check refuses them anyway.
+PRELOADED: tuple[str, ...] = tuple(
+    sorted(
+        name
+        for name in GUEST_STDLIB | set(_SUBMODULES)
+        if not any(name == banned or name.startswith(banned + ".") for banned in _UNAVAILABLE_MODULES)
+        and name.partition(".")[0] not in _UNAVAILABLE_MODULES
+    )
+)
+_BUILD_TIMEOUT_S = 600.0
+
+
+def _key() -> str:
+    digest = hashlib.sha256()
+    for name in _GUEST_FILES:
+        digest.update((_HERE / "guest" / name).read_bytes())
+    for wit in sorted(_WIT_DIR.glob("*.wit")):
+        digest.update(wit.read_bytes())
+    digest.update(json.dumps(PRELOADED).encode())
+    digest.update(importlib.metadata.version("componentize-py").encode())
+    return digest.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    """Where the interpreter is kept when the runtime has no cache folder of its own."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "quidditch-pipeline" / "interpreter"
+
+
+def interpreter_built(cache_dir: Path) -> bool:
+    """Whether this release's interpreter is in ``cache_dir`` already (else the first use builds it)."""
+    return _path(cache_dir).is_file()
+
+
+def _path(cache_dir: Path) -> Path:
+    return cache_dir / f"interpreter-{_key()[:32]}.wasm"
+
+
+def interpreter_component(cache_dir: Path) -> tuple[str, Path]:
+    """The shared interpreter's sha256 and path under ``cache_dir``, built there first if missing."""
+    path = _path(cache_dir)
+    if not path.is_file():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with file_lock(cache_dir):
+            if not path.is_file():
+                write_atomically(path, _build())
+    return hashlib.sha256(path.read_bytes()).hexdigest(), path
+
+
+def _build() -> bytes:
+    with tempfile.TemporaryDirectory(prefix="qp-udf-interpreter-") as tmp:
+        root = Path(tmp)
+        app = root / "app"
+        app.mkdir()
+        for name in _GUEST_FILES:
+            shutil.copyfile(_HERE / "guest" / name, app / name)
+        preload = [[name, True] for name in PRELOADED]  # optional: a module that fails to import is skipped
+        (app / "udf_preload.json").write_text(json.dumps(preload), encoding="utf-8")
+        output = root / "interpreter.wasm"
+        try:
+            done = componentize(root, _WIT_DIR, _WORLD, app, "udf_interpreter", output, timeout_s=_BUILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired as exc:
+            raise UdfLoadError(f"building the shared UDF interpreter took over {_BUILD_TIMEOUT_S:g} s") from exc
+        if done.returncode != 0 or not output.is_file():
+            tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-20:])
+            raise UdfLoadError(f"building the shared UDF interpreter failed:\n{tail}")
+        return output.read_bytes()

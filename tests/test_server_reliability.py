@@ -8,7 +8,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import socket
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import uvicorn
 
 from quidditch_pipeline import PipelineService
 from quidditch_pipeline.errors import RejectedExecutionError
@@ -276,3 +280,43 @@ def test_bodies_past_the_in_flight_limit_are_429_and_their_bytes_are_released(st
     assert breaker["limit_size_in_bytes"] == 64_000
     assert client.put(f"/{index}/_doc/1", json={"text": "small"}).status_code == 201
     assert client.get(f"/{index}/_doc/1").json()["_source"] == {"text": "small"}
+
+
+def test_a_request_cut_off_by_a_graceful_shutdown_gets_an_es_shaped_503(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvicorn cancels what still runs when its graceful shutdown times out and would answer plain text."""
+    with PipelineService.open(tmp_path) as service, TantivyBackend(tmp_path) as backend:
+        release = threading.Event()
+
+        def slow_list(**_: object) -> dict[str, Any]:
+            release.wait(30)  # a request still running when the shutdown's grace runs out
+            return {"total": 0, "pipelines": []}
+
+        monkeypatch.setattr(service, "list_pipelines", slow_list)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        config = uvicorn.Config(
+            create_app(service, backend), log_level="critical", lifespan="off", timeout_graceful_shutdown=0.5
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.01)
+        answer: dict[str, httpx.Response] = {}
+
+        def call() -> None:
+            answer["r"] = httpx.get(f"http://127.0.0.1:{sock.getsockname()[1]}/_pipeline", timeout=30)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        time.sleep(0.3)  # the request is in the route
+        server.should_exit = True
+        caller.join(timeout=30)
+        release.set()
+        thread.join(timeout=30)
+        sock.close()
+    response = answer["r"]
+    error = es_error(response, 503, "node_closed_exception")
+    assert response.headers["content-type"].startswith("application/json") and "shut down" in error["reason"]

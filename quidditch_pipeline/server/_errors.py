@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Sequence
@@ -161,6 +162,14 @@ class UnexpectedErrorGuard:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except asyncio.CancelledError:
+            # uvicorn cancels what is still running when a graceful shutdown times out, then answers a
+            # plain-text 500 itself unless a response has started: answer first, in the ES shape (as
+            # Elasticsearch's node_closed_exception), and let the cancellation go on.
+            if not started:
+                closed = error_body("node_closed_exception", "the server shut down before this request finished", 503)
+                await JsonResponse(closed, status_code=503)(scope, receive, send)
+            raise
         except Exception:
             self.errors.record()
             log.exception("%s %s failed unexpectedly", scope.get("method"), scope.get("path"))

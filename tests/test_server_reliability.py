@@ -213,7 +213,7 @@ def test_an_unexpected_exception_through_asgi_is_es_shaped_too(tmp_path: Path, m
 
 
 def test_any_quidditch_error_answers_its_own_status_and_type(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
-    def busy(*args: object) -> None:
+    def busy(*args: object, **kwargs: object) -> None:
         raise RejectedExecutionError("too many UDF builds at once")
 
     monkeypatch.setattr(stack.service, "put_udf", busy)

@@ -39,8 +39,8 @@ from .mapping import UnmappableResult, map_udf_result
 from .registry import Registry, StoredPipeline
 from .stages import Item, Run, Status
 from .stats import PipelineMetrics, StatsRegistry
-from .storage import MemoryStorage, SqliteStorage, Storage
-from .udf.artifacts import ArtifactStore
+from .storage import MemoryStorage, SqliteStorage, Storage, open_storage
+from .storage.artifacts import artifact_store
 from .udf.build import BuildLimits
 from .udf.runtime import UdfRuntime
 from .udf.store import UdfStore
@@ -105,7 +105,9 @@ class PipelineService:
         self.runtime = runtime or UdfRuntime(
             compiled_cache_dir, pool_size=pool_size, memory_limit_mb=memory_limit_mb, max_call_ms=max_call_ms
         )
-        self.udfs = UdfStore(self.registry, ArtifactStore(artifacts_dir), self.runtime, limits=udf_build_limits)
+        self.udfs = UdfStore(
+            self.registry, artifact_store(storage, artifacts_dir), self.runtime, limits=udf_build_limits
+        )
         self.stats_registry = StatsRegistry()
         self._clock = clock
         self._build_ctx = BuildContext(self.udfs, self.runtime, default_udf_timeout_ms)
@@ -135,13 +137,16 @@ class PipelineService:
                 raise
 
     @classmethod
-    def open(cls, data_dir: str | Path, **options: Any) -> PipelineService:
+    def open(cls, data_dir: str | Path, *, registry: str | None = None, **options: Any) -> PipelineService:
         """A durable service under ``data_dir``: ``registry.sqlite``, ``udfs/`` (components) and
-        ``compiled/`` (wasmtime's compiled artifacts, keyed by sha256 and wasmtime version)."""
+        ``compiled/`` (wasmtime's compiled artifacts, keyed by sha256 and wasmtime version).
+
+        ``registry="postgresql://…"`` keeps the registry (and the components) in that PostgreSQL database
+        instead, shared with every node opened on it; ``udfs/`` and ``compiled/`` are then this node's caches."""
         root = Path(data_dir)
         root.mkdir(parents=True, exist_ok=True)
         return cls(
-            SqliteStorage(root / "registry.sqlite"),
+            open_storage(registry, root),
             root / "udfs",
             compiled_cache_dir=root / "compiled",
             **options,

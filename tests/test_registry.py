@@ -1,9 +1,11 @@
-"""The registry over in-memory storage: revisions, associations, references, cycles, UDF versions."""
+"""The registry over both durable back-ends (SQLite, PostgreSQL): revisions, associations, references, cycles,
+UDF versions."""
 
 from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import pytest
 from quidditch_pipeline.definitions import PipelineDefinition, PipelineType, parse_definition
 from quidditch_pipeline.errors import ConflictError, DefinitionError, NotFoundError
 from quidditch_pipeline.registry import Registry
-from quidditch_pipeline.storage import MemoryStorage, SqliteStorage, UdfRecord
+from quidditch_pipeline.storage import MemoryStorage, PostgresStorage, SqliteStorage, Storage, UdfRecord
 
 DOC = PipelineType.DOCUMENT
 QUERY = PipelineType.QUERY
@@ -27,9 +29,17 @@ class FakeClock:
         return float(next(self._ticks))
 
 
-@pytest.fixture
-def reg() -> Registry:
-    return Registry(MemoryStorage(), now=FakeClock())
+@pytest.fixture(params=["sqlite", "postgres"])
+def reg(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Registry]:
+    """A registry on each durable back-end: the same rules hold on both."""
+    storage: Storage
+    if request.param == "sqlite":
+        storage = SqliteStorage(tmp_path / "registry.sqlite")
+    else:
+        storage = PostgresStorage(request.getfixturevalue("postgres_dsn"))
+    registry = Registry(storage, now=FakeClock())
+    yield registry
+    registry.close()
 
 
 def definition(

@@ -31,8 +31,8 @@ def router(ctx: AppContext) -> APIRouter:
 
     @route(router, ["GET"], "/_nodes/stats", responses=responses(OpenBody))
     def node_stats() -> dict[str, Any]:
-        """The in-flight requests breaker and the count of unexpected errors (answered 500), in the shape of
-        Elasticsearch's node stats."""
+        """The in-flight requests breaker, the count of unexpected errors (answered 500) and the registry's
+        health (back-end, connected, the change id in force), in the shape of Elasticsearch's node stats."""
         name = socket.gethostname()
         return {
             "_nodes": {"total": 1, "successful": 1, "failed": 0},
@@ -42,6 +42,7 @@ def router(ctx: AppContext) -> APIRouter:
                     "name": name,
                     "breakers": {"in_flight_requests": ctx.breaker.stats()},
                     "http": {"unexpected_errors": ctx.unexpected.count},
+                    "registry": ctx.service.registry.status(),
                 }
             },
         }

@@ -195,13 +195,16 @@ class PipelineService:
         result = self.registry.put(definition)
         with self._lock:
             self._compiled.pop(result.name, None)
-        return {
+        answer = {
             "acknowledged": True,
             "name": result.name,
             "version": result.version,
             "revision": result.revision,
             "created": result.created,
         }
+        if result.change is not None:  # a shared registry: other nodes can wait for it (GET /_cluster/health)
+            answer["change"] = result.change
+        return answer
 
     def get_pipeline(self, name: str, revision: int | None = None) -> dict[str, Any]:
         return _stored_dict(self.registry.get(name, revision))

@@ -55,15 +55,21 @@ def test_nodes_share_pipelines_and_survive_a_database_restart(tmp_path: Path, po
         ServerProcess(tmp_path / "a" / "data", extra=extra) as a,
         ServerProcess(tmp_path / "b" / "data", extra=extra) as b,
     ):
-        assert httpx.put(f"{a.url}/_pipeline/p", json=pipeline("one"), timeout=10).status_code == 200
+        put = httpx.put(f"{a.url}/_pipeline/p", json=pipeline("one"), timeout=10)
+        assert put.status_code == 200, put.text
         httpx.put(f"{b.url}/products", json={}, timeout=10).raise_for_status()
-        eventually(lambda: httpx.get(f"{b.url}/_pipeline/p", timeout=5).status_code == 200, 2)
+        health = httpx.get(f"{b.url}/_cluster/health", params={"wait_for_change": put.json()["change"]}, timeout=10)
+        assert health.status_code == 200 and health.json()["status"] == "green", health.text
+        not_yet = put.json()["change"] + 1000
+        late = httpx.get(f"{b.url}/_cluster/health?wait_for_change={not_yet}&timeout=100ms", timeout=10)
+        assert late.status_code == 408 and late.json()["timed_out"] is True
         assert bulk(b.url, "1")["by"] == "one"
         assert registry_status(b.url)["connected"] is True
 
         postgres_fixtures.stop()
         try:
             eventually(lambda: registry_status(a.url)["connected"] is False)
+            assert httpx.get(f"{a.url}/_cluster/health", timeout=10).json()["status"] == "yellow"
             assert bulk(b.url, "2")["by"] == "one"  # documents keep flowing with the cached pipeline
             refused = httpx.put(f"{a.url}/_pipeline/p", json=pipeline("two"), timeout=30)
             assert refused.status_code == 503, refused.text

@@ -57,3 +57,25 @@ def test_a_listener_that_lost_its_connection_catches_up_on_what_it_missed(postgr
     finally:
         a.close()
         b.close()
+
+
+def test_worker_processes_read_the_shared_registry_and_fetch_the_components(
+    tmp_path: Path, postgres_dsn: str, udf_builds: UdfBuilds, udf_runtime: UdfRuntime
+) -> None:
+    component = udf_builds.get("price_band")
+    with PipelineService.open(tmp_path / "a", registry=postgres_dsn, runtime=udf_runtime) as a:
+        a.put_udf("price_band", "1.0.0", component.wasm)
+        stage = {"name": "band", "type": "python", "config": {"udf_name": "price_band"}}
+        a.put_pipeline({"name": "bands", "version": "1.0.0", "type": "document", "stages": [stage]})
+        a.associate("products", "document", "bands")
+        # The session's compiled cache: the worker maps the compiled component instead of compiling it again.
+        with PipelineService(
+            PostgresStorage(postgres_dsn), tmp_path / "b" / "udfs", compiled_cache_dir=udf_runtime.cache_dir, workers=1
+        ) as b:
+            outcomes = b.process_documents("products", [("1", {"price": 10}), ("2", {"price": 900})])
+            assert [(o.status, o.source) for o in outcomes] == [
+                ("success", {"price": 10, "price_band": "budget"}),
+                ("success", {"price": 900, "price_band": "premium"}),
+            ]
+            assert b.workers()[0]["batches"] >= 1
+            assert (tmp_path / "b" / "udfs" / f"{component.sha256}.wasm").read_bytes() == component.wasm

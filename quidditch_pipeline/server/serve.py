@@ -114,8 +114,7 @@ def run(args: argparse.Namespace) -> int:
     token = args.admin_token or os.environ.get(TOKEN_ENV) or None
     data_dir: Path = args.data_dir
     registry = args.registry or os.environ.get(REGISTRY_ENV) or None
-    # Worker processes read the registry from its SQLite file: with a shared registry, pipelines run here.
-    workers = (0 if registry else usable_cores()) if args.workers is None else args.workers
+    workers = usable_cores() if args.workers is None else args.workers
     try:
         service = PipelineService.open(data_dir, registry=registry, workers=workers)
     except (QuidditchError, ValueError) as exc:

@@ -25,11 +25,15 @@ __all__ = [
 ]
 
 
-def open_storage(registry: str | None, data_dir: Path) -> Storage:
-    """The store a service opens: ``registry.sqlite`` under ``data_dir`` (``registry`` None), or the
-    PostgreSQL database a ``postgresql://`` (or ``postgres://``) URL names."""
-    if registry is None:
-        return SqliteStorage(data_dir / "registry.sqlite")
-    if registry.startswith(("postgresql://", "postgres://")):
+def open_storage(registry: str | None, data_dir: Path | None) -> Storage:
+    """The store a service opens: the PostgreSQL database a ``postgresql://`` (or ``postgres://``) URL names;
+    else ``registry.sqlite`` under ``data_dir`` (``registry`` None), or the SQLite file ``registry`` names."""
+    if registry is not None and registry.startswith(("postgresql://", "postgres://")):
         return PostgresStorage(registry)
-    raise ValueError(f"registry: [{registry}] is not a postgresql:// URL (leave it unset for SQLite)")
+    if registry is None:
+        if data_dir is None:
+            raise ValueError("registry: give a postgresql:// URL, a SQLite file or a data directory")
+        return SqliteStorage(data_dir / "registry.sqlite")
+    if "://" in registry:
+        raise ValueError(f"registry: [{registry}] is not a postgresql:// URL (leave it unset for SQLite)")
+    return SqliteStorage(registry)

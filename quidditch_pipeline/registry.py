@@ -76,14 +76,19 @@ class Registry:
         self._udfs = state.udfs
         # name -> versions in semantic-version order, and name -> what `latest` means, replaced whole on every
         # UDF change: :meth:`udf` reads them (and ``_udfs``) per call without the lock, and a read then is the
-        # old value or the new one.
-        self._udf_versions: dict[str, tuple[str, ...]] = {}
-        self._udf_latest: dict[str, UdfRecord] = {}
+        # old value or the new one. Built aside and then assigned, so a refresh never shows them half-filled.
         grouped: dict[str, list[str]] = {}
-        for udf_name, udf_version in self._udfs:
+        for udf_name, udf_version in state.udfs:
             grouped.setdefault(udf_name, []).append(udf_version)
+        udf_versions: dict[str, tuple[str, ...]] = {}
+        udf_latest: dict[str, UdfRecord] = {}
         for udf_name, versions in grouped.items():
-            self._set_udf_versions(udf_name, versions)
+            ordered, latest = _ordered(versions)
+            if latest is not None:
+                udf_versions[udf_name] = ordered
+                udf_latest[udf_name] = state.udfs[(udf_name, latest)]
+        self._udf_versions = udf_versions
+        self._udf_latest = udf_latest
         self._changed.notify_all()
 
     def refresh(self) -> None:
@@ -377,8 +382,7 @@ class Registry:
 
     def _set_udf_versions(self, name: str, versions: list[str]) -> None:
         """Replace ``name``'s version list and ``latest`` (under the lock, or before anyone reads)."""
-        ordered = tuple(sorted(versions, key=parse_semver))
-        latest = latest_version(ordered)
+        ordered, latest = _ordered(versions)
         if latest is None:
             # The versions first: a reader that still sees the old ones then still finds their record.
             self._udf_versions.pop(name, None)
@@ -452,3 +456,9 @@ class Registry:
 
     def close(self) -> None:
         self._storage.close()
+
+
+def _ordered(versions: list[str]) -> tuple[tuple[str, ...], str | None]:
+    """``versions`` in semantic-version order, and the one ``latest`` means (None when there is none)."""
+    ordered = tuple(sorted(versions, key=parse_semver))
+    return ordered, latest_version(ordered)

@@ -290,7 +290,7 @@ class PostgresStorage:
                         for notify in conn.notifies(timeout=0.5):
                             self._last_notified = int(notify.payload)
                             on_change(self._last_notified)
-            except (psycopg.Error, StorageError) as exc:
+            except Exception as exc:  # whatever failed (the connection, a re-read), listening must go on
                 self._last_error = str(exc).strip() or type(exc).__name__
                 if self._connected:
                     logger.warning("registry database at %s lost: %s", self.where, self._last_error)

@@ -167,6 +167,7 @@ def test_a_registry_view_keeps_nothing_the_database_did_not_commit(postgres_dsn:
         with pytest.raises(StorageError):
             reg.put(definition("p"))
         assert not reg.exists("p")
+        assert reg.status()["change"] == 0  # the view's change id is the last one the database committed
         assert reg.status()["change"] == 0
     finally:
         reg.close()
@@ -336,7 +337,6 @@ def test_a_value_sqlite_cannot_store_is_refused_cleanly(tmp_path: Path) -> None:
         with pytest.raises((DefinitionError, StorageError)):
             reg.put(definition("p", metadata={"n": 2**70}))
         assert not reg.exists("p")
-        assert reg.status()["change"] == 0
     finally:
         reg.close()
 

@@ -26,6 +26,8 @@
      ├── WorkerError            a pipeline worker process died or hung while it held the item (HTTP 503:
      │                          the item was not processed; sending it again is safe)
      ├── StorageError           the durable store could not be read or written
+ │    └── StorageUnavailableError  the shared registry database is unreachable: changes are refused
+ │                          (HTTP 503) while what is cached keeps serving
      ├── AuthenticationError    an admin route was called without the admin token (HTTP 401)
      ├── PayloadTooLargeError   a request is larger than the server's limits allow (HTTP 413)
      ├── RequestTimeoutError    a request body did not arrive within the server's read deadline (HTTP 408)
@@ -58,6 +60,7 @@ __all__ = [
     "StageTimeoutError",
     "StageUnavailableError",
     "StorageError",
+    "StorageUnavailableError",
     "UdfBuildError",
     "UdfCallError",
     "UdfError",
@@ -319,6 +322,13 @@ class StorageError(QuidditchError):
 
     error_type = "storage_exception"
     status = 500
+
+
+class StorageUnavailableError(StorageError):
+    """The shared registry database cannot be reached: a change is refused; sending it again later is safe."""
+
+    error_type = "storage_unavailable_exception"
+    status = 503
 
 
 class AuthenticationError(QuidditchError):

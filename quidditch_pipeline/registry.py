@@ -1,7 +1,12 @@
 """The registry: pipelines with their revision history, index associations and UDF versions.
 
 Thread-safe: one lock orders every change, and each change is written to :mod:`storage` (one transaction)
-before it becomes visible in memory. Everything a definition refers to is resolved when it is stored:
+before it becomes visible in memory. On a store that other nodes write too (PostgreSQL), each change is
+checked and written inside the store's transaction, under its registry-wide lock, against the store's
+current state: the view is re-read first when another node changed it. Their changes reach this view
+through the store's notifications (:meth:`Registry.refresh`); :meth:`Registry.wait_for_change` waits until a
+change id (the ``change`` of a :class:`PutResult`, or ``status()["change"]`` on the node that made it) is in
+force here. Everything a definition refers to is resolved when it is stored:
 ``pipeline`` stage targets exist and are of the same type, no cycle is closed (the message prints it:
 ``a -> b -> a``), and every ``python`` stage names a registered UDF (and version, when pinned).
 
@@ -14,14 +19,16 @@ cannot serve a deleted definition. ``latest`` of a UDF is its highest release (s
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from .definitions import PipelineDefinition, PipelineType, latest_version, parse_definition, parse_semver
-from .errors import ConflictError, DefinitionError, NotFoundError
-from .storage import Revision, Storage, UdfRecord
+from .errors import ConflictError, DefinitionError, NotFoundError, StorageError
+from .storage import Revision, SharedStorage, Storage, StoredState, UdfRecord
 
 __all__ = ["PutResult", "Registry", "StoredPipeline", "final_kind"]
 
@@ -47,6 +54,8 @@ class PutResult:
     version: str
     revision: int
     created: bool
+    #: The store's change id this put was committed as (None on a store only this process writes).
+    change: int | None = None
 
 
 class Registry:
@@ -54,11 +63,17 @@ class Registry:
         self._storage = storage
         self._now = now
         self._lock = threading.RLock()
-        self._adopt()
+        self._changed = threading.Condition(self._lock)
+        with self._lock:
+            self._adopt(storage.load())
+        if isinstance(storage, SharedStorage):
+            storage.watch(self._on_change)
 
-    def _adopt(self) -> None:
-        """Take the stored state as this registry's view (at start-up, and on :meth:`refresh`)."""
-        state = self._storage.load()
+    def _adopt(self, state: StoredState) -> None:
+        """Take ``state`` as this registry's view (at start-up, on :meth:`refresh`, and when a change finds
+        that another node changed the store)."""
+        #: The store's change id this view includes (None: a store only this process writes).
+        self._change_id = state.change
         # Parsed definitions are keyed by (name, revision); re-read with the rest, so a refresh trusts nothing
         # it parsed before.
         self._parsed: dict[tuple[str, int], PipelineDefinition] = {}
@@ -68,29 +83,114 @@ class Registry:
         self._udfs = state.udfs
         # name -> versions in semantic-version order, and name -> what `latest` means, replaced whole on every
         # UDF change: :meth:`udf` reads them (and ``_udfs``) per call without the lock, and a read then is the
-        # old value or the new one.
-        self._udf_versions: dict[str, tuple[str, ...]] = {}
-        self._udf_latest: dict[str, str] = {}
+        # old value or the new one. Built aside and then assigned, so a refresh never shows them half-filled.
         grouped: dict[str, list[str]] = {}
-        for udf_name, udf_version in self._udfs:
+        for udf_name, udf_version in state.udfs:
             grouped.setdefault(udf_name, []).append(udf_version)
+        udf_versions: dict[str, tuple[str, ...]] = {}
+        udf_latest: dict[str, UdfRecord] = {}
         for udf_name, versions in grouped.items():
-            self._set_udf_versions(udf_name, versions)
+            ordered, latest = _ordered(versions)
+            if latest is not None:
+                udf_versions[udf_name] = ordered
+                udf_latest[udf_name] = state.udfs[(udf_name, latest)]
+        self._udf_versions = udf_versions
+        self._udf_latest = udf_latest
+        self._changed.notify_all()
 
     def refresh(self) -> None:
-        """Re-read the storage: what another process (the parent of a pipeline worker) stored since."""
+        """Re-read the storage: what another process (the parent of a pipeline worker, another node) stored."""
+        if self._change_id is None:
+            with self._lock:
+                self._adopt(self._storage.load())
+            return
+        state = self._storage.load()  # outside the lock: a slow read does not hold up this node's changes
         with self._lock:
-            self._adopt()
+            current = self._change_id
+            if state.change is not None and current is not None and state.change <= current:
+                return  # this view has it already (or is newer: a change of this node committed meanwhile)
+            self._adopt(state)
+
+    def _on_change(self, change: int | None) -> None:
+        """The store says ``change`` was committed (``None``: something may have been missed)."""
+        current = self._change_id
+        if change is not None and current is not None and change <= current:
+            return  # this node's own change, or one it has read already
+        self.refresh()
+
+    def wait_for_change(self, change: int, timeout_s: float) -> bool:
+        """Wait until this view includes the store's change ``change``; False when ``timeout_s`` passed first.
+        (Always True on a store only this process writes: every change is in force when it returns.)"""
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: self._change_id is None or self._change_id >= change, timeout=timeout_s
+            )
+
+    def status(self) -> dict[str, Any]:
+        """The health of this registry: its back-end, whether it is reachable, and the change id in force."""
+        out: dict[str, Any] = {"backend": "embedded", "connected": True}
+        if isinstance(self._storage, SharedStorage):
+            out = self._storage.status()
+        out["change"] = self._change_id
+        return out
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[list[int | None]]:
+        """Make one change: under this registry's lock and the store's transaction, checked against the
+        store's current state. Yields a list that holds the committed change id once the block has left.
+
+        If the store fails (the database went away, a write or the commit failed), the view is put back as
+        it was: nothing the store did not commit stays visible.
+        """
+        with self._lock:
+            saved = self._snapshot()
+            committed: list[int | None] = []
+            try:
+                with self._storage.transaction() as change:
+                    if change.seen is not None and change.seen != self._change_id:
+                        self._adopt(self._storage.load())  # another node changed the store: check against it
+                    yield committed
+                self._change_id = change.committed
+                committed.append(change.committed)
+                self._changed.notify_all()
+            except StorageError:
+                self._restore(saved)
+                raise
+
+    def _snapshot(self) -> tuple[Any, ...]:
+        return (
+            self._change_id,
+            dict(self._parsed),
+            dict(self._history),
+            dict(self._marks),
+            dict(self._associations),
+            dict(self._udfs),
+            dict(self._udf_versions),
+            dict(self._udf_latest),
+        )
+
+    def _restore(self, saved: tuple[Any, ...]) -> None:
+        (
+            self._change_id,
+            self._parsed,
+            self._history,
+            self._marks,
+            self._associations,
+            self._udfs,
+            self._udf_versions,
+            self._udf_latest,
+        ) = saved
 
     # --- pipelines ------------------------------------------------------------------------------------------
 
     def put(self, definition: PipelineDefinition, *, if_revision: int | None = None) -> PutResult:
         """Store ``definition`` as the pipeline's next revision (creating the pipeline if it is new).
 
-        ``if_revision``: store only if the pipeline's latest revision is that one (checked under the lock that
-        orders writes, so no other put comes between); :class:`ConflictError` otherwise.
+        ``if_revision``: store only if the pipeline's latest revision is that one, checked under what orders
+        writes (this registry's lock and, on a shared registry, the database's advisory lock, after re-reading
+        what other nodes changed), so no other put comes between; :class:`ConflictError` otherwise.
         """
-        with self._lock:
+        with self._changing() as committed:
             name = definition.name
             history = self._history.get(name, [])
             if if_revision is not None:
@@ -107,7 +207,7 @@ class Registry:
             self._marks[name] = number
             self._history[name] = [*history, revision]
             self._parsed[(name, revision.revision)] = definition
-            return PutResult(name, definition.version, revision.revision, not history)
+        return PutResult(name, definition.version, revision.revision, not history, committed[0])
 
     def check_references(self, definition: PipelineDefinition) -> None:
         """Refuse a definition whose ``pipeline`` targets or UDFs do not resolve, or that closes a cycle."""
@@ -232,7 +332,7 @@ class Registry:
             return list(history)
 
     def delete(self, name: str) -> None:
-        with self._lock:
+        with self._changing():
             if name not in self._history:
                 raise NotFoundError("pipeline", name)
             users = self._users(name)
@@ -256,7 +356,7 @@ class Registry:
         """Make ``name`` the index's pipeline of its type (``final``: its final pipeline, which runs after the
         default or request pipeline and cannot be skipped; documents and queries only)."""
         kind = final_kind(pipeline_type) if final else pipeline_type.value
-        with self._lock:
+        with self._changing():
             stored = self._latest(name)
             if stored is None:
                 raise NotFoundError("pipeline", name)
@@ -271,7 +371,7 @@ class Registry:
 
     def disassociate(self, index: str, pipeline_type: PipelineType, *, final: bool = False) -> None:
         kind = final_kind(pipeline_type) if final else pipeline_type.value
-        with self._lock:
+        with self._changing():
             if (index, kind) not in self._associations:
                 return
             self._storage.set_association(index, kind, None)
@@ -293,7 +393,7 @@ class Registry:
 
     def put_udf(self, record: UdfRecord) -> bool:
         """Record a UDF version; ``False`` when the same bytes are already there. Versions are immutable."""
-        with self._lock:
+        with self._changing():
             existing = self._udfs.get((record.name, record.version))
             if existing is not None:
                 if not existing.same_content(record):
@@ -306,15 +406,16 @@ class Registry:
 
     def _set_udf_versions(self, name: str, versions: list[str]) -> None:
         """Replace ``name``'s version list and ``latest`` (under the lock, or before anyone reads)."""
-        ordered = tuple(sorted(versions, key=parse_semver))
-        latest = latest_version(ordered)
+        ordered, latest = _ordered(versions)
         if latest is None:
             # The versions first: a reader that still sees the old ones then still finds their record.
             self._udf_versions.pop(name, None)
             self._udf_latest.pop(name, None)
             return
         self._udf_versions[name] = ordered
-        self._udf_latest[name] = latest
+        # The record itself, not its version: a reader then needs one lookup, which cannot fall between a
+        # delete's two steps (the new latest set, the deleted record gone).
+        self._udf_latest[name] = self._udfs[(name, latest)]
 
     def udf(self, name: str, version: str | None) -> UdfRecord:
         """``version`` of ``name``, or its ``latest`` (the highest release; the highest pre-release only while
@@ -327,7 +428,7 @@ class Registry:
             latest = self._udf_latest.get(name)
             if latest is None:
                 raise NotFoundError("udf", name)
-            version = latest
+            return latest
         record = self._udfs.get((name, version))
         if record is None:
             if not self.udf_versions(name):
@@ -349,7 +450,7 @@ class Registry:
             return sorted(self._udf_versions)
 
     def delete_udf(self, name: str, version: str) -> UdfRecord:
-        with self._lock:
+        with self._changing():
             record = self._udfs.get((name, version))
             if record is None:
                 raise NotFoundError("udf", f"{name}@{version}")
@@ -379,3 +480,9 @@ class Registry:
 
     def close(self) -> None:
         self._storage.close()
+
+
+def _ordered(versions: list[str]) -> tuple[tuple[str, ...], str | None]:
+    """``versions`` in semantic-version order, and the one ``latest`` means (None when there is none)."""
+    ordered = tuple(sorted(versions, key=parse_semver))
+    return ordered, latest_version(ordered)

@@ -39,8 +39,8 @@ from .mapping import UnmappableResult, map_udf_result
 from .registry import Registry, StoredPipeline
 from .stages import Item, Run, Status
 from .stats import PipelineMetrics, StatsRegistry
-from .storage import MemoryStorage, SqliteStorage, Storage
-from .udf.artifacts import ArtifactStore
+from .storage import MemoryStorage, PostgresStorage, SqliteStorage, Storage, open_storage
+from .storage.artifacts import artifact_store
 from .udf.build import BuildLimits
 from .udf.runtime import UdfRuntime
 from .udf.store import UdfStore, inline_udf, record_mode
@@ -107,7 +107,11 @@ class PipelineService:
             compiled_cache_dir, pool_size=pool_size, memory_limit_mb=memory_limit_mb, max_call_ms=max_call_ms
         )
         self.udfs = UdfStore(
-            self.registry, ArtifactStore(artifacts_dir), self.runtime, limits=udf_build_limits, default_mode=udf_mode
+            self.registry,
+            artifact_store(storage, artifacts_dir),
+            self.runtime,
+            limits=udf_build_limits,
+            default_mode=udf_mode,
         )
         self.stats_registry = StatsRegistry()
         self._clock = clock
@@ -119,11 +123,11 @@ class PipelineService:
         self._search_in_workers = search_in_workers
         self._pool: WorkerPool | None = None
         if workers:
-            if not isinstance(storage, SqliteStorage):
+            if not isinstance(storage, (SqliteStorage, PostgresStorage)):
                 self.close()
                 raise ValueError("workers need a registry they can read: open the service on a data directory")
             config = WorkerConfig(
-                registry_path=str(storage.path),
+                registry=str(storage.path) if isinstance(storage, SqliteStorage) else storage.dsn,
                 artifacts_dir=str(artifacts_dir),
                 compiled_cache_dir=None if self.runtime.cache_dir is None else str(self.runtime.cache_dir),
                 pool_size=self.runtime.pool_size,
@@ -139,13 +143,16 @@ class PipelineService:
                 raise
 
     @classmethod
-    def open(cls, data_dir: str | Path, **options: Any) -> PipelineService:
+    def open(cls, data_dir: str | Path, *, registry: str | None = None, **options: Any) -> PipelineService:
         """A durable service under ``data_dir``: ``registry.sqlite``, ``udfs/`` (components) and
-        ``compiled/`` (wasmtime's compiled artifacts, keyed by sha256 and wasmtime version)."""
+        ``compiled/`` (wasmtime's compiled artifacts, keyed by sha256 and wasmtime version).
+
+        ``registry="postgresql://…"`` keeps the registry (and the components) in that PostgreSQL database
+        instead, shared with every node opened on it; ``udfs/`` and ``compiled/`` are then this node's caches."""
         root = Path(data_dir)
         root.mkdir(parents=True, exist_ok=True)
         return cls(
-            SqliteStorage(root / "registry.sqlite"),
+            open_storage(registry, root),
             root / "udfs",
             compiled_cache_dir=root / "compiled",
             **options,
@@ -212,13 +219,16 @@ class PipelineService:
         result = self.registry.put(definition, if_revision=expected)
         with self._lock:
             self._compiled.pop(result.name, None)
-        return {
+        answer = {
             "acknowledged": True,
             "name": result.name,
             "version": result.version,
             "revision": result.revision,
             "created": result.created,
         }
+        if result.change is not None:  # a shared registry: other nodes can wait for it (GET /_cluster/health)
+            answer["change"] = result.change
+        return answer
 
     def get_pipeline(self, name: str, revision: int | None = None) -> dict[str, Any]:
         return _stored_dict(self.registry.get(name, revision))

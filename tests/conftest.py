@@ -10,7 +10,7 @@ import pytest
 
 from quidditch_pipeline import PipelineService
 
-pytest_plugins = ["tests.udf_fixtures"]
+pytest_plugins = ["tests.udf_fixtures", "tests.postgres_fixtures"]
 
 
 #: Parametrize a test's ``service`` (or ``svc``) fixture with this to run it in-process and through worker

@@ -1,9 +1,12 @@
-"""The registry over in-memory storage: revisions, associations, references, cycles, UDF versions."""
+"""The registry over both durable back-ends (SQLite, PostgreSQL): revisions, associations, references, cycles,
+UDF versions."""
 
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,7 @@ import pytest
 from quidditch_pipeline.definitions import PipelineDefinition, PipelineType, parse_definition
 from quidditch_pipeline.errors import ConflictError, DefinitionError, NotFoundError
 from quidditch_pipeline.registry import Registry
-from quidditch_pipeline.storage import MemoryStorage, SqliteStorage, UdfRecord
+from quidditch_pipeline.storage import MemoryStorage, PostgresStorage, SqliteStorage, Storage, UdfRecord
 
 DOC = PipelineType.DOCUMENT
 QUERY = PipelineType.QUERY
@@ -27,9 +30,17 @@ class FakeClock:
         return float(next(self._ticks))
 
 
-@pytest.fixture
-def reg() -> Registry:
-    return Registry(MemoryStorage(), now=FakeClock())
+@pytest.fixture(params=["sqlite", "postgres"])
+def reg(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Registry]:
+    """A registry on each durable back-end: the same rules hold on both."""
+    storage: Storage
+    if request.param == "sqlite":
+        storage = SqliteStorage(tmp_path / "registry.sqlite")
+    else:
+        storage = PostgresStorage(request.getfixturevalue("postgres_dsn"))
+    registry = Registry(storage, now=FakeClock())
+    yield registry
+    registry.close()
 
 
 def definition(
@@ -610,3 +621,38 @@ def test_latest_survives_a_restart(tmp_path: Path) -> None:
         assert again.udf("f", None).version == "2.0.0"
     finally:
         again.close()
+
+
+def test_udf_lookups_without_the_lock_never_miss_while_the_view_is_refreshed(reg: Registry) -> None:
+    # A node re-reads its whole view whenever another node changes the registry; a python stage resolving its
+    # UDF at that moment must still find it (the version maps are never seen half-filled).
+    for i in range(300):
+        reg.put_udf(udf(f"f{i}", "1.0.0", f"{i:064x}"))
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                for i in (0, 150, 299):
+                    assert reg.udf(f"f{i}", None).sha256 == f"{i:064x}"
+            except BaseException as exc:  # any failure at all is the finding
+                errors.append(exc)
+                return
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often: the window is short
+    try:
+        for thread in readers:
+            thread.start()
+        for _ in range(50):
+            state = reg._storage.load()
+            with reg._lock:
+                reg._adopt(state)  # what refresh() does once it has read the store
+    finally:
+        stop.set()
+        for thread in readers:
+            thread.join()
+        sys.setswitchinterval(interval)
+    assert errors == []

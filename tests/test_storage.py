@@ -1,7 +1,10 @@
-"""Durable storage: SQLite write, close, reopen, equal; and a writer killed with SIGKILL leaves whole pipelines."""
+"""Durable storage: write, close, reopen, equal on both durable back-ends (SQLite, PostgreSQL); a SQLite writer
+killed with SIGKILL leaves whole pipelines; a failed PostgreSQL change leaves no trace, in the database or in
+the registry's view."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -9,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +21,16 @@ import pytest
 from quidditch_pipeline.definitions import PipelineDefinition, PipelineType, parse_definition
 from quidditch_pipeline.errors import ConflictError, DefinitionError, NotFoundError, StorageError
 from quidditch_pipeline.registry import Registry
-from quidditch_pipeline.storage import MemoryStorage, Revision, SqliteStorage, StoredState, UdfRecord
+from quidditch_pipeline.storage import (
+    Change,
+    MemoryStorage,
+    PostgresStorage,
+    Revision,
+    SqliteStorage,
+    Storage,
+    StoredState,
+    UdfRecord,
+)
 
 DOC = PipelineType.DOCUMENT
 QUERY = PipelineType.QUERY
@@ -30,7 +43,23 @@ def definition(name: str, *, type: str = "document", version: str = "1.0.0", **e
     return parse_definition({"name": name, "version": version, "type": type, "stages": stages, **extra})
 
 
-def apply_changes(storage: MemoryStorage | SqliteStorage) -> None:
+@pytest.fixture(params=["sqlite", "postgres"])
+def reopen(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Storage]:
+    """Opens the same durable store again on every call (a restart), on each back-end."""
+    if request.param == "sqlite":
+        return lambda: SqliteStorage(tmp_path / "data" / "registry.sqlite")  # the folder is created
+    dsn = request.getfixturevalue("postgres_dsn")
+    return lambda: PostgresStorage(dsn)
+
+
+def loaded(storage: Storage) -> StoredState:
+    """What ``storage`` holds, without the change id (which only a shared store keeps)."""
+    state = storage.load()
+    state.change = None
+    return state
+
+
+def apply_changes(storage: Storage) -> None:
     """The same sequence of changes, for any storage."""
     storage.add_revision(Revision("a", 1, {"name": "a", "v": 1, "nested": {"list": [1, 2.5, None, "x"]}}, 10.0))
     storage.add_revision(Revision("a", 2, {"name": "a", "v": 2}, 11.5))
@@ -85,30 +114,68 @@ def test_memory_storage_load_is_a_copy() -> None:
     assert storage.load() == EXPECTED
 
 
-def test_sqlite_write_close_reopen_equal(tmp_path: Path) -> None:
-    path = tmp_path / "data" / "registry.sqlite"  # the folder is created
-    storage = SqliteStorage(path)
+def test_write_close_reopen_equal(reopen: Callable[[], Storage]) -> None:
+    storage = reopen()
     apply_changes(storage)
-    assert storage.load() == EXPECTED
+    assert loaded(storage) == EXPECTED
     storage.close()
-    assert path.exists()
 
-    reopened = SqliteStorage(path)
+    reopened = reopen()
     try:
-        assert reopened.load() == EXPECTED
+        assert loaded(reopened) == EXPECTED
     finally:
         reopened.close()
 
 
-def test_sqlite_and_memory_agree(tmp_path: Path) -> None:
+def test_durable_and_memory_agree(reopen: Callable[[], Storage]) -> None:
     memory = MemoryStorage()
-    sqlite = SqliteStorage(tmp_path / "r.sqlite")
+    durable = reopen()
     try:
         apply_changes(memory)
-        apply_changes(sqlite)
-        assert sqlite.load() == memory.load()
+        apply_changes(durable)
+        assert loaded(durable) == memory.load()
     finally:
-        sqlite.close()
+        durable.close()
+
+
+def test_postgres_counts_every_change_and_a_failed_one_leaves_no_trace(postgres_dsn: str) -> None:
+    storage = PostgresStorage(postgres_dsn)
+    try:
+        apply_changes(storage)
+        state = storage.load()
+        assert state.change == 14  # one id per committed change
+        with pytest.raises(StorageError, match="duplicate key"), storage.transaction():
+            storage.set_association("new", "document", "a")
+            storage.add_revision(Revision("a", 1, {"name": "a", "again": True}, 99.0))  # (a, 1) exists
+        assert storage.load() == state
+    finally:
+        storage.close()
+
+
+def test_a_registry_view_keeps_nothing_the_database_did_not_commit(postgres_dsn: str) -> None:
+    class CommitFails(PostgresStorage):
+        """The write goes through, the commit does not (as when the database goes away at that moment)."""
+
+        @contextlib.contextmanager
+        def transaction(self) -> Iterator[Change]:
+            with super().transaction() as change:
+                yield change
+                raise StorageError("connection lost at commit")  # rolls back what the change wrote
+
+    reg = Registry(CommitFails(postgres_dsn))
+    try:
+        with pytest.raises(StorageError):
+            reg.put(definition("p"))
+        assert not reg.exists("p")
+        assert reg.status()["change"] == 0  # the view's change id is the last one the database committed
+        assert reg.status()["change"] == 0
+    finally:
+        reg.close()
+    fresh = PostgresStorage(postgres_dsn)
+    try:
+        assert fresh.load().revisions == {}
+    finally:
+        fresh.close()
 
 
 def test_sqlite_uses_wal(tmp_path: Path) -> None:
@@ -198,14 +265,13 @@ def snapshot(reg: Registry) -> dict[str, Any]:
     }
 
 
-def test_registry_write_close_reopen_equal(tmp_path: Path) -> None:
-    path = tmp_path / "registry.sqlite"
-    reg = Registry(SqliteStorage(path))
+def test_registry_write_close_reopen_equal(reopen: Callable[[], Storage]) -> None:
+    reg = Registry(reopen())
     fill(reg)
     before = snapshot(reg)
     reg.close()
 
-    again = Registry(SqliteStorage(path))
+    again = Registry(reopen())
     try:
         assert snapshot(again) == before
         assert [r.revision for r in again.history("shared")] == [1, 2]
@@ -225,9 +291,8 @@ def test_registry_write_close_reopen_equal(tmp_path: Path) -> None:
         again.close()
 
 
-def test_registry_deletes_survive_a_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "registry.sqlite"
-    reg = Registry(SqliteStorage(path))
+def test_registry_deletes_survive_a_reopen(reopen: Callable[[], Storage]) -> None:
+    reg = Registry(reopen())
     fill(reg)
     reg.disassociate("articles", DOC)
     reg.disassociate("products", QUERY)
@@ -237,7 +302,7 @@ def test_registry_deletes_survive_a_reopen(tmp_path: Path) -> None:
     before = snapshot(reg)
     reg.close()
 
-    again = Registry(SqliteStorage(path))
+    again = Registry(reopen())
     try:
         assert snapshot(again) == before
         assert again.names() == ["main", "shared"]
@@ -249,16 +314,15 @@ def test_registry_deletes_survive_a_reopen(tmp_path: Path) -> None:
         again.close()
 
 
-def test_a_null_processor_value_survives_a_reopen(tmp_path: Path) -> None:
+def test_a_null_processor_value_survives_a_reopen(reopen: Callable[[], Storage]) -> None:
     # {"processor": "set", "value": null} is valid; the stored form must parse again after a restart.
-    path = tmp_path / "registry.sqlite"
     nulling = definition(
         "p", stages=[{"name": "n", "type": "native", "config": {"processor": "set", "field": "x", "value": None}}]
     )
-    reg = Registry(SqliteStorage(path))
+    reg = Registry(reopen())
     reg.put(nulling)
     reg.close()
-    again = Registry(SqliteStorage(path))
+    again = Registry(reopen())
     try:
         assert again.get("p").definition == nulling
     finally:
@@ -460,12 +524,14 @@ def test_a_full_disk_refuses_the_write_and_keeps_every_acknowledged_one(tmp_path
         reopened.close()
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
-def test_a_recreated_pipeline_continues_its_revisions_across_a_restart(tmp_path: Path, kind: str) -> None:
+@pytest.mark.parametrize("kind", ["memory", "durable"])
+def test_a_recreated_pipeline_continues_its_revisions_across_a_restart(
+    reopen: Callable[[], Storage], kind: str
+) -> None:
     memory = MemoryStorage()
 
-    def open_storage() -> MemoryStorage | SqliteStorage:
-        return memory if kind == "memory" else SqliteStorage(tmp_path / "registry.sqlite")
+    def open_storage() -> Storage:
+        return memory if kind == "memory" else reopen()
 
     reg = Registry(open_storage())
     assert [reg.put(definition("p")).revision for _ in range(3)] == [1, 2, 3]

@@ -31,6 +31,7 @@ from .engine import TantivyBackend
 __all__ = ["main", "register", "run", "usable_cores"]
 
 TOKEN_ENV = "QUIDDITCH_ADMIN_TOKEN"
+REGISTRY_ENV = "QUIDDITCH_REGISTRY"
 #: How long a shutdown waits for in-flight requests by default: a server-side UDF build plus its load takes
 #: ~12 s on a quiet machine of this class and ~50 s on a loaded one, and a build cut off is work thrown away.
 GRACEFUL_SHUTDOWN_S = 120.0
@@ -58,6 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--admin-token",
         default=None,
         help=f"require 'Authorization: Bearer TOKEN' on admin routes (default: ${TOKEN_ENV})",
+    )
+    parser.add_argument(
+        "--registry",
+        default=None,
+        help="a postgresql:// URL: keep the registry there, shared by every node started on it "
+        f"(default: ${REGISTRY_ENV}, else SQLite under --data-dir)",
     )
     defaults = ServerLimits()
     parser.add_argument(
@@ -120,11 +127,12 @@ def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True, soft_wrap=True)
     token = args.admin_token or os.environ.get(TOKEN_ENV) or None
     data_dir: Path = args.data_dir
+    registry = args.registry or os.environ.get(REGISTRY_ENV) or None
+    workers = usable_cores() if args.workers is None else args.workers
     try:
-        workers = usable_cores() if args.workers is None else args.workers
-        service = PipelineService.open(data_dir, workers=workers, udf_mode=args.udf_mode)
-    except QuidditchError as exc:
-        console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        service = PipelineService.open(data_dir, registry=registry, workers=workers, udf_mode=args.udf_mode)
+    except (QuidditchError, ValueError) as exc:
+        console.print(f"[bold red]error:[/] {getattr(exc, 'message', exc)}", highlight=False)
         return 1
     with service:
         try:

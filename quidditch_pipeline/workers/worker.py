@@ -1,6 +1,7 @@
 """A pipeline worker process: it opens the data directory, then runs the batches its parent sends, one at a time.
 
-The worker reads the registry's SQLite (WAL: many readers beside the parent's writes), the UDF components and
+The worker reads the registry (SQLite in WAL mode: many readers beside the parent's writes; or the shared
+PostgreSQL registry, fetching the components it lacks), the UDF components and
 the shared compiled cache (``deserialize_file`` maps the file, so the compiled code's pages are shared between
 processes). It is told, with every batch, the exact revision of each pipeline the batch may run and the UDF
 versions the parent resolved; when its own view of the registry is older, it re-reads the storage first.
@@ -30,8 +31,8 @@ from ..executor import CompiledPipeline, validate_input
 from ..registry import Registry
 from ..stages import Item, Run, Status
 from ..stats import StatsRegistry
-from ..storage import SqliteStorage
-from ..udf.artifacts import ArtifactStore
+from ..storage import open_storage
+from ..storage.artifacts import artifact_store
 from ..udf.runtime import UdfRuntime
 from ..udf.store import UdfStore
 from . import _wire
@@ -43,7 +44,8 @@ __all__ = ["WorkerConfig", "main", "parse_input", "run_from_argv"]
 class WorkerConfig:
     """What a worker needs to open the data directory as its parent did (plain values: sent at spawn)."""
 
-    registry_path: str
+    #: The SQLite file's path, or the shared registry's ``postgresql://`` URL.
+    registry: str
     artifacts_dir: str
     compiled_cache_dir: str | None
     pool_size: int
@@ -77,7 +79,8 @@ def main(conn: Connection, config: WorkerConfig) -> None:
 
 class _Worker:
     def __init__(self, config: WorkerConfig) -> None:
-        self.registry = Registry(SqliteStorage(config.registry_path))
+        storage = open_storage(config.registry, None)
+        self.registry = Registry(storage)
         cache = None if config.compiled_cache_dir is None else Path(config.compiled_cache_dir)
         self.runtime = UdfRuntime(
             cache,
@@ -86,7 +89,7 @@ class _Worker:
             max_call_ms=config.max_call_ms,
             interpreter_dir=None if config.interpreter_dir is None else Path(config.interpreter_dir),
         )
-        self.udfs = UdfStore(self.registry, ArtifactStore(Path(config.artifacts_dir)), self.runtime)
+        self.udfs = UdfStore(self.registry, artifact_store(storage, Path(config.artifacts_dir)), self.runtime)
         self.stats = StatsRegistry()
         self._ctx = BuildContext(self.udfs, self.runtime, config.default_udf_timeout_ms)
         # (name, revision, created_at) -> built; the time tells apart a revision 1 of a re-created pipeline.

@@ -1,4 +1,4 @@
-"""Durable storage behind the registry: a small interface, SQLite by default, in-memory for tests.
+"""The embedded default store: the registry in one SQLite file under the data directory.
 
 SQLite runs in WAL mode with ``synchronous=FULL`` and one transaction per change: a change is acknowledged
 only once its WAL frames are fsynced, so it survives a power loss, and a process killed in the middle of
@@ -14,109 +14,16 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
-from .errors import ConflictError, StorageError
+from ..errors import StorageError
+from .base import Change, Revision, StoredState, UdfRecord
 
-__all__ = ["MemoryStorage", "Revision", "SqliteStorage", "Storage", "StoredState", "UdfRecord"]
-
-
-@dataclass(frozen=True, slots=True)
-class Revision:
-    name: str
-    revision: int
-    definition: dict[str, Any]
-    created_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class UdfRecord:
-    name: str
-    version: str
-    sha256: str
-    size: int
-    created_at: float
-    #: sha256 of the Python source the component was built from (None for an uploaded component).
-    source_sha256: str | None = None
-
-    def same_content(self, other: UdfRecord) -> bool:
-        """True when ``other`` registers what this record does: the same bytes, or built from the same source."""
-        return self.sha256 == other.sha256 or (
-            other.source_sha256 is not None and self.source_sha256 == other.source_sha256
-        )
-
-    def immutable_error(self) -> ConflictError:
-        """The error for registering other content under this record's name and version."""
-        return ConflictError(
-            f"UDF [{self.name}] version [{self.version}] already exists with other content "
-            f"(sha256 {self.sha256[:12]}…); versions are immutable, register a new version"
-        )
-
-
-@dataclass(slots=True)
-class StoredState:
-    revisions: dict[str, list[Revision]] = field(default_factory=dict)
-    associations: dict[tuple[str, str], str] = field(default_factory=dict)
-    udfs: dict[tuple[str, str], UdfRecord] = field(default_factory=dict)
-    #: The highest revision each pipeline name has ever had, deleted pipelines included.
-    revision_marks: dict[str, int] = field(default_factory=dict)
-
-
-class Storage(Protocol):
-    """What the registry needs of a durable store. Each write is atomic on its own.
-
-    ``add_revision`` also raises the name's revision mark; ``delete_pipeline`` keeps it.
-    """
-
-    def load(self) -> StoredState: ...
-    def add_revision(self, revision: Revision) -> None: ...
-    def delete_pipeline(self, name: str) -> None: ...
-    def set_association(self, index: str, pipeline_type: str, name: str | None) -> None: ...
-    def put_udf(self, record: UdfRecord) -> None: ...
-    def delete_udf(self, name: str, version: str) -> None: ...
-    def close(self) -> None: ...
-
-
-class MemoryStorage:
-    """Keeps nothing past the process; for unit tests and throw-away services."""
-
-    def __init__(self) -> None:
-        self._state = StoredState()
-
-    def load(self) -> StoredState:
-        return StoredState(
-            {k: list(v) for k, v in self._state.revisions.items()},
-            dict(self._state.associations),
-            dict(self._state.udfs),
-            dict(self._state.revision_marks),
-        )
-
-    def add_revision(self, revision: Revision) -> None:
-        self._state.revisions.setdefault(revision.name, []).append(revision)
-        marks = self._state.revision_marks
-        marks[revision.name] = max(marks.get(revision.name, 0), revision.revision)
-
-    def delete_pipeline(self, name: str) -> None:
-        self._state.revisions.pop(name, None)
-
-    def set_association(self, index: str, pipeline_type: str, name: str | None) -> None:
-        if name is None:
-            self._state.associations.pop((index, pipeline_type), None)
-        else:
-            self._state.associations[(index, pipeline_type)] = name
-
-    def put_udf(self, record: UdfRecord) -> None:
-        self._state.udfs[(record.name, record.version)] = record
-
-    def delete_udf(self, name: str, version: str) -> None:
-        self._state.udfs.pop((name, version), None)
-
-    def close(self) -> None:
-        """Nothing to release: the state lives and dies with this object."""
+__all__ = ["SqliteStorage"]
 
 
 _SCHEMA = """
@@ -218,6 +125,10 @@ class SqliteStorage:
         state.udfs = {(row[0], row[1]): UdfRecord(*row) for row in udfs}
         state.revision_marks = dict(marks)
         return state
+
+    def transaction(self) -> AbstractContextManager[Change]:
+        """One node writes this file (worker processes only read it): the registry's lock orders changes."""
+        return contextlib.nullcontext(Change(None))
 
     def add_revision(self, revision: Revision) -> None:
         self._write(

@@ -251,10 +251,6 @@ def run(service: PipelineService, processors: list[dict[str, Any]], doc: dict[st
     return result
 
 
-#: Where this project's processors (processors.py, not the importer) differ from the documented outcome. Strict:
-#: the case turns red the day the processor is fixed, so this list cannot go stale.
-
-
 def _params() -> list[Any]:
     return [pytest.param(*case[1:], id=case[0]) for case in CASES]
 

@@ -96,25 +96,31 @@ def test_what_has_no_equivalent_is_reported_with_its_position_never_dropped_sile
             {"remove": {"field": "a", "keep": ["b"]}},
             {"date": {"field": "ts", "formats": ["ISO8601"]}},
             {"pipeline": {"name": "other", "ignore_missing_pipeline": True}},
+            {"set": {"field": "c", "value": 2, "if": "ctx.a?.b == 'x'"}},
         ],
         "on_failure": [{"set": {"field": "error", "value": "{{ _ingest.on_failure_message }}"}}],
     }
     translation = from_elasticsearch(body, "p")
-    assert [(f.path, f.reason) for f in translation.lossy] == [
-        ("on_failure", "pipeline on_failure handlers cannot be expressed yet: a failing stage aborts the document"),
+    lossy = [(f.path, f.reason) for f in translation.lossy]
+    assert lossy[:-1] == [
         ("processors[1]", "[script] has no equivalent"),
-        ("processors[2].set.if", "conditions cannot be expressed yet ('ctx.b != null'); processor left out"),
         ("processors[3]", "[grok] has no equivalent"),
-        ("processors[4].rename.on_failure", "on_failure handlers cannot be expressed yet; the stage aborts instead"),
-        ("processors[5].set.value", "Mustache templates are not evaluated yet"),
         ("processors[6].convert.type", "conversion to [ip] has no equivalent"),
         ("processors[7].remove.keep", "option [keep] of [remove] has no equivalent"),
         ("processors[8]", "[date] has no equivalent"),
         ("processors[9].pipeline.ignore_missing_pipeline", "a pipeline stage's target must exist"),
     ]
-    # With the losses accepted, only the fully translated processor remains: nothing half-translated.
+    assert lossy[-1][0] == "processors[10].set.if" and "Painless-only condition" in lossy[-1][1]
+    # Kept, with a note: a condition CEL reads alike, handler lists, templates (rendered here too).
+    notes = [(f.path, f.lossy) for f in translation.findings if not f.lossy]
+    assert ("processors[2].set.if", False) in notes
+    # With the losses accepted, only fully translated processors remain: nothing half-translated.
     (definition,) = translation.definitions
-    assert [s["name"] for s in definition["stages"]] == ["lowercase-0"]
+    assert [s["name"] for s in definition["stages"]] == ["lowercase-0", "set-2", "rename-4", "set-5"]
+    assert definition["stages"][1]["if"] == "ctx.b != null"
+    assert definition["stages"][2]["on_failure"][0]["config"] == {"processor": "set", "field": "e", "value": 1}
+    assert definition["stages"][3]["config"]["value"] == "hi {{name}}"
+    assert definition["on_failure"][0]["config"]["value"] == "{{ _ingest.on_failure_message }}"
     with pytest.raises(DefinitionError) as refused:
         translation.require_lossless(False, "pass --accept-losses")
     assert refused.value.problems[-1] == ("", "nothing was stored; to go on without these: pass --accept-losses")
@@ -150,6 +156,26 @@ def test_round_trip_elasticsearch_to_native_and_back_is_identity() -> None:
     assert to_elasticsearch(parse_definition(translated(FULL))) == FULL
     minimal = {"processors": [{"trim": {"field": "a"}}]}
     assert to_elasticsearch(translated(minimal)) == minimal
+
+
+def test_conditions_and_failure_handlers_round_trip() -> None:
+    body = {
+        "processors": [
+            {"set": {"field": "flag", "value": "spam", "tag": "flag", "if": "ctx.category == 'spam' && ctx.n > 10"}},
+            {"rename": {"field": "a", "target_field": "b", "tag": "move",
+                        "on_failure": [{"set": {"field": "error", "value": "{{ _ingest.on_failure_message }}",
+                                                "tag": "record"}}]}},
+        ],
+        "on_failure": [{"set": {"field": "failed", "value": True, "tag": "mark"}}],
+    }  # fmt: skip
+    assert to_elasticsearch(parse_definition(translated(body))) == body
+
+
+def test_export_refuses_a_condition_that_painless_reads_otherwise() -> None:
+    stage = {"name": "s", "type": "native", "if": "has(ctx.x)", "config": {"processor": "trim", "field": "x"}}
+    with pytest.raises(DefinitionError) as refused:
+        to_elasticsearch({"name": "p", "version": "1.0.0", "type": "document", "stages": [stage]})
+    assert [path for path, _ in refused.value.problems] == ["stages[0].if"]
 
 
 def test_a_version_elasticsearch_cannot_hold_travels_in_meta() -> None:
@@ -191,6 +217,28 @@ def test_imported_pipeline_runs_as_elasticsearch_documents_it(service: PipelineS
     assert answer["stored"] is True and answer["pipelines"][0]["revision"] == 1
     result = service.execute("tidy", {"title": "LAMP", "name": " x ", "tags": "old"})
     assert result["output"] == {"title": "lamp", "name": "x", "tags": ["old", "new"]}
+
+
+def test_an_imported_condition_and_failure_handler_run_as_elasticsearch_documents_them(
+    service: PipelineService,
+) -> None:
+    # Cases from the Elasticsearch reference: "Conditionally run a processor" and "Handling pipeline failures"
+    # (ingest.html#conditionally-run-processor, #handling-pipeline-failures), on_failure_message in a template.
+    body = {
+        "processors": [
+            {"set": {"field": "flag", "value": "spam", "if": "ctx.category == 'spam'"}},
+            {"rename": {"field": "missing", "target_field": "x",
+                        "on_failure": [{"set": {"field": "error", "value": "{{ _ingest.on_failure_message }}"}}]}},
+        ]
+    }  # fmt: skip
+    answer = import_pipeline(
+        service, body, "cond", "elasticsearch", accept_losses=False, dry_run=False, how_to_accept=""
+    )
+    assert answer["stored"] is True
+    spam = service.execute("cond", {"category": "spam"}, verbose=False)["output"]
+    toys = service.execute("cond", {"category": "toys"}, verbose=False)["output"]
+    assert spam["flag"] == "spam" and "flag" not in toys
+    assert "missing" in spam["error"] and "missing" in toys["error"] and "x" not in spam
 
 
 # --- HTTP: _import and ?format=elasticsearch ---------------------------------------------------------------

@@ -9,11 +9,16 @@ document pipeline whose stages are native stages with the same keys (a ``pipelin
 * the integer ``version`` N -> ``N.0.0`` (no version -> ``0.0.0``); ``_meta`` -> ``metadata``;
 * ``_source.``-prefixed field paths lose the prefix (a document pipeline's value *is* the source).
 
+* an ``if`` that parses as a condition this project evaluates (CEL: ``ctx.kind == 'spam' && ctx.n > 10`` reads
+  the same in Painless) is kept, with a note that a missing field is an error here where Painless compares
+  ``null``; ``on_failure`` handler lists (per processor and per pipeline) become handler stages; Mustache
+  templates in ``set``/``append`` values and fields and in ``fail`` messages are kept (rendered here too).
+
 What does not is reported with its position and left out: processors without an equivalent (``script``,
-``grok``, ``date``, ...), ``if`` conditions (the processor is left out rather than run unconditionally),
-``on_failure`` handler lists (the stage then aborts on failure, loudly, instead of running handlers), Mustache
-templates, ingest metadata fields (``_index``, ``_ingest.*``) and unsupported options. Any such loss refuses
-the import unless the caller accepts the report (:meth:`Translation.require_lossless`).
+``grok``, ``date``, ...), Painless-only conditions (the processor is left out rather than run
+unconditionally), templates where this project renders none, ingest metadata fields (``_index``,
+``_ingest.*``) and unsupported options. Any such loss refuses the import unless the caller accepts the report
+(:meth:`Translation.require_lossless`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any, Final
 
 import semver
 
+from ..conditions import Condition
 from ..definitions import (
     CompositeStage,
     FailurePolicy,
@@ -58,7 +64,8 @@ _SUPPORTED: Final[dict[str, frozenset[str]]] = {
     "fail": frozenset({"message"}),
 }
 _FIELD_KEYS: Final = ("field", "target_field")
-_TEMPLATE_KEYS: Final = ("value", "message")
+#: Processors whose ``field`` may be a template here too (as in Elasticsearch).
+_TEMPLATED_FIELDS: Final = frozenset({"set", "append"})
 _CONVERT_TYPES: Final = frozenset({"integer", "long", "float", "double", "string", "boolean"})
 #: Ingest metadata a document pipeline here does not see: its value is the source alone.
 _METADATA_FIELDS: Final = frozenset(
@@ -100,15 +107,15 @@ def from_elasticsearch(body: Any, name: str) -> Translation:
     if body.get("deprecated"):
         translation.note("deprecated", "a deprecated flag has no equivalent; it is kept in metadata", lossy=False)
         metadata["deprecated"] = True
-    if body.get("on_failure"):
-        translation.note(
-            "on_failure", "pipeline on_failure handlers cannot be expressed yet: a failing stage aborts the document"
-        )
     names: set[str] = set()
     for i, processor in enumerate(processors):
         stage = _stage(processor, f"processors[{i}]", i, translation, names)
         if stage is not None:
             definition["stages"].append(stage)
+    if body.get("on_failure"):
+        handlers = _handlers(body["on_failure"], "on_failure", translation, names)
+        if handlers is not None:
+            definition["on_failure"] = handlers
     translation.definitions.append(definition)
     return translation
 
@@ -133,17 +140,54 @@ def _stage(
         return None
     config = {k: v for k, v in options.items() if k not in _COMMON}
     losses = len(translation.lossy)
-    if "if" in options:
-        translation.note(f"{here}.if", f"conditions cannot be expressed yet ({options['if']!r}); processor left out")
-    if options.get("on_failure"):
-        translation.note(f"{here}.on_failure", "on_failure handlers cannot be expressed yet; the stage aborts instead")
     stage = translation.stage_head(kind, options, position, here, names)
+    if "if" in options:
+        condition = _condition(options["if"], f"{here}.if", translation)
+        if condition is not None:
+            stage["if"] = condition
+    if options.get("on_failure"):
+        if options.get("ignore_failure") is True:
+            translation.note(f"{here}.on_failure", "ignore_failure together with on_failure handlers is ambiguous")
+        else:
+            handlers = _handlers(options["on_failure"], f"{here}.on_failure", translation, names)
+            if handlers is not None:
+                stage["on_failure"] = handlers
     if kind == "pipeline":
         stage.update(type="pipeline", config=_pipeline_config(config, here, translation))
     else:
         stage.update(type="native", config={"processor": kind, **_processor_config(kind, config, here, translation)})
     # A processor whose translation lost anything is left out whole: half of it would be worse than none.
     return stage if len(translation.lossy) == losses else None
+
+
+def _condition(source: Any, path: str, translation: Translation) -> str | None:
+    """The processor's ``if`` when it parses as a condition evaluated here; else a loss noted at ``path``."""
+    if not isinstance(source, str):
+        translation.note(path, f"a condition is a string, got {source!r}; processor left out")
+        return None
+    try:
+        Condition(source)
+    except ValueError as exc:
+        translation.note(path, f"Painless-only condition {source!r} ({exc}); processor left out")
+        return None
+    translation.note(
+        path,
+        "kept as a CEL condition: a field it reads that is missing is a stage error here, where Painless compares "
+        "null (guard with has(ctx.field))",
+        lossy=False,
+    )
+    return source
+
+
+def _handlers(processors: Any, path: str, translation: Translation, names: set[str]) -> list[dict[str, Any]] | None:
+    """``on_failure`` handler processors as handler stages; ``None`` when any of them is lost (noted)."""
+    if not isinstance(processors, list) or not processors:
+        translation.note(path, "on_failure must be a non-empty list of processors")
+        return None
+    losses = len(translation.lossy)
+    stages = [_stage(processor, f"{path}[{i}]", i, translation, names) for i, processor in enumerate(processors)]
+    kept = [stage for stage in stages if stage is not None]
+    return kept if len(translation.lossy) == losses and len(kept) == len(stages) else None
 
 
 def _pipeline_config(config: dict[str, Any], here: str, translation: Translation) -> dict[str, Any]:
@@ -164,38 +208,26 @@ def _processor_config(kind: str, config: dict[str, Any], here: str, translation:
             translation.note(f"{here}.{key}", f"option [{key}] of [{kind}] has no equivalent")
             continue
         if key in _FIELD_KEYS or (kind == "remove" and key == "field"):
-            value = _field(value, f"{here}.{key}", translation)
-        elif key in _TEMPLATE_KEYS and _has_template(value):
-            translation.note(f"{here}.{key}", "Mustache templates are not evaluated yet")
+            value = _field(value, f"{here}.{key}", translation, templated=key == "field" and kind in _TEMPLATED_FIELDS)
         elif kind == "convert" and key == "type" and (not isinstance(value, str) or value not in _CONVERT_TYPES):
             translation.note(f"{here}.type", f"conversion to [{value}] has no equivalent")
         out[key] = value
     return out
 
 
-def _field(value: Any, path: str, translation: Translation) -> Any:
+def _field(value: Any, path: str, translation: Translation, *, templated: bool = False) -> Any:
     if isinstance(value, list):
         return [_field(v, f"{path}[{i}]", translation) for i, v in enumerate(value)]
     if not isinstance(value, str):
         return value  # the processor's own validation names it
-    if _TEMPLATE.search(value):
-        translation.note(path, f"templated field name {value!r} is not evaluated yet")
+    if _TEMPLATE.search(value) and not templated:
+        translation.note(path, f"templated field name {value!r} is not evaluated here")
     if value.startswith("_source."):
         return value.removeprefix("_source.")
     root = value.split(".", 1)[0]
     if root in _METADATA_FIELDS or root == "_ingest":
         translation.note(path, f"[{value}] is ingest metadata, which a document pipeline does not see")
     return value
-
-
-def _has_template(value: Any) -> bool:
-    if isinstance(value, str):
-        return bool(_TEMPLATE.search(value))
-    if isinstance(value, list):
-        return any(_has_template(v) for v in value)
-    if isinstance(value, dict):
-        return any(_has_template(v) for v in value.values())
-    return False
 
 
 # --- export ------------------------------------------------------------------------------------------------
@@ -219,8 +251,7 @@ def to_elasticsearch(definition: PipelineDefinition | dict[str, Any]) -> dict[st
         problems.append(("on_failure", "retries cannot be expressed"))
     if definition.parameters:
         problems.append(("parameters", "parameters cannot be expressed"))
-    if definition.handlers is not None:
-        problems.append(("on_failure", "failure handlers cannot be exported yet"))
+    handlers = _handler_processors(definition.handlers, "on_failure", definition.default_policy, problems)
     processors = []
     for i, stage in enumerate(definition.stages):
         processor = _processor(stage, f"stages[{i}]", definition.default_policy, problems)
@@ -236,6 +267,8 @@ def to_elasticsearch(definition: PipelineDefinition | dict[str, Any]) -> dict[st
     if definition.description is not None:
         body["description"] = definition.description
     body["processors"] = processors
+    if handlers:
+        body["on_failure"] = handlers
     if version.major or meta.get(VERSION_KEY):
         body["version"] = version.major
     if meta:
@@ -252,10 +285,10 @@ def _processor(stage: Any, path: str, default: FailurePolicy, problems: list[tup
         problems.append((f"{path}.enabled", "a disabled stage cannot be expressed"))
     if stage.timeout_ms is not None:
         problems.append((f"{path}.timeout_ms", "timeouts cannot be expressed"))
-    if stage.handlers is not None:
-        problems.append((f"{path}.on_failure", "failure handlers cannot be exported yet"))
-    if stage.if_ is not None:
-        problems.append((f"{path}.if", "a CEL condition has no Painless equivalent"))
+    handlers = _handler_processors(stage.handlers, f"{path}.on_failure", default, problems)
+    if stage.if_ is not None and not _reads_alike_in_painless(stage.if_):
+        problems.append((f"{path}.if", "this CEL condition has no Painless equivalent (only comparisons of fields "
+                         "and literals joined by &&, || and ! read alike in both)"))  # fmt: skip
     policy = stage.policy or default
     if policy is FailurePolicy.RETRY:
         problems.append((f"{path}.on_failure", "retries cannot be expressed"))
@@ -272,7 +305,46 @@ def _processor(stage: Any, path: str, default: FailurePolicy, problems: list[tup
         options["description"] = stage.description
     if policy is FailurePolicy.CONTINUE:
         options["ignore_failure"] = True
+    if stage.if_ is not None:
+        options["if"] = stage.if_
+    if handlers:
+        options["on_failure"] = handlers
     return {kind: options}
+
+
+def _handler_processors(
+    handlers: Any, path: str, default: FailurePolicy, problems: list[tuple[str, str]]
+) -> list[dict[str, Any]]:
+    """Failure handler stages as Elasticsearch ``on_failure`` processors (none: an empty list)."""
+    if not handlers:
+        return []
+    exported = [_processor(stage, f"{path}[{i}]", default, problems) for i, stage in enumerate(handlers)]
+    return [processor for processor in exported if processor is not None]
+
+
+#: The tokens a condition may use to read the same in CEL and Painless: field paths, literals, comparisons, and
+#: &&, || and ! (no function calls, macros, ``in`` or ternaries, whose meanings differ or do not exist).
+_COMMON_CONDITION_TOKEN: Final = re.compile(
+    r"\s+|'(?:[^'\\]|\\.)*'|\d+(?:\.\d+)?|[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*|==|!=|<=|>=|&&|\|\||[<>!()]"
+)
+_NOT_IN_COMMON: Final = frozenset({"in", "has", "size", "matches", "exists", "all", "exists_one", "map", "filter"})
+
+
+def _reads_alike_in_painless(source: str) -> bool:
+    position = 0
+    while position < len(source):
+        match = _COMMON_CONDITION_TOKEN.match(source, position)
+        if match is None:
+            return False
+        token = match.group()
+        if token.split(".")[0] in _NOT_IN_COMMON:
+            return False
+        position = match.end()
+        if token[0].isalpha() or token[0] == "_":
+            rest = source[position:].lstrip()
+            if rest.startswith("("):  # a function or method call: CEL's and Painless's are not the same
+                return False
+    return True
 
 
 def _options(stage: NativeStage | PipelineStage) -> tuple[str, dict[str, Any]]:

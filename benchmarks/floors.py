@@ -145,7 +145,7 @@ class Sandbox:
             index = component.get_export_index("run-batch")
             if index is None:
                 raise RuntimeError(f"{udf.path} exports no run-batch")
-            holder = SimpleNamespace(component=component, sha256=udf.sha256, run_index=index)
+            holder = SimpleNamespace(component=component, sha256=udf.sha256, run_index=index, source=None)
             self.instances[name] = udf_runtime._Instance(runtime, holder, 128 * _MIB)  # type: ignore[arg-type]
 
     def _compile(self, udf: Udf) -> Component:

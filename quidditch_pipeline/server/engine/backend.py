@@ -13,6 +13,7 @@ from ...errors import ConflictError, InputError, NotFoundError, QuidditchError
 from .settings import PIPELINE_SETTINGS
 
 __all__ = [
+    "FAILURE_STORE_SUFFIX",
     "MAX_ID_BYTES",
     "DeleteOp",
     "DocumentExistsError",
@@ -24,12 +25,23 @@ __all__ = [
     "SearchBackend",
     "StoredDoc",
     "WriteResult",
+    "failure_store_index",
     "validate_doc_id",
     "validate_index_name",
 ]
 
 #: Elasticsearch's limit on ``_id``.
 MAX_ID_BYTES: Final = 512
+
+#: Index ``X``'s failure store is the backend index ``X::failures``: no user index can have that name (``:``
+#: is refused), so a backend that sees the suffix knows it is a failure store and maps it to its own storage
+#: name (a directory for tantivy, an ordinary index upstream).
+FAILURE_STORE_SUFFIX: Final = "::failures"
+
+
+def failure_store_index(index: str) -> str:
+    return index + FAILURE_STORE_SUFFIX
+
 
 # --------------------------------------------------------------------------------------------- errors
 

@@ -433,14 +433,16 @@ class PipelineService:
                     raise QuidditchError(f"it calls pipeline [{target}], which is unavailable: {exc.message}") from exc
                 self._check_calls(called, seen)
 
-    def _run_guard(self, index: str, pipeline: CompiledPipeline, items: list[Item]) -> None:
+    def _run_guard(self, index: str, pipeline: CompiledPipeline, items: list[Item], verbose: bool = False) -> None:
         """Run one of the pipelines that guard ``index`` over the items still going (a default or request
-        pipeline, then the final one): each starts with its own time limit."""
+        pipeline, then the final one): each starts with its own time limit (and, ``verbose``, its own trace)."""
         going = [item for item in items if item.status is Status.SUCCESS or item.status is Status.SKIPPED]
         for item in going:
             item.status, item.spent, item.limit = Status.SUCCESS, 0.0, None
+            if verbose:
+                item.trace = []
         if going:
-            self._run(pipeline, going)
+            self._run(pipeline, going, verbose=verbose)
             self._unavailable(index, pipeline, going)
 
     def _unavailable(self, index: str, pipeline: CompiledPipeline, items: list[Item]) -> None:
@@ -519,6 +521,51 @@ class PipelineService:
         for item in run_items:
             outcomes[item.position] = _document_outcome(item)
         return outcomes
+
+    def simulate_documents(
+        self,
+        index: str,
+        items: Sequence[tuple[str | None, dict[str, Any]]],
+        *,
+        pipeline: str | None = None,
+        final_pipeline: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """What writing ``items`` to ``index`` would do, without writing: the pipelines a write runs (``pipeline``
+        and ``final_pipeline`` as in :meth:`process_documents`, failing closed alike), run verbose, in this
+        process. One answer per document: ``status`` (``success``, ``dropped``, ``failed``), the ``source`` it
+        would be written with, the ``error``, ``executed_pipelines``, and per pipeline its per-stage trace
+        (``pipelines``: ``[{"pipeline", "status", "stages"}]``, stages as in :meth:`execute`)."""
+        compiled = self._pick(index, PipelineType.DOCUMENT, pipeline)
+        final = self._pick_final(index, PipelineType.DOCUMENT, final_pipeline)
+        for i, (_, source) in enumerate(items):
+            validate_input(PipelineType.DOCUMENT, source, f"docs[{i}]._source")
+        meta = {"index": index}
+        run_items = [Item(i, doc_id, source, meta) for i, (doc_id, source) in enumerate(items)]
+        traces: list[list[dict[str, Any]]] = [[] for _ in items]
+        for guard in (compiled, final):
+            if guard is None:
+                continue
+            self._run_guard(index, guard, run_items, verbose=True)
+            for item in run_items:
+                if item.trace is not None:
+                    traces[item.position].append(
+                        {"pipeline": guard.name, "status": item.status.value, "stages": item.trace}
+                    )
+                    item.trace = None  # the next guard starts a trace of its own for those still going
+        answers = []
+        for item, ran in zip(run_items, traces, strict=True):
+            outcome = _document_outcome(item)
+            answers.append(
+                {
+                    "_id": item.id,
+                    "status": outcome.status,
+                    "source": outcome.source,
+                    "error": outcome.error,
+                    "executed_pipelines": [entry["pipeline"] for entry in ran],
+                    "pipelines": ran,
+                }
+            )
+        return answers
 
     def _documents_in_workers(
         self, compiled: CompiledPipeline, index: str, items: Sequence[tuple[str | None, dict[str, Any]]]

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Query
 from ._errors import UnexpectedErrors
 from ._limits import InFlightBreaker, ServerLimits
 from .engine import SearchBackend
+from .failure_store import FailureStore
 
 if TYPE_CHECKING:
     from ..service import PipelineService
@@ -43,6 +44,11 @@ class AppContext:
     unexpected: UnexpectedErrors
     #: Serialises index create/delete/settings, which change the backend and the service together.
     index_admin: threading.Lock = field(default_factory=threading.Lock)
+    #: The indexes' failure stores (``index.failure_store.enabled``), on ``backend``.
+    failures: FailureStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.failures = FailureStore(self.service, self.backend)
 
 
 def route(

@@ -29,7 +29,7 @@ from ._product import ElasticProductMiddleware
 from ._responses import JsonResponse
 from ._routing import AppContext
 from .engine import PIPELINE_SETTINGS, SearchBackend
-from .routes import documents, imports, indexes, ingest, pipelines, root, search, udfs
+from .routes import documents, failures, imports, indexes, ingest, pipelines, root, search, udfs
 
 if TYPE_CHECKING:
     from ..service import PipelineService
@@ -73,8 +73,10 @@ def create_app(
     # Outermost, so that every answer (a 500 and a refused body too) identifies the API to Elasticsearch clients.
     app.add_middleware(ElasticProductMiddleware)
     _sync_associations(service, backend)
-    # Order matters: the index routes (``/{index}``) come after every ``_``-prefixed resource (``PUT /_bulk``).
-    routers = [module.router(ctx) for module in (root, pipelines, imports, ingest, udfs, documents, indexes, search)]
+    # Order matters: the index routes (``/{index}``) come after every ``_``-prefixed resource (``PUT /_bulk``),
+    # and ``/{index}::failures/_search`` before ``/{index}/_search``.
+    modules = (root, pipelines, imports, ingest, udfs, documents, indexes, failures, search)
+    routers = [module.router(ctx) for module in modules]
     for router in routers:
         app.include_router(router)
     install_error_handlers(app, [route for router in routers for route in router.routes])

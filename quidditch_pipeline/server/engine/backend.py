@@ -5,6 +5,7 @@ for indexes and document ids that every backend enforces alike.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
@@ -26,6 +27,8 @@ __all__ = [
     "StoredDoc",
     "WriteResult",
     "failure_store_index",
+    "failure_store_owner",
+    "new_doc_id",
     "validate_doc_id",
     "validate_index_name",
 ]
@@ -41,6 +44,11 @@ FAILURE_STORE_SUFFIX: Final = "::failures"
 
 def failure_store_index(index: str) -> str:
     return index + FAILURE_STORE_SUFFIX
+
+
+def failure_store_owner(name: str) -> str | None:
+    """The index whose failure store ``name`` is (``None``: ``name`` is not a failure store's)."""
+    return name.removesuffix(FAILURE_STORE_SUFFIX) if name.endswith(FAILURE_STORE_SUFFIX) else None
 
 
 # --------------------------------------------------------------------------------------------- errors
@@ -180,6 +188,11 @@ def validate_index_name(name: str) -> None:
         raise InvalidIndexNameError(name, f"must not contain the following characters {bad}")
     if len(name.encode()) > 255:
         raise InvalidIndexNameError(name, "index name is too long, (> 255 bytes)")
+
+
+def new_doc_id() -> str:
+    """A generated ``_id``: 20 URL-safe characters, like Elasticsearch's."""
+    return secrets.token_urlsafe(15)
 
 
 def validate_doc_id(doc_id: str) -> None:

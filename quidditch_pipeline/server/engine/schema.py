@@ -81,7 +81,11 @@ class _Leaves:
                 self.walk(inner, path)
 
 
-def make_document(doc_id: str, version: int, source: dict[str, Any], raw: bytes) -> tantivy.Document:
+def make_document(
+    doc_id: str, version: int, source: dict[str, Any], raw: bytes, *, kept: bytes | None = None
+) -> tantivy.Document:
+    """``source`` (whose JSON is ``raw``) indexed; ``kept`` is what ``_raw`` stores when it is more than what
+    is indexed (a failure store keeps the failed document's source without indexing it)."""
     leaves = _Leaves()
     leaves.walk(source, "")
     doc = tantivy.Document()
@@ -95,6 +99,6 @@ def make_document(doc_id: str, version: int, source: dict[str, Any], raw: bytes)
         doc.add_text("_all", leaf)
     for name in leaves.names:
         doc.add_text("_field_names", name)
-    doc.add_bytes("_raw", raw)
+    doc.add_bytes("_raw", raw if kept is None else kept)
     doc.add_integer("_version", version)
     return doc

@@ -14,6 +14,8 @@ from ...errors import InputError
 
 __all__ = [
     "DEFAULT_REFRESH_INTERVAL",
+    "FAILURE_STORE_ENABLED",
+    "FAILURE_STORE_MAX_SEARCH_FAILURES",
     "PIPELINE_SETTINGS",
     "nest_settings",
     "normalize_settings",
@@ -28,9 +30,22 @@ PIPELINE_SETTINGS: Final = {
     "document_final": "index.document.final_pipeline",
     "query_final": "index.query.final_pipeline",
 }
+#: Failed documents go to the index's failure store instead of failing the write (``"true"``/``"false"``).
+FAILURE_STORE_ENABLED: Final = "index.failure_store.enabled"
+#: How many failed searches (query or result pipeline) the failure store keeps, newest first (0: none).
+FAILURE_STORE_MAX_SEARCH_FAILURES: Final = "index.failure_store.max_search_failures"
 _KNOWN_SETTINGS: Final = frozenset(
-    {*PIPELINE_SETTINGS.values(), "index.refresh_interval", "index.number_of_shards", "index.number_of_replicas"}
+    {
+        *PIPELINE_SETTINGS.values(),
+        "index.refresh_interval",
+        "index.number_of_shards",
+        "index.number_of_replicas",
+        FAILURE_STORE_ENABLED,
+        FAILURE_STORE_MAX_SEARCH_FAILURES,
+    }
 )
+#: At most one search window (``index.max_result_window``): the kept failures are read back in one search.
+MAX_SEARCH_FAILURES_LIMIT: Final = 10_000
 DEFAULT_REFRESH_INTERVAL: Final = 1.0
 
 
@@ -68,7 +83,13 @@ def _check_setting(key: str, value: Any) -> Any:
     if key == "index.refresh_interval":
         parse_interval(value, key)
         return str(value)
+    if key == FAILURE_STORE_ENABLED:
+        if isinstance(value, bool) or value in ("true", "false"):
+            return str(value).lower()
+        raise InputError(f"setting [{key}] must be true or false, got [{value!r}]")
     number = _setting_int(key, value)
+    if key == FAILURE_STORE_MAX_SEARCH_FAILURES and number > MAX_SEARCH_FAILURES_LIMIT:
+        raise InputError(f"setting [{key}] must be at most {MAX_SEARCH_FAILURES_LIMIT}, got [{value!r}]")
     if key == "index.number_of_shards" and number != 1:
         raise InputError(f"setting [{key}] must be 1: an index of the reference host has one shard")
     return str(number)

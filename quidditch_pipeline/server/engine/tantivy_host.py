@@ -3,6 +3,8 @@
     data_dir/indexes/<name>/settings.json     uuid, creation date, flat ``index.*`` settings (atomic writes)
     data_dir/indexes/<name>/translog.ndjson   writes acknowledged but not yet committed to tantivy
     data_dir/indexes/<name>/tantivy/          the tantivy index
+    data_dir/indexes/<name>/failures/         the index's failure store ``<name>::failures`` (the same layout),
+                                              made on its first failure, deleted with its index
     data_dir/indexes.tmp/                     staging (new indexes) and trash (deleted ones)
 
 Writes follow Elasticsearch's model: a write is acknowledged once it is in the translog (fsynced,
@@ -40,6 +42,8 @@ from .backend import (
     IndexOp,
     StoredDoc,
     WriteResult,
+    failure_store_index,
+    failure_store_owner,
     validate_doc_id,
     validate_index_name,
 )
@@ -59,6 +63,10 @@ MAX_PENDING_WRITES: Final = 50_000
 
 _SEARCH_KEYS: Final = frozenset({"query", "size", "from", "_source", "track_total_hits", "timeout", "ext"})
 _COUNT_KEYS: Final = frozenset({"query"})
+#: Where an index keeps its failure store, inside its own directory.
+_FAILURES_DIR: Final = "failures"
+#: The fields of a failure record that a failure store keeps unindexed (Elasticsearch: "unmapped").
+_OPAQUE_FIELDS: Final = (("document", "source"), ("search", "body"))
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
@@ -101,6 +109,19 @@ class _Index:
     pending: dict[str, _Pending] = field(default_factory=dict)
     last_refresh: float = field(default_factory=time.monotonic)
     closed: bool = False
+    #: A failure store: what failed (``document.source``, ``search.body``) is kept but not indexed, so a value
+    #: of any shape is stored and nothing in it matches a query about the failures by accident.
+    opaque: bool = False
+
+    def make(self, doc_id: str, version: int, source: dict[str, Any], raw: bytes) -> tantivy.Document:
+        if not self.opaque:
+            return make_document(doc_id, version, source, raw)
+        indexed = dict(source)
+        for parent, child in _OPAQUE_FIELDS:
+            value = indexed.get(parent)
+            if isinstance(value, dict) and child in value:
+                indexed[parent] = {k: v for k, v in value.items() if k != child}
+        return make_document(doc_id, version, indexed, orjson.dumps(indexed), kept=raw)
 
     @property
     def refresh_interval(self) -> float | None:
@@ -140,6 +161,9 @@ class TantivyBackend:
             for path in sorted(self._root.iterdir()):
                 if path.is_dir() and (path / "settings.json").is_file():
                     self._indexes[path.name] = self._open(path)
+                    if (path / _FAILURES_DIR / "settings.json").is_file():
+                        store = failure_store_index(path.name)
+                        self._indexes[store] = self._open(path / _FAILURES_DIR, store)
         except OSError as exc:
             raise StorageError(f"cannot open the index directory {self._root}: {exc}") from exc
         self._refresher = threading.Thread(
@@ -158,16 +182,17 @@ class TantivyBackend:
 
     # ----------------------------------------------------------------------------------------- lifecycle
 
-    def _open(self, path: Path) -> _Index:
+    def _open(self, path: Path, name: str | None = None) -> _Index:
+        name = name or path.name
         meta = orjson.loads((path / "settings.json").read_bytes())
-        info = IndexInfo(path.name, meta["uuid"], meta["creation_date"], dict(meta["settings"]))
+        info = IndexInfo(name, meta["uuid"], meta["creation_date"], dict(meta["settings"]))
         fields = schema()
         try:
             index = tantivy.Index(fields, path=str(path / "tantivy"), reuse=True)
         except ValueError as exc:
-            raise StorageError(f"cannot open index [{path.name}]: {exc}") from exc
-        translog = Translog(path / "translog.ndjson", path.name, fsync=self._fsync)
-        handle = _Index(path.name, path, info, index, fields, translog)
+            raise StorageError(f"cannot open index [{name}]: {exc}") from exc
+        translog = Translog(path / "translog.ndjson", name, fsync=self._fsync)
+        handle = _Index(name, path, info, index, fields, translog, opaque=failure_store_owner(name) is not None)
         self._replay(handle)
         translog.open()
         return handle
@@ -180,7 +205,7 @@ class TantivyBackend:
             writer.delete_documents_by_term("_id", entry["id"])
             if entry["op"] == "index":
                 source = entry["source"]
-                writer.add_document(make_document(entry["id"], entry["version"], source, orjson.dumps(source)))
+                writer.add_document(handle.make(entry["id"], entry["version"], source, orjson.dumps(source)))
             replayed += 1
         if replayed:
             self._commit(handle)
@@ -212,10 +237,12 @@ class TantivyBackend:
     # ----------------------------------------------------------------------------------------- indexes
 
     def create_index(self, name: str, settings: Mapping[str, Any] | None = None) -> IndexInfo:
-        validate_index_name(name)
+        """Create index ``name``, or with ``X::failures`` the failure store of index ``X`` (which must exist)."""
+        owner = failure_store_owner(name)
+        validate_index_name(name if owner is None else owner)
         flat = {k: v for k, v in normalize_settings(settings or {}).items() if v is not None}
         with self._lock:
-            target = self._root / name
+            target = self._root / name if owner is None else self._handle(owner).path / _FAILURES_DIR
             if name in self._indexes or target.exists():
                 raise IndexExistsError(name)
             info = IndexInfo(name, uuid.uuid4().hex, int(time.time() * 1000), flat)
@@ -228,22 +255,26 @@ class TantivyBackend:
                 fsync_dir(staging / "tantivy")
                 fsync_dir(staging)
                 os.rename(staging, target)
-                fsync_dir(self._root)
-                self._indexes[name] = self._open(target)
+                fsync_dir(target.parent)
+                self._indexes[name] = self._open(target, name)
             except (OSError, ValueError) as exc:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise StorageError(f"cannot create index [{name}]: {exc}") from exc
             return info
 
     def delete_index(self, name: str) -> None:
+        """Delete an index with its failure store (or, named ``X::failures``, just that failure store)."""
         with self._lock:
             handle = self._handle(name)
+            store = self._indexes.pop(failure_store_index(name), None)
+            if store is not None:
+                self._close_index(store, commit=False)
             self._close_index(handle, commit=False)
             del self._indexes[name]
             trash = self._work / f"deleted-{handle.info.uuid}"
             try:
                 os.rename(handle.path, trash)
-                fsync_dir(self._root)
+                fsync_dir(handle.path.parent)
             except OSError as exc:
                 raise StorageError(f"cannot delete index [{name}]: {exc}") from exc
             shutil.rmtree(trash, ignore_errors=True)
@@ -254,8 +285,9 @@ class TantivyBackend:
         return IndexInfo(info.name, info.uuid, info.creation_date, dict(info.settings), self._num_docs(handle))
 
     def list_indexes(self) -> list[IndexInfo]:
+        """The indexes, without their failure stores (hidden, as Elasticsearch's ``.fs-*`` indexes are)."""
         with self._lock:
-            names = sorted(self._indexes)
+            names = sorted(name for name in self._indexes if failure_store_owner(name) is None)
         infos = []
         for name in names:
             with contextlib.suppress(IndexNotFoundError):
@@ -335,7 +367,7 @@ class TantivyBackend:
             )
             planned: list[_Planned] = []
             for op in ops:
-                outcome = self._plan(op, current)
+                outcome = self._plan(handle, op, current)
                 if isinstance(outcome, _Planned):
                     planned.append(outcome)
                     results.append(outcome.result)
@@ -354,7 +386,9 @@ class TantivyBackend:
         return results
 
     @staticmethod
-    def _plan(op: IndexOp | DeleteOp, current: dict[str, int | None]) -> _Planned | WriteResult | QuidditchError:
+    def _plan(
+        handle: _Index, op: IndexOp | DeleteOp, current: dict[str, int | None]
+    ) -> _Planned | WriteResult | QuidditchError:
         """What ``op`` will write (``current`` follows it, so later ops of the batch see it), or why it cannot."""
         try:
             validate_doc_id(op.id)
@@ -371,7 +405,7 @@ class TantivyBackend:
         version = 1 if existing is None else existing + 1
         try:
             raw = orjson.dumps(op.source)
-            document = make_document(op.id, version, op.source, raw)
+            document = handle.make(op.id, version, op.source, raw)
         except (TypeError, ValueError) as exc:
             # orjson.JSONEncodeError is a TypeError: a value JSON cannot hold (an integer past 64 bits, ...).
             return InputError(f"failed to parse document [{op.id}]: {exc}")
@@ -412,7 +446,7 @@ class TantivyBackend:
                 writer.delete_documents_by_term("_id", doc_id)
                 if pending.source is not None:
                     raw = orjson.dumps(pending.source)
-                    writer.add_document(make_document(doc_id, pending.version, pending.source, raw))
+                    writer.add_document(handle.make(doc_id, pending.version, pending.source, raw))
         except ValueError as exc:
             handle.translog.fail(StorageError(f"cannot restore the writer of index [{handle.name}]: {exc}"))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal
@@ -19,6 +18,7 @@ from ...errors import (
     QuidditchError,
     StageError,
 )
+from ...failures import redirectable
 from .._body import json_object, parse_object, read_body
 from .._errors import error_of
 from .._pipelines import NO_PIPELINE, final_pipeline_name, pipeline_name
@@ -32,6 +32,8 @@ from ..engine import (
     validate_doc_id,
     validate_index_name,
 )
+from ..engine.backend import new_doc_id as _new_id
+from ..failure_store import FailedDocument, FailureStoreOutcome
 
 
 def _write_body(index: str, result: WriteResult, *, refreshed: bool = False) -> dict[str, Any]:
@@ -51,11 +53,6 @@ def _noop_body(index: str, doc_id: str) -> dict[str, Any]:
     return {"_index": index, "_id": doc_id, "result": "noop", "_shards": {"total": 0, "successful": 0, "failed": 0}}
 
 
-def _new_id() -> str:
-    # 20 URL-safe characters, like Elasticsearch's generated ids.
-    return secrets.token_urlsafe(15)
-
-
 @dataclass(slots=True)
 class _BulkItem:
     action: str
@@ -69,6 +66,10 @@ class _BulkItem:
     error: QuidditchError | None = None
     result: WriteResult | None = None
     dropped: bool = False
+    #: Where its pipeline failed: the pipelines that guarded it (for the failure store's ``pipeline_trace``).
+    guards: tuple[str, ...] = ()
+    #: Elasticsearch's ``failure_store`` flag (``used``, ``not_enabled``, ``failed``) and where it went.
+    failure: FailureStoreOutcome | None = None
 
     def response(self) -> dict[str, Any]:
         body: dict[str, Any] = {"_index": self.index, "_id": self.id}
@@ -79,6 +80,8 @@ class _BulkItem:
         else:
             assert self.result is not None and self.index is not None
             body.update(_write_body(self.index, self.result), status=self.result.status)
+        if self.failure is not None:
+            self.failure.annotate(body)
         return {self.action: body}
 
 
@@ -179,13 +182,18 @@ def router(ctx: AppContext) -> APIRouter:
     ) -> Response:
         info = backend.get_index(index)
         validate_doc_id(doc_id)
-        processed = svc.process_document(
-            index,
-            doc_id,
-            source,
-            pipeline=pipeline_name(info, "document", pipeline),
-            final_pipeline=final_pipeline_name(info, "document"),
-        )
+        guards = (pipeline_name(info, "document", pipeline), final_pipeline_name(info, "document"))
+        try:
+            processed = svc.process_document(index, doc_id, source, pipeline=guards[0], final_pipeline=guards[1])
+        except QuidditchError as exc:
+            if not redirectable(exc):
+                raise
+            failed = FailedDocument(None if auto_id else doc_id, source, exc, guards, "create" if create else "index")
+            (outcome,) = ctx.failures.redirect(info, [failed], refresh=refresh)
+            written = outcome.result
+            body = error_of(exc) if written is None else _write_body(index, written, refreshed=refresh)
+            outcome.annotate(body)
+            return JsonResponse(body, status_code=exc.status if written is None else written.status)
         if processed is None:
             return JsonResponse(_noop_body(index, doc_id))
         (result,) = backend.bulk(index, [IndexOp(doc_id, processed, create=create, auto_id=auto_id)], refresh=refresh)
@@ -311,6 +319,7 @@ def router(ctx: AppContext) -> APIRouter:
             except QuidditchError as exc:
                 item.error = exc
         run_document_pipelines(items, infos, pipeline)
+        redirect(items, infos, refresh)
         write(items, refresh)
         return {
             "took": int((time.perf_counter() - started) * 1000),
@@ -349,13 +358,28 @@ def router(ctx: AppContext) -> APIRouter:
                     item.error = DefinitionError([("", outcome.error.message)], subject=where)
                 elif outcome.status == "failed":
                     item.error = _outcome_error(outcome.error, name, item.id)
+                    item.guards = (name, final)
                 else:
                     _parse_source(item, outcome.source_json or b"")
+
+    def redirect(items: list[_BulkItem], infos: dict[str, IndexInfo], refresh: bool) -> None:
+        """Items whose pipeline failed go to their index's failure store, when it has one (durably, now)."""
+        failed: dict[str, list[tuple[_BulkItem, FailedDocument]]] = {}
+        for i in items:
+            if i.index in infos and i.error is not None and redirectable(i.error):
+                doc = FailedDocument(None if i.auto_id else i.id, orjson.loads(i.raw), i.error, i.guards, i.action)
+                failed.setdefault(i.index, []).append((i, doc))
+        for index, group in failed.items():
+            outcomes = ctx.failures.redirect(infos[index], [doc for _, doc in group], refresh=refresh)
+            for (item, _), outcome in zip(group, outcomes, strict=True):
+                item.failure = outcome
+                if outcome.result is not None:
+                    item.error, item.result = None, outcome.result
 
     def write(items: list[_BulkItem], refresh: bool) -> None:
         by_index: dict[str, list[_BulkItem]] = {}
         for item in items:
-            if item.error is None and not item.dropped and item.index is not None:
+            if item.error is None and not item.dropped and item.result is None and item.index is not None:
                 by_index.setdefault(item.index, []).append(item)
         for index, group in by_index.items():
             ops = [

@@ -56,15 +56,13 @@ def router(ctx: AppContext) -> APIRouter:
         body = _with_url_params(body, q, size, offset)
         if search_pipeline == NO_PIPELINE:
             query_pipeline = result_pipeline = NO_PIPELINE
-        query = svc.process_query(
-            index,
-            body,
-            pipeline=pipeline_name(info, "query", query_pipeline),
-            final_pipeline=final_pipeline_name(info, "query"),
-        )
-        response = svc.process_results(
-            index, query, backend.search(index, query), pipeline=pipeline_name(info, "result", result_pipeline)
-        )
+        query_guards = (pipeline_name(info, "query", query_pipeline), final_pipeline_name(info, "query"))
+        with ctx.failures.recording(info, "query", body, query_guards):
+            query = svc.process_query(index, body, pipeline=query_guards[0], final_pipeline=query_guards[1])
+        found = backend.search(index, query)
+        result_guard = pipeline_name(info, "result", result_pipeline)
+        with ctx.failures.recording(info, "result", query, [result_guard]):
+            response = svc.process_results(index, query, found, pipeline=result_guard)
         hits = response["hits"]["hits"]
         response["hits"]["max_score"] = max((hit["_score"] for hit in hits), default=None)
         # took covers the pipelines too: it is what the caller waited for.

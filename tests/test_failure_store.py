@@ -307,7 +307,8 @@ def test_reprocess_writes_what_now_passes_and_keeps_what_still_fails(client: htt
     assert kept["document"]["id"] == "b" and kept["reprocess"]["attempts"] == 1
     assert kept["error"]["stage"] == "price" and "n/a" in kept["error"]["cause"]
     # Nothing to do is an answer too, and a bad body is refused with its path.
-    nothing = client.post(f"/{index}/_failure_store/_reprocess", json={"query": {"term": {"document.id.keyword": "zz"}}})
+    none_match = {"query": {"term": {"document.id.keyword": "zz"}}}
+    nothing = client.post(f"/{index}/_failure_store/_reprocess", json=none_match)
     assert nothing.json()["reprocessed"] == 0
     bad = client.post(f"/{index}/_failure_store/_reprocess", json={"qeury": {}})
     assert bad.status_code == 400 and "qeury" in bad.json()["error"]["reason"]
@@ -357,7 +358,8 @@ def test_failed_searches_are_kept_bounded_newest_first(client: httpx.Client) -> 
 
 def test_the_search_failure_ring_survives_a_new_process_and_a_smaller_size(tmp_path: Path) -> None:
     with PipelineService.in_memory() as service, TantivyBackend(tmp_path) as backend:
-        info = backend.create_index("i", {"index.failure_store.enabled": True, "index.failure_store.max_search_failures": 4})
+        settings = {"index.failure_store.enabled": True, "index.failure_store.max_search_failures": 4}
+        info = backend.create_index("i", settings)
         error = QueryRejectedError("query pipeline [q] rejected the search request", pipeline="q")
         for n in range(3):
             FailureStore(service, backend).record_search(info, "query", {"n": n}, error, ["q"])

@@ -7,6 +7,9 @@ Python API beside it."""
 from __future__ import annotations
 
 import itertools
+import random
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ from quidditch_pipeline.server import TantivyBackend, create_app
 from quidditch_pipeline.server.engine import IndexNotFoundError, InvalidIndexNameError
 from quidditch_pipeline.server.failure_store import FailedDocument, FailureStore
 
-from .server_harness import serve_app
+from .server_harness import ServerProcess, serve_app
 
 NDJSON = {"content-type": "application/x-ndjson"}
 _names = itertools.count()
@@ -468,3 +471,79 @@ def test_the_python_api_shapes_and_decides_failures(tmp_path: Path) -> None:
         assert outcome.status == "used" and outcome.store == "i::failures" and outcome.result is not None
         assert backend.count("i::failures", {}) == 1
         assert [i.name for i in backend.list_indexes()] == ["i"]
+
+
+# --------------------------------------------------------------------------------------------- SIGKILL
+
+
+def _mixed_bulk(index: str, start: int, count: int) -> bytes:
+    """Every fifth document fails the pipeline (``bad``)."""
+    lines = []
+    for i in range(start, start + count):
+        lines.append(orjson.dumps({"index": {"_index": index, "_id": str(i)}}))
+        lines.append(orjson.dumps(_mixed_source(i)))
+    return b"\n".join(lines) + b"\n"
+
+
+def _mixed_source(i: int) -> dict[str, Any]:
+    source: dict[str, Any] = {"n": i, "text": "x" * (i % 37)}
+    if i % 5 == 0:
+        source["bad"] = i
+    return source
+
+
+def test_sigkill_loses_no_failure_of_an_acknowledged_bulk(tmp_path: Path) -> None:
+    """Elasticsearch's disruption-test way: kill -9 ``serve`` in the middle of real ``_bulk`` traffic, restart,
+    and check that every item an acknowledged ``_bulk`` answered ``failure_store: used`` is in the store, as it
+    arrived, and every item it answered ``created`` is in the index."""
+    data = tmp_path / "data"
+    rng = random.Random(13)
+    kept: set[int] = set()
+    written: set[int] = set()
+    next_id, rounds, started = 0, 0, time.monotonic()
+    while rounds < 3 and time.monotonic() - started < 150:
+        rounds += 1
+        with ServerProcess(data) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+            if rounds == 1:
+                checking_pipeline(http, "check")
+                settings = {"index.document.default_pipeline": "check", "index.failure_store.enabled": True}
+                make_index(http, "log", **settings)
+            stop = threading.Event()
+
+            def writer(first: int, http: httpx.Client = http, stop: threading.Event = stop) -> None:
+                at = first
+                while not stop.is_set():
+                    try:
+                        response = http.post("/_bulk", content=_mixed_bulk("log", at, 50), headers=NDJSON)
+                    except httpx.TransportError:
+                        return
+                    # An answer came back: the whole bulk is acknowledged (the ``_id`` of a kept item is its record's).
+                    answers = [item["index"] for item in response.json()["items"]]
+                    for i, answer in zip(range(at, at + 50), answers, strict=True):
+                        assert answer["status"] == 201, answer
+                        (kept if answer.get("failure_store") == "used" else written).add(i)
+                    at += 50
+
+            thread = threading.Thread(target=writer, args=(next_id,))
+            thread.start()
+            time.sleep(rng.uniform(0.5, 2.0))
+            server.kill()  # SIGKILL: no shutdown, no commit
+            stop.set()
+            thread.join(timeout=30)
+            next_id += 100_000
+    assert kept and written, "no bulk was acknowledged before the kills"
+    assert all(i % 5 == 0 for i in kept) and not any(i % 5 == 0 for i in written)
+    with ServerProcess(data) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+        http.post("/log/_refresh")
+        stored: dict[int, Any] = {}
+        ordered = sorted(kept)
+        for chunk in (ordered[k : k + 1000] for k in range(0, len(ordered), 1000)):
+            query = {"terms": {"document.id.keyword": [str(i) for i in chunk]}}
+            hits = http.post("/log::failures/_search", json={"query": query, "size": 1000}).json()["hits"]["hits"]
+            stored.update((int(h["_source"]["document"]["id"]), h["_source"]["document"]["source"]) for h in hits)
+        lost = sorted(kept - set(stored))
+        assert not lost, f"failures of acknowledged bulks are lost: {lost[:10]}"
+        assert all(stored[i] == _mixed_source(i) for i in kept)
+        for i in sorted(written)[:: max(1, len(written) // 200)]:
+            assert http.get(f"/log/_doc/{i}").status_code == 200, f"acknowledged document {i} is lost"
+    print(f"\nSIGKILL rounds: {rounds}, failures acknowledged as kept: {len(kept)}, written: {len(written)}")

@@ -188,10 +188,25 @@ def test_serve_demo_sets_everything_up_and_a_restart_skips_it(data_dir: Path) ->
             indexed = client.put("/products/_doc/42", json={"title": "  anker   USB-C charger ", "price": 35})
             assert indexed.status_code == 201
             source = client.get("/products/_doc/42").json()["_source"]
-            assert source == {"title": "Anker USB-C Charger", "price": 35, "price_band": "budget"}
+            # The condition (price < 50) marked it; the failure handler gave it the category it lacked.
+            assert source == {
+                "title": "Anker USB-C Charger", "price": 35, "price_band": "budget", "bargain": True,
+                "category": "uncategorized",
+            }  # fmt: skip
             assert client.put("/products/_doc/43", json={"title": "BUY NOW", "price": 1}).json()["result"] == "noop"
-            refused = client.put("/products/_doc/44", json={"title": "mystery"}).json()
-            assert refused["error"]["stage"] == "validate"
+            refused = client.put("/products/_doc/44?refresh=true", json={"title": "mystery"}).json()
+            assert refused["failure_store"] == "used" and refused["_index"] == "products::failures"
+            assert "products::failures/_search?pretty" in output and "_failure_store/_reprocess" in output
+            kept = client.get("/products::failures/_search").json()["hits"]["hits"]
+            by_id = {hit["_source"]["document"]["id"]: hit["_source"] for hit in kept}
+            assert set(by_id) == {"no-price", "44"}
+            assert by_id["44"]["document"]["source"] == {"title": "mystery"}
+            assert by_id["44"]["error"]["stage"] == "validate"
+            assert by_id["44"]["error"]["pipeline_trace"] == ["products-ingest"]
+            again_kept = client.post("/products/_failure_store/_reprocess").json()
+            assert again_kept["reprocessed"] == 2 and again_kept["failed"] == 2  # no price still
+            simulated = client.post("/products/_simulate", json={"docs": [{"_source": {"title": "hub", "price": 9}}]})
+            assert simulated.json()["docs"][0]["doc"]["_source"]["bargain"] is True
         assert server.terminate() == 0
     with ServerProcess(data_dir, extra=("--demo",), entry=entry) as again:
         deadline = time.monotonic() + 60

@@ -3,9 +3,11 @@
 Once the server listens, a background thread does what a user would do with curl: it uploads the example
 UDFs of the repository's ``udfs/`` folder as Python source in source mode (``?mode=source``: no build, they
 run on the shared interpreter component, which the first use on a machine builds and compiles once),
-stores a document, a query and a result pipeline that use them, creates a ``products`` index naming the
-three, and bulk-indexes a small catalogue through the document pipeline. What exists already is skipped,
-so a restart on the same data directory is ready at once. Then it prints curl commands to try.
+stores a document, a query and a result pipeline that use them (the document pipeline with a condition and
+a failure handler), creates a ``products`` index naming the three, with its failure store on, and
+bulk-indexes a small catalogue through the document pipeline: a product the pipeline refuses is kept in the
+failure store. What exists already is skipped, so a restart on the same data directory is ready at once.
+Then it prints curl commands to try.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ PIPELINES: Final[dict[str, dict[str, Any]]] = {
     "products-ingest": {
         "version": "1.0.0",
         "type": "document",
-        "description": "normalise titles, drop spam, refuse malformed products, add a price band",
+        "description": "normalise titles, drop spam, refuse malformed products, add a price band, mark bargains",
         "stages": [
             {"name": "normalize", "type": "python",
              "config": {"udf_name": "title_normalizer", "parameters": {"keep": ["USB", "USB-C", "4K", "TV"]}}},
@@ -53,8 +55,14 @@ PIPELINES: Final[dict[str, dict[str, Any]]] = {
             {"name": "validate", "type": "python", "on_failure": "abort",
              "config": {"udf_name": "strict_parser", "parameters": {"schema": {"title": "str", "price": "number"}}}},
             {"name": "band", "type": "python", "config": {"udf_name": "price_band"}},
-            {"name": "category", "type": "native",
-             "config": {"processor": "lowercase", "field": "category", "ignore_missing": True}},
+            # A condition (CEL): only cheap products are marked.
+            {"name": "bargain", "type": "native", "if": "ctx.price < 50",
+             "config": {"processor": "set", "field": "bargain", "value": True}},
+            # A failure handler: a product without a category gets one instead of failing.
+            {"name": "category", "type": "native", "tag": "category-case",
+             "config": {"processor": "lowercase", "field": "category"},
+             "on_failure": [{"name": "uncategorized", "type": "native",
+                             "config": {"processor": "set", "field": "category", "value": "uncategorized"}}]},
         ],
     },
     "products-search": {
@@ -222,6 +230,8 @@ def _create_index(api: _Api, console: Console) -> None:
             "document": {"default_pipeline": "products-ingest"},
             "query": {"default_pipeline": "products-search"},
             "result": {"default_pipeline": "products-rank"},
+            # What the document pipeline refuses is kept, as it arrived, in products::failures.
+            "failure_store": {"enabled": True},
         }
     }
     api.require("PUT", f"/{DEMO_INDEX}", {"settings": settings})
@@ -233,10 +243,11 @@ def _create_index(api: _Api, console: Console) -> None:
     results = [item["index"] for item in answer["items"]]
     created = sum(1 for r in results if r.get("result") == "created")
     dropped = [r["_id"] for r in results if r.get("result") == "noop"]
-    refused = [r["_id"] for r in results if "error" in r]
+    kept = [doc_id for (doc_id, _), r in zip(sample_documents(), results, strict=True) if r.get("failure_store")]
     console.print(
-        f"demo: index [bold]{DEMO_INDEX}[/]: {created} products indexed, {len(dropped)} dropped as spam "
-        f"({', '.join(dropped)}), {len(refused)} refused by the strict parser ({', '.join(refused)})",
+        f"demo: index [bold]{DEMO_INDEX}[/]: {created - len(kept)} products indexed, {len(dropped)} dropped as spam "
+        f"({', '.join(dropped)}), {len(kept)} refused by the strict parser and kept in the failure store "
+        f"({', '.join(kept)})",
         highlight=False,
     )
 
@@ -259,11 +270,22 @@ def examples(base_url: str, *, token: bool) -> str:
             '-d \'{"query": {"match": {"title": "laptop"}}}\'',
             "  # index a document: the title is normalised and a price band added",
             f"  curl -s -X PUT '{url}/{DEMO_INDEX}/_doc/42?pretty' {json_header} "
-            '-d \'{"title": "  anker   USB-C charger ", "price": 35, "category": "Accessories"}\'',
-            "  # spam is dropped (result: noop), a product without a price is refused (400)",
+            '-d \'{"title": "  anker   USB-C charger ", "price": 35}\'',
+            "  # cheap, it is marked (a condition: ctx.price < 50); without a category, a failure handler set one",
+            f"  curl -s '{url}/{DEMO_INDEX}/_doc/42?pretty'",
+            "  # spam is dropped (result: noop); a product without a price is refused and kept in the failure store",
             f"  curl -s -X PUT '{url}/{DEMO_INDEX}/_doc/43?pretty' {json_header} "
             '-d \'{"title": "BUY NOW cheap watches", "price": 5}\'',
-            f"  curl -s -X PUT '{url}/{DEMO_INDEX}/_doc/44?pretty' {json_header} -d '{{\"title\": \"mystery\"}}'",
+            f"  curl -s -X PUT '{url}/{DEMO_INDEX}/_doc/44?pretty&refresh=true' {json_header} "
+            '-d \'{"title": "mystery"}\'',
+            "  # the failures, as they arrived, with the error, the stage and the pipelines they went through",
+            f"  curl -s '{url}/{DEMO_INDEX}::failures/_search?pretty'",
+            "  # what a write would do, stage by stage, without writing",
+            f"  curl -s -X POST '{url}/{DEMO_INDEX}/_simulate?pretty' {json_header} "
+            '-d \'{"docs": [{"_id": "45", "_source": {"title": "usb hub", "price": 20}}]}\'',
+            "  # after fixing the pipeline: run the failures again (those that now pass are indexed and leave "
+            "the store)",
+            f"  curl -s -X POST '{url}/{DEMO_INDEX}/_failure_store/_reprocess?pretty'",
             "  # what the pipelines did so far",
             f"  curl -s '{url}/_pipeline/products-ingest/_stats?pretty'",
             "  # try a pipeline on a sample input, stage by stage",

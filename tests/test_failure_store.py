@@ -20,7 +20,7 @@ import pytest
 from opensearchpy import OpenSearch
 
 from quidditch_pipeline import PipelineService, StageError
-from quidditch_pipeline.errors import PipelineUnavailableError, QueryRejectedError
+from quidditch_pipeline.errors import PipelineUnavailableError, QueryRejectedError, StorageError
 from quidditch_pipeline.failures import document_failure, pipeline_trace, redirectable
 from quidditch_pipeline.server import TantivyBackend, create_app
 from quidditch_pipeline.server.engine import IndexNotFoundError, InvalidIndexNameError
@@ -547,3 +547,49 @@ def test_sigkill_loses_no_failure_of_an_acknowledged_bulk(tmp_path: Path) -> Non
         for i in sorted(written)[:: max(1, len(written) // 200)]:
             assert http.get(f"/log/_doc/{i}").status_code == 200, f"acknowledged document {i} is lost"
     print(f"\nSIGKILL rounds: {rounds}, failures acknowledged as kept: {len(kept)}, written: {len(written)}")
+
+
+def test_a_store_that_refuses_the_record_answers_failed_with_the_original_error(tmp_path: Path) -> None:
+    """Elasticsearch's ``failure_store: failed``: the document's own error, and why the store refused it."""
+
+    class FullStore(TantivyBackend):
+        def bulk(self, index: str, ops: Any, *, refresh: bool = False) -> Any:
+            if index.endswith("::failures"):
+                return [StorageError("disk full")] * len(ops)
+            return super().bulk(index, ops, refresh=refresh)
+
+    with (
+        PipelineService.in_memory() as service,
+        FullStore(tmp_path, refresh_tick=0.05) as backend,
+        serve_app(create_app(service, backend)) as url,
+        httpx.Client(base_url=url, timeout=60) as client,
+    ):
+        checking_pipeline(client, "check")
+        make_index(client, "i", **{"index.document.default_pipeline": "check", "index.failure_store.enabled": True})
+        single = client.put("/i/_doc/1", json={"bad": 1})
+        assert single.status_code == 400
+        error = single.json()["error"]
+        assert error["type"] == "pipeline_execution_exception" and error["failure_store"] == "failed"
+        assert error["suppressed"] == [{"type": "storage_exception", "reason": "disk full"}]
+        item = bulk(client, "i", [("2", {"bad": 2}), ("3", {"ok": 1})])["items"]
+        assert item[0]["index"]["status"] == 400 and item[0]["index"]["error"]["failure_store"] == "failed"
+        assert item[1]["index"]["status"] == 201
+
+
+def test_with_worker_processes_failures_are_kept_alike(tmp_path: Path) -> None:
+    """DESIGN §10: the pipelines run in worker processes; what fails is kept exactly as in-process."""
+    data = tmp_path / "data"
+    with (
+        PipelineService.open(data, workers=1) as service,
+        TantivyBackend(data, refresh_tick=0.05) as backend,
+        serve_app(create_app(service, backend)) as url,
+        httpx.Client(base_url=url, timeout=60) as client,
+    ):
+        checking_pipeline(client, "check")
+        make_index(client, "i", **{"index.document.default_pipeline": "check", "index.failure_store.enabled": True})
+        answer = bulk(client, "i", [("1", {"bad": 1}), ("2", {"ok": 1})])
+        assert [item["index"].get("failure_store") for item in answer["items"]] == ["used", None]
+        (kept,) = failures(client, "i")
+        assert kept["document"] == {"id": "1", "index": "i", "op_type": "index", "source": {"bad": 1}}
+        assert kept["error"]["processor_tag"] == "t-check" and kept["error"]["pipeline_trace"] == ["check"]
+        assert sum(w["items"] for w in service.workers()) >= 2, "the pipeline ran in a worker process"

@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from elasticsearch import Elasticsearch
+from elasticsearch.exceptions import GeneralAvailabilityWarning
 from opensearchpy import OpenSearch
 
 from quidditch_pipeline import PipelineService, StageError
@@ -246,6 +248,17 @@ def test_settings_are_validated_and_the_store_is_hidden_and_deleted_with_its_ind
     assert len(failures(client, index)) == 1
     listed = [row["index"] for row in client.get("/_cat/indices?format=json").json()]
     assert index in listed and f"{index}::failures" not in listed
+    # Only failures go in; one can be read by its id, and the store emptied by deleting it.
+    refused = client.put(f"/{index}::failures/_doc/x", json={"forged": True})
+    assert refused.status_code == 400 and refused.json()["error"]["type"] == "invalid_index_name_exception"
+    line = b'{"index": {"_index": "%s::failures"}}\n{"forged": true}\n' % index.encode()
+    bulk_refused = client.post("/_bulk", content=line, headers=NDJSON).json()["items"][0]["index"]
+    assert bulk_refused["status"] == 400 and bulk_refused["error"]["type"] == "invalid_index_name_exception"
+    (hit,) = client.get(f"/{index}::failures/_search").json()["hits"]["hits"]
+    assert client.get(f"/{index}::failures/_doc/{hit['_id']}").json()["_source"]["document"]["id"] == "1"
+    assert client.delete(f"/{index}::failures").status_code == 200
+    assert client.get(f"/{index}::failures/_count").json()["count"] == 0
+    bulk(client, index, [("1", {"bad": 1})])
     assert client.delete(f"/{index}").status_code == 200
     missing = client.get(f"/{index}::failures/_search")
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "index_not_found_exception"
@@ -281,6 +294,8 @@ def test_reprocess_writes_what_now_passes_and_keeps_what_still_fails(client: htt
         (None, {"price": "3 EUR"}),
     ]
     assert all(item["index"]["failure_store"] == "used" for item in bulk(client, index, docs)["items"])
+    hits = client.post(f"/{index}::failures/_search", json={"size": 10}).json()["hits"]["hits"]
+    (without_id,) = [hit["_id"] for hit in hits if "id" not in hit["_source"]["document"]]
 
     # Fixed: strip the currency first, and drop spam.
     put(
@@ -305,7 +320,8 @@ def test_reprocess_writes_what_now_passes_and_keeps_what_still_fails(client: htt
     (still,) = rest["failures"]
     assert still["document_id"] == "b" and still["error"]["type"] == "pipeline_execution_exception"
     assert client.get(f"/{index}/_doc/c").status_code == 404  # dropped now: not written, and no longer a failure
-    assert client.get(f"/{index}/_count").json()["count"] == 2  # a, and the one that had no id
+    assert client.get(f"/{index}/_count").json()["count"] == 2  # a, and the one that had no id:
+    assert client.get(f"/{index}/_doc/{without_id}").json()["_source"] == {"price": 3}  # under its failure's id
     (kept,) = failures(client, index)
     assert kept["document"]["id"] == "b" and kept["reprocess"]["attempts"] == 1
     assert kept["error"]["stage"] == "price" and "n/a" in kept["error"]["cause"]
@@ -593,3 +609,21 @@ def test_with_worker_processes_failures_are_kept_alike(tmp_path: Path) -> None:
         assert kept["document"] == {"id": "1", "index": "i", "op_type": "index", "source": {"bad": 1}}
         assert kept["error"]["processor_tag"] == "t-check" and kept["error"]["pipeline_trace"] == ["check"]
         assert sum(w["items"] for w in service.workers()) >= 2, "the pipeline ran in a worker process"
+
+
+def test_the_elasticsearch_client_simulates_ingest_and_searches_the_store(server: str, client: httpx.Client) -> None:
+    pipeline, index = unique("check"), unique("idx")
+    checking_pipeline(client, pipeline)
+    make_index(client, index, **{"index.document.default_pipeline": pipeline, "index.failure_store.enabled": True})
+    es = Elasticsearch(server, request_timeout=60)
+    try:
+        written = es.index(index=index, id="1", document={"bad": 1}, refresh=True)
+        assert written["failure_store"] == "used" and written["_index"] == f"{index}::failures"
+        found = es.search(index=f"{index}::failures", query={"match_all": {}})
+        assert [hit["_source"]["document"]["id"] for hit in found["hits"]["hits"]] == ["1"]
+        with pytest.warns(GeneralAvailabilityWarning, match="technical preview"):  # the client says so of the API
+            simulated = es.simulate.ingest(index=index, docs=[{"_id": "2", "_source": {"title": "t"}}])
+        assert simulated["docs"][0]["doc"]["_source"] == {"title": "t", "seen": True}
+        assert simulated["docs"][0]["doc"]["executed_pipelines"] == [pipeline]
+    finally:
+        es.close()

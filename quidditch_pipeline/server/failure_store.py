@@ -14,7 +14,8 @@ forwards to a cluster keeps failure stores there unchanged. What a record holds 
   effort: a search answers its own error whatever happens to the record.
 * **Re-drive** (:meth:`FailureStore.reprocess`): failed documents run again through the index's current
   pipelines, exactly as a write; those that now pass are written (index first, then removed from the store:
-  a crash in between leaves a failure that reprocessing again resolves, never a lost document).
+  a crash in between leaves a failure that reprocessing again resolves, never a lost document; a document that
+  had no id is written under its failure's id, so that never writes it twice).
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class FailureStore:
         self._service = service
         self._backend = backend
         self._lock = threading.Lock()
+        self._reprocessing = threading.Lock()
         #: index uuid -> (ring size, next sequence number) of its search failures, read once per process.
         self._rings: dict[str, tuple[int, int]] = {}
 
@@ -259,6 +261,10 @@ class FailureStore:
         current pipelines, exactly as a write: write those that pass (under their own id, if they had one)
         and remove them from the store, also those that are now dropped; those that still fail stay, their
         error updated. A pipeline that is unavailable refuses the whole call (fail closed)."""
+        with self._reprocessing:  # one at a time: two would both take the same failures
+            return self._reprocess(index, query, refresh)
+
+    def _reprocess(self, index: str, query: Mapping[str, Any] | None, refresh: bool) -> dict[str, Any]:
         info = self._backend.get_index(index)
         store = failure_store_index(index)
         counts = {"reprocessed": 0, "succeeded": 0, "failed": 0, "dropped": 0}
@@ -290,9 +296,10 @@ class FailureStore:
                 counts["dropped"] += 1
                 settled.append(failure_id)
             elif outcome.status == "success" and outcome.source is not None:
-                doc_id = document.get("id")
-                create = document.get("op_type") == "create"
-                op = IndexOp(doc_id or new_doc_id(), outcome.source, create=create, auto_id=not doc_id)
+                # A document that had no id gets its failure's: reprocessing it again (after a crash between
+                # the write and the removal) replaces it instead of writing it twice.
+                doc_id = document.get("id") or failure_id
+                op = IndexOp(doc_id, outcome.source, create=document.get("op_type") == "create")
                 passed.append((failure_id, op))
             else:
                 error = outcome.error or StageError("failed")

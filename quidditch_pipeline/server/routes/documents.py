@@ -32,6 +32,7 @@ from ..engine import (
     validate_doc_id,
     validate_index_name,
 )
+from ..engine.backend import InvalidIndexNameError, failure_store_owner
 from ..engine.backend import new_doc_id as _new_id
 from ..failure_store import FailedDocument, FailureStoreOutcome
 
@@ -180,6 +181,8 @@ def router(ctx: AppContext) -> APIRouter:
         create: bool,
         auto_id: bool = False,
     ) -> Response:
+        if failure_store_owner(index) is not None:
+            raise InvalidIndexNameError(index, "a failure store is written only with the failures of its index")
         info = backend.get_index(index)
         validate_doc_id(doc_id)
         guards = (pipeline_name(info, "document", pipeline), final_pipeline_name(info, "document"))

@@ -13,7 +13,6 @@ from __future__ import annotations
 from ..errors import AuthenticationError, CircuitBreakingError, PayloadTooLargeError, RequestTimeoutError
 from ._limits import ServerLimits
 from .app import create_app
-from .failure_store import FailedDocument, FailureStore, FailureStoreOutcome
 from .engine import (
     DocumentExistsError,
     IndexExistsError,
@@ -22,6 +21,7 @@ from .engine import (
     SearchBackend,
     TantivyBackend,
 )
+from .failure_store import FailedDocument, FailureStore, FailureStoreOutcome
 
 __all__ = [
     "AuthenticationError",

@@ -487,6 +487,12 @@ def test_the_python_api_shapes_and_decides_failures(tmp_path: Path) -> None:
         assert outcome.status == "used" and outcome.store == "i::failures" and outcome.result is not None
         assert backend.count("i::failures", {}) == 1
         assert [i.name for i in backend.list_indexes()] == ["i"]
+        # Re-driving fails closed as a write does: the index's pipeline is gone, nothing moves.
+        backend.update_settings("i", {"index.document.default_pipeline": "gone"})
+        with pytest.raises(PipelineUnavailableError, match=r"index \[i\]: document pipeline \[gone\]"):
+            store.reprocess("i", None)
+        assert backend.count("i::failures", {}) == 1
+        assert store.search_failures("i", 10) == {"total": 0, "failures": []}
 
 
 # --------------------------------------------------------------------------------------------- SIGKILL

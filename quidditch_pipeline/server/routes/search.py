@@ -31,6 +31,13 @@ _SEARCH_SCHEMA: Final[dict[str, Any]] = {
 }
 
 
+#: URL parameters not passed to the backend: those the route reads, ``pretty`` (the server applies it) and
+#: ``filter_path`` (not applied: the result pipeline needs the hits it could remove).
+_READ_HERE: Final = frozenset(
+    {"q", "size", "from", "query_pipeline", "result_pipeline", "search_pipeline", "pretty", "filter_path"}
+)
+
+
 def router(ctx: AppContext) -> APIRouter:
     router = APIRouter()
     svc, backend = ctx.service, ctx.backend
@@ -45,6 +52,7 @@ def router(ctx: AppContext) -> APIRouter:
         query_pipeline: str | None,
         result_pipeline: str | None,
         search_pipeline: str | None,
+        params: dict[str, str],
         started: float,
     ) -> dict[str, Any]:
         info = backend.get_index(index)
@@ -63,10 +71,12 @@ def router(ctx: AppContext) -> APIRouter:
             final_pipeline=final_pipeline_name(info, "query"),
         )
         response = svc.process_results(
-            index, query, backend.search(index, query), pipeline=pipeline_name(info, "result", result_pipeline)
+            index, query, backend.search(index, query, params), pipeline=pipeline_name(info, "result", result_pipeline)
         )
         hits = response["hits"]["hits"]
-        response["hits"]["max_score"] = max((hit["_score"] for hit in hits), default=None)
+        # A sorted search has no scores (null), as Elasticsearch answers it.
+        scores = [hit["_score"] for hit in hits if hit.get("_score") is not None]
+        response["hits"]["max_score"] = max(scores, default=None)
         # took covers the pipelines too: it is what the caller waited for.
         response["took"] = int((time.perf_counter() - started) * 1000)
         return response
@@ -84,8 +94,10 @@ def router(ctx: AppContext) -> APIRouter:
         """Search: the query pipeline rewrites the body, tantivy runs it, the result pipeline reworks the hits."""
         started = time.perf_counter()
         body = await json_object(request, ctx.limits.max_body_bytes, required=False)
+        # The rest of the URL's parameters (sort, routing, track_total_hits...) are the search backend's.
+        params = {key: value for key, value in request.query_params.items() if key not in _READ_HERE}
         return await run_in_threadpool(
-            run_search, index, body, q, size, from_, query_pipeline, result_pipeline, search_pipeline, started
+            run_search, index, body, q, size, from_, query_pipeline, result_pipeline, search_pipeline, params, started
         )
 
     search_responses = responses(SearchBody, 400, 404, 413)

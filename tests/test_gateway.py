@@ -241,6 +241,11 @@ def test_search_parameters_and_body_keys_pass_through_unchanged(deployment: Depl
     assert refused.value.status_code == direct.status_code == 400
     assert refused.value.error == direct.json()["error"]["type"]
     assert "aggs" in orjson.loads(deployment.recorder.requests("POST", "/notes/_search")[-1].body)
+    # Listing and deleting indexes go upstream too.
+    assert "notes" in {row["index"] for row in client.cat.indices(format="json")}
+    assert client.indices.delete(index="notes")["acknowledged"] is True
+    assert upstream_get(deployment, "/notes").status_code == 404
+    assert client.indices.exists(index="notes") is False
 
 
 def test_ingest_and_search_pipeline_paths_belong_to_the_upstream(deployment: Deployment) -> None:

@@ -9,6 +9,7 @@ same stub misbehaving. The real upstream (this project's own server) is in ``tes
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import threading
 import time
@@ -26,11 +27,12 @@ from opensearchpy import OpenSearch
 from opensearchpy.exceptions import ConnectionError as OpenSearchConnectionError
 
 from quidditch_pipeline import PipelineService
-from quidditch_pipeline.errors import UpstreamError
+from quidditch_pipeline.errors import InputError, UpstreamError
 from quidditch_pipeline.server.app import create_app
 from quidditch_pipeline.server.engine import IndexOp
 from quidditch_pipeline.server.engine.backend import DeleteOp, IndexNotFoundError, failure_store_index
 from quidditch_pipeline.server.engine.upstream import UpstreamBackend, UpstreamConfig, upstream_index_name
+from quidditch_pipeline.server.serve import UPSTREAM_API_KEY_ENV, UPSTREAM_ENV, add_arguments, upstream_config
 
 from .server_harness import free_port, serve_app
 
@@ -54,6 +56,7 @@ class Received:
     path: str
     params: dict[str, list[str]]
     body: bytes
+    headers: dict[str, str]
 
 
 @dataclass
@@ -82,7 +85,8 @@ def scripted_upstream() -> Iterator[ScriptedUpstream]:
             parts = urlsplit(self.path)
             length = int(self.headers.get("content-length") or 0)
             body = self.rfile.read(length) if length else b""
-            stub.received.append(Received(self.command, parts.path, parse_qs(parts.query), body))
+            headers = {key.lower(): value for key, value in self.headers.items()}
+            stub.received.append(Received(self.command, parts.path, parse_qs(parts.query), body, headers))
             queue = stub.answers.get((self.command, parts.path))
             if not queue:
                 status, payload, delay = 404, {"error": {"type": "stub", "reason": "not scripted"}, "status": 404}, 0.0
@@ -263,6 +267,22 @@ def test_index_errors_of_the_upstream_keep_their_type_and_status(stub: ScriptedU
     assert orjson.loads(sent.body) == {"mappings": {"properties": {"genre": {"type": "keyword"}}}}
 
 
+def test_cat_indices_of_an_elasticsearch_answer_lists_the_indexes_with_their_settings(
+    stub: ScriptedUpstream, svc: PipelineService
+) -> None:
+    # Elasticsearch's documented ``_cat/indices?format=json`` rows (reference: "cat indices API").
+    stub.answer("GET", "/_cat/indices", (200, [
+        {"health": "yellow", "status": "open", "index": "test", "uuid": "aAsFqTI0Tc2W0LCWgPNrOA", "pri": "1",
+         "rep": "1", "docs.count": "1200", "docs.deleted": "0", "store.size": "88.1kb", "pri.store.size": "88.1kb"},
+    ]))  # fmt: skip
+    with backend_for(stub.url, svc) as backend:
+        (info,) = backend.list_indexes()
+    assert (info.name, info.uuid, info.docs_count) == ("test", "aAsFqTI0Tc2W0LCWgPNrOA", 1200)
+    assert info.settings["index.number_of_replicas"] == "1"
+    (listed,) = stub.requests("GET", "/_cat/indices")
+    assert listed.params == {"format": ["json"], "expand_wildcards": ["open"]}
+
+
 def test_a_failure_store_is_an_ordinary_upstream_index(stub: ScriptedUpstream, svc: PipelineService) -> None:
     store = failure_store_index("logs")
     assert upstream_index_name(store) == "quidditch-failures-logs"
@@ -356,3 +376,58 @@ def test_get_of_a_missing_document_and_index(stub: ScriptedUpstream, svc: Pipeli
         assert backend.get_doc("test", "1") is None
         with pytest.raises(IndexNotFoundError):
             backend.get_doc("gone", "1")
+
+
+# ------------------------------------------------------------------------------------------ settings
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"username": "elastic", "password": "s3cret"}, "Basic ZWxhc3RpYzpzM2NyZXQ="),
+        ({"api_key": "a2V5OnNlY3JldA=="}, "ApiKey a2V5OnNlY3JldA=="),
+        ({"bearer": "tok"}, "Bearer tok"),
+        ({}, None),
+    ],
+)
+def test_the_upstream_credentials_go_with_every_request(
+    stub: ScriptedUpstream, svc: PipelineService, options: dict[str, str], expected: str | None
+) -> None:
+    with backend_for(stub.url, svc, **options) as backend:
+        backend.get_index("test")
+    (sent,) = stub.requests("GET", "/test/_settings")
+    assert sent.headers.get("authorization") == expected
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"username": "u", "password": "p", "bearer": "t"}, "give one of"),
+        ({"username": "u"}, "needs a password"),
+        ({"urls": ("ftp://example.org",)}, "must be an http:// or https:// URL"),
+        ({"urls": ()}, "an upstream URL is required"),
+    ],
+)
+def test_upstream_settings_that_cannot_work_are_refused(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        UpstreamConfig(**{"urls": ("http://127.0.0.1:9200",), **options}).nodes()
+
+
+def test_serve_reads_the_upstream_from_its_flags_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert upstream_config(parser.parse_args([])) is None  # embedded mode
+    monkeypatch.setenv(UPSTREAM_ENV, "https://a.example:9243, https://b.example:9243")
+    monkeypatch.setenv(UPSTREAM_API_KEY_ENV, "key")
+    config = upstream_config(parser.parse_args(["--no-upstream-verify-certs", "--upstream-timeout", "5"]))
+    assert config is not None
+    assert config.urls == ("https://a.example:9243", "https://b.example:9243")
+    assert (config.api_key, config.verify_certs, config.request_timeout) == ("key", False, 5.0)
+    flags = ["--upstream", "http://c:9200", "--upstream-user", "u", "--upstream-password", "p"]
+    with pytest.raises(InputError, match="give one of"):  # the API key of the environment, and a user
+        upstream_config(parser.parse_args(flags))
+    monkeypatch.delenv(UPSTREAM_API_KEY_ENV)
+    config = upstream_config(parser.parse_args([*flags, "--upstream-ca-certs", "/ca.pem"]))
+    assert config is not None and config.urls == ("http://c:9200",)
+    assert config.headers() == {"authorization": "Basic dTpw"}
+    assert config.ca_certs == "/ca.pem" and config.verify_certs is True

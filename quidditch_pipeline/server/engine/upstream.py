@@ -283,18 +283,20 @@ class UpstreamBackend:
         )
 
     def list_indexes(self) -> list[IndexInfo]:
-        everything = self._json("GET", "/_settings?" + urlencode({"flat_settings": "true"}))
-        counts = {
-            row.get("index"): int(row.get("docs.count") or 0)
-            for row in orjson.loads(self.forward("GET", "/_cat/indices?format=json&h=index,docs.count").body or b"[]")
-            if isinstance(row, dict)
-        }
+        """The cluster's open, visible indexes (``_cat/indices``, which Elasticsearch, OpenSearch and the
+        embedded host all serve), each with its settings."""
+        answer = self.forward("GET", "/_cat/indices?" + urlencode({"format": "json", "expand_wildcards": "open"}))
+        if answer.status != 200:
+            raise self._error(answer.status, self._parse(answer).get("error"))
+        rows = orjson.loads(answer.body or b"[]")
         found = []
-        for upstream, body in sorted(everything.items()):
-            settings = body.get("settings", {}) if isinstance(body, dict) else {}
-            self._remember(_backend_index_name(upstream), upstream, settings)
-            info = self.get_index(_backend_index_name(upstream))
-            found.append(IndexInfo(info.name, info.uuid, info.creation_date, info.settings, counts.get(upstream, 0)))
+        for row in sorted(rows, key=lambda row: str(row.get("index"))):
+            try:
+                info = self.get_index(_backend_index_name(str(row.get("index"))))
+            except IndexNotFoundError:
+                continue  # deleted since it was listed
+            docs = int(row.get("docs.count") or 0)
+            found.append(IndexInfo(info.name, info.uuid, info.creation_date, info.settings, docs))
         return found
 
     def update_settings(self, name: str, changes: Mapping[str, Any]) -> IndexInfo:

@@ -267,6 +267,39 @@ def test_index_errors_of_the_upstream_keep_their_type_and_status(stub: ScriptedU
     assert orjson.loads(sent.body) == {"mappings": {"properties": {"genre": {"type": "keyword"}}}}
 
 
+def test_pipeline_settings_stay_in_the_gateway_and_follow_the_upstream_outcome(
+    stub: ScriptedUpstream, svc: PipelineService
+) -> None:
+    reason = "final test setting [index.number_of_shards], not updateable"
+    not_updateable = {"error": {"root_cause": [{"type": "illegal_argument_exception", "reason": reason}],
+                                "type": "illegal_argument_exception", "reason": reason}, "status": 400}  # fmt: skip
+    stub.answer("PUT", "/test", (200, {"acknowledged": True, "shards_acknowledged": True, "index": "test"}))
+    stub.answer("DELETE", "/test", (200, {"acknowledged": True}))
+    stub.answer("PUT", "/test/_settings", (400, not_updateable))
+    stages = [{"name": "s", "type": "native", "config": {"processor": "set", "field": "a", "value": 1}}]
+    with gateway(stub.url, svc) as url:
+        assert httpx.put(url + "/_pipeline/p", json={"version": "1.0.0", "type": "document", "stages": stages})
+        # A pipeline that does not exist: the index just created upstream is deleted again.
+        missing = httpx.put(url + "/test", json={"settings": {"index.document.default_pipeline": "nope"}})
+        assert missing.status_code == 404 and "nope" in missing.json()["error"]["reason"]
+        assert len(stub.requests("DELETE", "/test")) == 1
+        created = httpx.put(url + "/test", json={"settings": {"index": {"document": {"default_pipeline": "p"},
+                                                                        "number_of_shards": 3}}})  # fmt: skip
+        assert created.status_code == 200, created.text
+        assert svc.associations("test") == {"document": "p"}
+        # The upstream refuses the settings change: the pipeline setting changed with it is put back.
+        refused = httpx.put(url + "/test/_settings", json={"index.document.default_pipeline": None,
+                                                           "index.number_of_shards": 2})  # fmt: skip
+        assert refused.status_code == 400 and refused.json()["error"]["reason"].startswith("final test setting")
+        assert svc.associations("test") == {"document": "p"}
+        # Only the pipeline setting: nothing goes upstream.
+        assert httpx.put(url + "/test/_settings", json={"index.document.default_pipeline": None}).status_code == 200
+        assert svc.associations("test") == {}
+    created_bodies = [orjson.loads(r.body) for r in stub.requests("PUT", "/test")]
+    assert created_bodies == [{}, {"settings": {"index.number_of_shards": 3}}]
+    assert [orjson.loads(r.body) for r in stub.requests("PUT", "/test/_settings")] == [{"index.number_of_shards": 2}]
+
+
 def test_cat_indices_of_an_elasticsearch_answer_lists_the_indexes_with_their_settings(
     stub: ScriptedUpstream, svc: PipelineService
 ) -> None:

@@ -44,7 +44,8 @@ class Forwarded:
 
 @dataclass
 class Recorder:
-    """A loopback HTTP proxy in front of ``target`` that keeps every request it forwards."""
+    """A loopback HTTP proxy in front of ``target`` that keeps every request it forwards. While ``target`` is
+    down, the proxy drops the connection without an answer, as a dead node's address would."""
 
     target: str
     url: str = ""
@@ -57,7 +58,7 @@ class Recorder:
 @contextlib.contextmanager
 def recording_proxy(target: str) -> Iterator[Recorder]:
     recorder = Recorder(target)
-    client = httpx.Client(base_url=target, timeout=120)
+    client = httpx.Client(timeout=120)
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -68,7 +69,12 @@ def recording_proxy(target: str) -> Iterator[Recorder]:
             body = self.rfile.read(length) if length else b""
             recorder.forwarded.append(Forwarded(self.command, parts.path, parse_qs(parts.query), body))
             headers = {k: v for k, v in self.headers.items() if k.lower() not in {"host", "content-length"}}
-            answer = client.request(self.command, self.path, content=body or None, headers=headers)
+            try:
+                answer = client.request(self.command, recorder.target + self.path, content=body or None,
+                                        headers=headers)  # fmt: skip
+            except httpx.TransportError:
+                self.close_connection = True
+                return
             self.send_response(answer.status_code)
             for key, value in answer.headers.items():
                 if key.lower() not in {"content-length", "transfer-encoding", "connection", "content-encoding"}:
@@ -311,3 +317,56 @@ def test_gateway_nodes_on_one_postgresql_registry_form_one_pipeline_tier(
             assert put.status_code == 201, put.text
         for doc in ("from-a", "from-b"):
             assert upstream_get(deployment, f"/shared/_doc/{doc}").json()["_source"] == {"n": doc, "via": "tier"}
+
+
+def test_the_upstream_killed_in_the_middle_of_bulk_work_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    """Disruption: bulks flow through the gateway while the upstream is killed (SIGKILL) and started again on
+    its data; every document the gateway acknowledged is stored upstream, each once, and while the upstream is
+    down each item is a 502 error naming it (the bulk itself answers 200, as in embedded mode)."""
+    for part in ("upstream", "gateway"):
+        (tmp_path / part).mkdir()
+    upstream_dir = tmp_path / "upstream" / "data"
+    upstream = ServerProcess(upstream_dir, token=UPSTREAM_TOKEN, extra=("--workers", "0"))
+    upstream.wait_ready()
+    try:
+        with recording_proxy(upstream.url) as proxy, gateway_process(tmp_path / "gateway" / "data", proxy.url) as gw:
+            assert httpx.put(gw.url + "/flow", headers=GATEWAY_ADMIN, timeout=60).status_code == 200
+            acknowledged: set[str] = set()
+            outcomes: list[str] = []
+
+            def send(batch: int) -> None:
+                lines = b"".join(
+                    orjson.dumps({"index": {"_id": f"b{batch}-{i}"}}) + b"\n" + orjson.dumps({"n": i}) + b"\n"
+                    for i in range(200)
+                )
+                answer = httpx.post(gw.url + "/flow/_bulk", content=lines, timeout=120,
+                                    headers={"content-type": "application/x-ndjson"})  # fmt: skip
+                assert answer.status_code == 200, answer.text
+                items = [item["index"] for item in answer.json()["items"]]
+                acknowledged.update(item["_id"] for item in items if item["status"] in {200, 201})
+                errors = [item["error"] for item in items if "error" in item]
+                outcomes.append("written" if not errors else "refused" if len(errors) == len(items) else "partly")
+                for error in errors:
+                    assert error["type"] == "connect_transport_exception", error
+                    assert proxy.url.removeprefix("http://") in error["reason"] and error["upstream"] == proxy.url
+
+            for batch in range(5):
+                send(batch)
+            upstream.kill()
+            for batch in range(5, 8):
+                send(batch)  # the upstream is down: 502 each, nothing acknowledged
+            upstream = ServerProcess(upstream_dir, token=UPSTREAM_TOKEN, extra=("--workers", "0"))
+            upstream.wait_ready()
+            proxy.target = upstream.url
+            for batch in range(8, 12):
+                send(batch)
+        assert outcomes == ["written"] * 5 + ["refused"] * 3 + ["written"] * 4
+        httpx.post(upstream.url + "/flow/_refresh", timeout=60).raise_for_status()
+        stored = httpx.post(upstream.url + "/flow/_search", json={"size": 10_000, "_source": False},
+                            timeout=60).json()["hits"]["hits"]  # fmt: skip
+        ids = [hit["_id"] for hit in stored]
+        assert len(ids) == len(set(ids)) == len(acknowledged) == 9 * 200
+        assert set(ids) == acknowledged
+    finally:
+        if upstream.process.poll() is None:
+            upstream.kill()

@@ -464,3 +464,19 @@ def test_serve_reads_the_upstream_from_its_flags_and_the_environment(monkeypatch
     assert config is not None and config.urls == ("http://c:9200",)
     assert config.headers() == {"authorization": "Basic dTpw"}
     assert config.ca_certs == "/ca.pem" and config.verify_certs is True
+
+
+def test_an_index_that_cannot_be_looked_up_is_looked_up_once_per_bulk(
+    stub: ScriptedUpstream, svc: PipelineService
+) -> None:
+    unavailable = {"error": {"type": "cluster_block_exception", "reason": "blocked by: [SERVICE_UNAVAILABLE]"},
+                   "status": 503}  # fmt: skip
+    stub.answer("GET", "/busy/_settings", (503, unavailable))
+    lines = b"".join(orjson.dumps({"index": {"_index": "busy", "_id": str(i)}}) + b'\n{"n": 1}\n' for i in range(50))
+    with gateway(stub.url, svc, max_retries=1) as url:
+        answer = httpx.post(url + "/_bulk", content=lines, headers={"content-type": "application/x-ndjson"})
+    items = [item["index"] for item in answer.json()["items"]]
+    assert len(items) == 50 and {item["status"] for item in items} == {503}
+    assert {item["error"]["type"] for item in items} == {"cluster_block_exception"}
+    assert len(stub.requests("GET", "/busy/_settings")) == 2  # one lookup and its one retry, not 50 of them
+    assert not stub.requests("POST", "/_bulk")

@@ -28,8 +28,7 @@ from ._pretty import PrettyJsonMiddleware
 from ._product import ElasticProductMiddleware
 from ._responses import JsonResponse
 from ._routing import AppContext
-from .engine import PIPELINE_SETTINGS, SearchBackend
-from .engine.upstream import UpstreamBackend
+from .engine import PIPELINE_SETTINGS, SearchBackend, UpstreamBackend
 from .routes import documents, gateway, imports, indexes, ingest, pipelines, root, search, udfs
 
 if TYPE_CHECKING:

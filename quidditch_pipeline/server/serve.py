@@ -1,7 +1,9 @@
 """``quidditch-pipeline serve``: the reference server (uvicorn) on a data directory.
 
 Everything lives under ``--data-dir``: the registry and UDF components of the service, wasmtime's compiled
-artifacts, and the tantivy indexes with their settings and translogs, so a restart keeps all of it.
+artifacts, and the tantivy indexes with their settings and translogs, so a restart keeps all of it. With
+``--upstream`` (gateway mode) the indexes live in that Elasticsearch or OpenSearch cluster instead, and this
+server runs the pipelines in front of it (:mod:`.engine.upstream`).
 SIGTERM or Ctrl-C shut down gracefully: the listener closes, in-flight requests finish, every index is
 committed and the service closed.
 """
@@ -26,8 +28,8 @@ from ..service import PipelineService
 from ._limits import ServerLimits
 from .app import create_app
 from .demo import find_udf_dir, run_demo
-from .engine import TantivyBackend
-from .engine.upstream import DEFAULT_TIMEOUT_S, UpstreamBackend, UpstreamConfig
+from .engine import TantivyBackend, UpstreamBackend, UpstreamConfig
+from .engine.upstream import DEFAULT_TIMEOUT_S
 
 __all__ = ["main", "register", "run", "usable_cores"]
 

@@ -27,6 +27,7 @@ from .backend import (
 )
 from .settings import PIPELINE_SETTINGS, nest_settings, normalize_settings, parse_interval
 from .tantivy_host import TantivyBackend
+from .upstream import UpstreamBackend, UpstreamConfig
 
 __all__ = [
     "PIPELINE_SETTINGS",
@@ -40,6 +41,8 @@ __all__ = [
     "SearchBackend",
     "StoredDoc",
     "TantivyBackend",
+    "UpstreamBackend",
+    "UpstreamConfig",
     "WriteResult",
     "nest_settings",
     "normalize_settings",

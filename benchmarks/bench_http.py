@@ -79,7 +79,7 @@ def bulk_lines(docs: Sequence[tuple[str, dict[str, Any]]]) -> bytes:
 
 
 @contextlib.contextmanager
-def server(data_dir: Path, workers: int | None = None) -> Iterator[str]:
+def server(data_dir: Path, workers: int | None = None, extra: Sequence[str] = ()) -> Iterator[str]:
     with contextlib.closing(socket.socket()) as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -89,6 +89,7 @@ def server(data_dir: Path, workers: int | None = None) -> Iterator[str]:
                "--data-dir", str(data_dir), "--log-level", "warning"]  # fmt: skip
     if workers is not None:
         command += ["--workers", str(workers)]
+    command += extra
     process = subprocess.Popen(command, env=env, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:

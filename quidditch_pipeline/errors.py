@@ -31,8 +31,12 @@
      ├── AuthenticationError    an admin route was called without the admin token (HTTP 401)
      ├── PayloadTooLargeError   a request is larger than the server's limits allow (HTTP 413)
      ├── RequestTimeoutError    a request body did not arrive within the server's read deadline (HTTP 408)
-     └── RejectedExecutionError too much work at once: a bounded queue is full (HTTP 429)
-          └── CircuitBreakingError  request bytes in flight exceed the breaker's limit (HTTP 429)
+     ├── RejectedExecutionError too much work at once: a bounded queue is full (HTTP 429)
+     │    └── CircuitBreakingError  request bytes in flight exceed the breaker's limit (HTTP 429)
+     └── UpstreamError          a gateway's upstream cluster answered an error: its type, reason, status and
+          │                     other fields passed on as they came
+          ├── UpstreamUnavailableError  the upstream cannot be reached (HTTP 502, naming it)
+          └── UpstreamTimeoutError      the upstream did not answer within the timeout (HTTP 504)
 
 Errors of a dependency (wasmtime, componentize-py, tantivy, sqlite) are translated into these where they
 are caught, with ``raise ... from exc``.
@@ -67,6 +71,9 @@ __all__ = [
     "UdfLoadError",
     "UdfMemoryError",
     "UdfTimeoutError",
+    "UpstreamError",
+    "UpstreamTimeoutError",
+    "UpstreamUnavailableError",
     "WorkerError",
 ]
 
@@ -363,3 +370,41 @@ class CircuitBreakingError(RejectedExecutionError):
     """Request bytes in flight across all requests would exceed the breaker's limit."""
 
     error_type = "circuit_breaking_exception"
+
+
+class UpstreamError(QuidditchError):
+    """The upstream cluster of a gateway answered an error; it is passed on with its own type and status.
+
+    ``details`` holds the upstream error's other fields (``caused_by``, ``index``, ``shard``...), shown as they
+    came, so a client sees what the cluster said."""
+
+    def __init__(
+        self, upstream: str, error_type: str, reason: str, status: int, details: dict[str, object] | None = None
+    ) -> None:
+        super().__init__(reason)
+        self.upstream = upstream
+        self.error_type = error_type
+        self.status = status
+        self.details = details or {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.upstream!r}, {self.error_type!r}, {self.message!r}, {self.status})"
+
+
+class UpstreamUnavailableError(UpstreamError):
+    """The upstream cannot be reached (refused, reset, DNS, TLS): nothing was done there."""
+
+    def __init__(self, upstream: str, cause: str) -> None:
+        super().__init__(upstream, "connect_transport_exception", f"upstream [{upstream}] is unavailable: {cause}", 502)
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """The upstream did not answer in time: the request may or may not have taken effect there."""
+
+    def __init__(self, upstream: str, timeout_s: float) -> None:
+        super().__init__(
+            upstream,
+            "receive_timeout_transport_exception",
+            f"upstream [{upstream}] did not answer within {timeout_s:g} s",
+            504,
+        )

@@ -22,6 +22,7 @@ from ..errors import (
     QuidditchError,
     StageError,
     UdfBuildError,
+    UpstreamError,
 )
 from ._responses import JsonResponse
 
@@ -58,6 +59,8 @@ def error_details(exc: QuidditchError) -> dict[str, Any]:
         return {"resource.type": exc.kind, "resource.id": exc.name}
     if isinstance(exc, UdfBuildError):
         return {"file": exc.file, "line": exc.line}
+    if isinstance(exc, UpstreamError):
+        return {**exc.details, "upstream": exc.upstream}
     return {}
 
 

@@ -28,8 +28,8 @@ from ._pretty import PrettyJsonMiddleware
 from ._product import ElasticProductMiddleware
 from ._responses import JsonResponse
 from ._routing import AppContext
-from .engine import PIPELINE_SETTINGS, SearchBackend
-from .routes import documents, failures, imports, indexes, ingest, pipelines, root, search, udfs
+from .engine import PIPELINE_SETTINGS, SearchBackend, UpstreamBackend
+from .routes import documents, failures, gateway, imports, indexes, ingest, pipelines, root, search, udfs
 
 if TYPE_CHECKING:
     from ..service import PipelineService
@@ -72,11 +72,22 @@ def create_app(
     app.add_middleware(UnexpectedErrorGuard, errors=ctx.unexpected)
     # Outermost, so that every answer (a 500 and a refused body too) identifies the API to Elasticsearch clients.
     app.add_middleware(ElasticProductMiddleware)
-    _sync_associations(service, backend)
     # Order matters: the index routes (``/{index}``) come after every ``_``-prefixed resource (``PUT /_bulk``),
     # and ``/{index}::failures/_search`` before ``/{index}/_search``.
-    modules = (root, pipelines, imports, ingest, udfs, documents, indexes, failures, search)
-    routers = [module.router(ctx) for module in modules]
+    if isinstance(backend, UpstreamBackend):
+        # Gateway mode: the registry's associations are the pipeline settings, nothing to sync; the cluster's
+        # paths pass through, and the gateway's index routes come before (so instead of) the embedded ones.
+        routers = [
+            *(module.router(ctx) for module in (root, pipelines, imports)),
+            gateway.passthrough_router(ctx, backend),
+            *(module.router(ctx) for module in (udfs, documents)),
+            gateway.index_router(ctx, backend),
+            *(module.router(ctx) for module in (indexes, failures, search)),
+        ]
+    else:
+        _sync_associations(service, backend)
+        modules = (root, pipelines, imports, ingest, udfs, documents, indexes, failures, search)
+        routers = [module.router(ctx) for module in modules]
     for router in routers:
         app.include_router(router)
     install_error_handlers(app, [route for router in routers for route in router.routes])

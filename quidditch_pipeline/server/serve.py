@@ -1,7 +1,9 @@
 """``quidditch-pipeline serve``: the reference server (uvicorn) on a data directory.
 
 Everything lives under ``--data-dir``: the registry and UDF components of the service, wasmtime's compiled
-artifacts, and the tantivy indexes with their settings and translogs, so a restart keeps all of it.
+artifacts, and the tantivy indexes with their settings and translogs, so a restart keeps all of it. With
+``--upstream`` (gateway mode) the indexes live in that Elasticsearch or OpenSearch cluster instead, and this
+server runs the pipelines in front of it (:mod:`.engine.upstream`).
 SIGTERM or Ctrl-C shut down gracefully: the listener closes, in-flight requests finish, every index is
 committed and the service closed.
 """
@@ -26,12 +28,17 @@ from ..service import PipelineService
 from ._limits import ServerLimits
 from .app import create_app
 from .demo import find_udf_dir, run_demo
-from .engine import TantivyBackend
+from .engine import TantivyBackend, UpstreamBackend, UpstreamConfig
+from .engine.upstream import DEFAULT_TIMEOUT_S
 
 __all__ = ["main", "register", "run", "usable_cores"]
 
 TOKEN_ENV = "QUIDDITCH_ADMIN_TOKEN"
 REGISTRY_ENV = "QUIDDITCH_REGISTRY"
+UPSTREAM_ENV = "QUIDDITCH_UPSTREAM"
+#: Secrets are better kept out of the command line (``ps`` shows it to every user).
+UPSTREAM_PASSWORD_ENV = "QUIDDITCH_UPSTREAM_PASSWORD"
+UPSTREAM_API_KEY_ENV = "QUIDDITCH_UPSTREAM_API_KEY"
 #: How long a shutdown waits for in-flight requests by default: a server-side UDF build plus its load takes
 #: ~12 s on a quiet machine of this class and ~50 s on a loaded one, and a build cut off is work thrown away.
 GRACEFUL_SHUTDOWN_S = 120.0
@@ -66,6 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a postgresql:// URL: keep the registry there, shared by every node started on it "
         f"(default: ${REGISTRY_ENV}, else SQLite under --data-dir)",
     )
+    add_upstream_arguments(parser)
     defaults = ServerLimits()
     parser.add_argument(
         "--max-in-flight-bytes",
@@ -110,6 +118,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_upstream_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("gateway mode (in front of an Elasticsearch or OpenSearch cluster)")
+    group.add_argument(
+        "--upstream",
+        default=None,
+        help="the cluster's URL (several: comma-separated): run pipelines here and keep the indexes there, "
+        f"instead of in tantivy (default: ${UPSTREAM_ENV})",
+    )
+    group.add_argument("--upstream-user", default=None, help="basic authentication user")
+    group.add_argument("--upstream-password", default=None, help=f"its password (default: ${UPSTREAM_PASSWORD_ENV})")
+    group.add_argument("--upstream-api-key", default=None, help=f"an API key (default: ${UPSTREAM_API_KEY_ENV})")
+    group.add_argument("--upstream-bearer", default=None, help="a bearer token")
+    group.add_argument("--upstream-ca-certs", default=None, help="CA certificates (PEM) for an https:// upstream")
+    group.add_argument(
+        "--upstream-verify-certs",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="verify the upstream's TLS certificate (default: verify)",
+    )
+    group.add_argument(
+        "--upstream-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help="seconds an upstream request may take before the gateway answers 504 "
+        f"(default: {DEFAULT_TIMEOUT_S:g})",
+    )
+
+
+def upstream_config(args: argparse.Namespace) -> UpstreamConfig | None:
+    """Gateway mode's settings from the command line and the environment; ``None``: embedded mode."""
+    url = args.upstream or os.environ.get(UPSTREAM_ENV) or None
+    if url is None:
+        return None
+    return UpstreamConfig(
+        tuple(part.strip() for part in url.split(",") if part.strip()),
+        username=args.upstream_user,
+        password=args.upstream_password or os.environ.get(UPSTREAM_PASSWORD_ENV) or None,
+        api_key=args.upstream_api_key or os.environ.get(UPSTREAM_API_KEY_ENV) or None,
+        bearer=args.upstream_bearer,
+        ca_certs=args.upstream_ca_certs,
+        verify_certs=args.upstream_verify_certs,
+        request_timeout=args.upstream_timeout,
+    )
+
+
 def usable_cores() -> int:
     """The cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
     return len(os.sched_getaffinity(0))
@@ -136,7 +189,10 @@ def run(args: argparse.Namespace) -> int:
         return 1
     with service:
         try:
-            backend = TantivyBackend(data_dir)
+            upstream = upstream_config(args)
+            backend: TantivyBackend | UpstreamBackend = (
+                TantivyBackend(data_dir) if upstream is None else UpstreamBackend(upstream, service.associations)
+            )
         except QuidditchError as exc:
             console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
             return 1
@@ -158,7 +214,8 @@ def run(args: argparse.Namespace) -> int:
             server = uvicorn.Server(config)
             console.print(
                 f"quidditch-pipeline on [bold]http://{args.host}:{args.port}[/] · data in {data_dir.resolve()} · "
-                f"admin token {'required' if token else 'not set'}",
+                + (f"gateway to {backend.name} · " if isinstance(backend, UpstreamBackend) else "")
+                + f"admin token {'required' if token else 'not set'}",
                 highlight=False,
             )
             # Everything loaded so far lives as long as the server: out of the collector's way. A full

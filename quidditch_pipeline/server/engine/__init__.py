@@ -5,7 +5,8 @@
 * :mod:`.schema` — how a JSON document is stored in tantivy's fields;
 * :mod:`.query_dsl` — the Elasticsearch query DSL translated into tantivy queries;
 * :mod:`.translog` — the write-ahead log that makes an acknowledged write durable;
-* :mod:`.tantivy_host` — ``TantivyBackend``, the on-disk tantivy indexes.
+* :mod:`.tantivy_host` — ``TantivyBackend``, the on-disk tantivy indexes;
+* :mod:`.upstream` — ``UpstreamBackend``, an Elasticsearch or OpenSearch cluster (gateway mode).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .backend import (
 )
 from .settings import PIPELINE_SETTINGS, nest_settings, normalize_settings, parse_interval
 from .tantivy_host import TantivyBackend
+from .upstream import UpstreamBackend, UpstreamConfig
 
 __all__ = [
     "PIPELINE_SETTINGS",
@@ -39,6 +41,8 @@ __all__ = [
     "SearchBackend",
     "StoredDoc",
     "TantivyBackend",
+    "UpstreamBackend",
+    "UpstreamConfig",
     "WriteResult",
     "nest_settings",
     "normalize_settings",

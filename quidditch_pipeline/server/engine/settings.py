@@ -20,6 +20,7 @@ __all__ = [
     "nest_settings",
     "normalize_settings",
     "parse_interval",
+    "split_pipeline_settings",
 ]
 
 #: The settings an index accepts, flat, with their defaults (``None``: unset).
@@ -34,6 +35,7 @@ PIPELINE_SETTINGS: Final = {
 FAILURE_STORE_ENABLED: Final = "index.failure_store.enabled"
 #: How many failed searches (query or result pipeline) the failure store keeps, newest first (0: none).
 FAILURE_STORE_MAX_SEARCH_FAILURES: Final = "index.failure_store.max_search_failures"
+_PIPELINE_KEYS: Final = frozenset(PIPELINE_SETTINGS.values())
 _KNOWN_SETTINGS: Final = frozenset(
     {
         *PIPELINE_SETTINGS.values(),
@@ -73,6 +75,23 @@ def normalize_settings(body: Mapping[str, Any]) -> dict[str, Any]:
             raise InputError(f"unknown setting [{full}]; supported: {', '.join(sorted(_KNOWN_SETTINGS))}")
         out[full] = None if value is None else _check_setting(full, value)
     return out
+
+
+def split_pipeline_settings(settings: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Settings (nested or flat, optionally under ``"settings"``) split into the pipeline settings, flat,
+    validated, and everything else, untouched: what a gateway keeps and what it sends its upstream.
+
+    Without pipeline settings the rest is ``settings`` itself; with them it is the other keys, flat (which
+    Elasticsearch and OpenSearch read alike)."""
+    if set(settings) == {"settings"} and isinstance(settings["settings"], Mapping):
+        settings = settings["settings"]
+    flat: dict[str, Any] = {}
+    _flatten("", settings, flat)
+    pipelines = {key for key in flat if (key if key.startswith("index.") else f"index.{key}") in _PIPELINE_KEYS}
+    if not pipelines:
+        return {}, dict(settings)
+    kept = normalize_settings({key: flat[key] for key in pipelines})
+    return kept, {key: value for key, value in flat.items() if key not in pipelines}
 
 
 def _check_setting(key: str, value: Any) -> Any:

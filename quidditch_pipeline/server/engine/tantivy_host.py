@@ -537,8 +537,9 @@ class TantivyBackend:
     def _num_docs(self, handle: _Index) -> int:
         return int(handle.index.searcher().num_docs)
 
-    def search(self, index: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Run an Elasticsearch search body; answers an Elasticsearch-shaped response."""
+    def search(self, index: str, body: Mapping[str, Any], params: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Run an Elasticsearch search body; answers an Elasticsearch-shaped response. ``params`` (URL
+        parameters the route does not read) mean nothing to this host and are ignored, as they always were."""
         started = time.perf_counter()
         refuse_unknown_keys(body, _SEARCH_KEYS)
         size = non_negative_int(body.get("size", 10), "size")

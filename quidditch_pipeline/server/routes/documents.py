@@ -310,8 +310,14 @@ def router(ctx: AppContext) -> APIRouter:
         started = time.perf_counter()
         items = _parse_bulk(raw, default_index, ctx.limits.max_bulk_items)
         infos: dict[str, IndexInfo] = {}
+        # An index that cannot be looked up is looked up once per request, not once per item (an unreachable
+        # upstream would otherwise cost its retries for every item).
+        refused: dict[str, QuidditchError] = {}
         for item in items:
             if item.error is not None or item.index is None:
+                continue
+            if item.index in refused:
+                item.error = refused[item.index]
                 continue
             try:
                 if item.index not in infos:
@@ -321,6 +327,8 @@ def router(ctx: AppContext) -> APIRouter:
                     validate_doc_id(item.id)
             except QuidditchError as exc:
                 item.error = exc
+                if item.index not in infos:
+                    refused[item.index] = exc
         run_document_pipelines(items, infos, pipeline)
         redirect(items, infos, refresh)
         write(items, refresh)

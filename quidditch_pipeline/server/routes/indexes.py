@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -24,6 +24,9 @@ from ..engine import (
     validate_index_name,
 )
 
+if TYPE_CHECKING:
+    from ...service import PipelineService
+
 
 def _index_view(info: IndexInfo, *, flat: bool = False) -> dict[str, Any]:
     settings: dict[str, Any] = {
@@ -37,29 +40,31 @@ def _index_view(info: IndexInfo, *, flat: bool = False) -> dict[str, Any]:
     return settings if flat else nest_settings(settings)
 
 
+def _associate(svc: PipelineService, index: str, kind: str, name: str | None) -> None:
+    if name is None:
+        svc.disassociate(index, kind)
+    else:
+        svc.associate(index, kind, name)
+
+
+def push_pipelines(svc: PipelineService, index: str, changes: Mapping[str, Any], before: Mapping[str, Any]) -> None:
+    """Make the service's associations follow the pipeline settings in ``changes`` (``None`` removes);
+    on a failure, put back what ``before`` held."""
+    done: list[str] = []
+    try:
+        for kind, key in PIPELINE_SETTINGS.items():
+            if key in changes and changes[key] != before.get(key):
+                _associate(svc, index, kind, changes[key])
+                done.append(kind)
+    except QuidditchError:
+        for kind in done:
+            _associate(svc, index, kind, before.get(PIPELINE_SETTINGS[kind]))
+        raise
+
+
 def router(ctx: AppContext) -> APIRouter:
     router = APIRouter()
     svc, backend = ctx.service, ctx.backend
-
-    def associate(index: str, kind: str, name: str | None) -> None:
-        if name is None:
-            svc.disassociate(index, kind)
-        else:
-            svc.associate(index, kind, name)
-
-    def push_pipelines(index: str, changes: Mapping[str, Any], before: Mapping[str, Any]) -> None:
-        """Make the service's associations follow the pipeline settings in ``changes`` (``None`` removes);
-        on a failure, put back what ``before`` held."""
-        done: list[str] = []
-        try:
-            for kind, key in PIPELINE_SETTINGS.items():
-                if key in changes and changes[key] != before.get(key):
-                    associate(index, kind, changes[key])
-                    done.append(kind)
-        except QuidditchError:
-            for kind in done:
-                associate(index, kind, before.get(PIPELINE_SETTINGS[kind]))
-            raise
 
     @route(router, ["GET"], "/_cat/indices", responses=responses(None, 400), response_class=Response)
     def cat_indices(format: Annotated[Literal["json", "text"], Query()] = "text") -> Response:
@@ -118,7 +123,7 @@ def router(ctx: AppContext) -> APIRouter:
         with ctx.index_admin:
             backend.create_index(index, changes)
             try:
-                push_pipelines(index, changes, {})
+                push_pipelines(svc, index, changes, {})
             except QuidditchError:
                 backend.delete_index(index)
                 raise
@@ -176,11 +181,11 @@ def router(ctx: AppContext) -> APIRouter:
         changes = normalize_settings(body)
         with ctx.index_admin:
             before = backend.get_index(index).settings
-            push_pipelines(index, changes, before)
+            push_pipelines(svc, index, changes, before)
             try:
                 backend.update_settings(index, changes)
             except QuidditchError:
-                push_pipelines(index, {key: before.get(key) for key in changes}, {**before, **changes})
+                push_pipelines(svc, index, {key: before.get(key) for key in changes}, {**before, **changes})
                 raise
         return {"acknowledged": True}
 

@@ -31,6 +31,13 @@ _SEARCH_SCHEMA: Final[dict[str, Any]] = {
 }
 
 
+#: URL parameters not passed to the backend: those the route reads, ``pretty`` (the server applies it) and
+#: ``filter_path`` (not applied: the result pipeline needs the hits it could remove).
+_READ_HERE: Final = frozenset(
+    {"q", "size", "from", "query_pipeline", "result_pipeline", "search_pipeline", "pretty", "filter_path"}
+)
+
+
 def router(ctx: AppContext) -> APIRouter:
     router = APIRouter()
     svc, backend = ctx.service, ctx.backend
@@ -45,6 +52,7 @@ def router(ctx: AppContext) -> APIRouter:
         query_pipeline: str | None,
         result_pipeline: str | None,
         search_pipeline: str | None,
+        params: dict[str, str],
         started: float,
     ) -> dict[str, Any]:
         info = backend.get_index(index)
@@ -59,12 +67,14 @@ def router(ctx: AppContext) -> APIRouter:
         query_guards = (pipeline_name(info, "query", query_pipeline), final_pipeline_name(info, "query"))
         with ctx.failures.recording(info, "query", body, query_guards):
             query = svc.process_query(index, body, pipeline=query_guards[0], final_pipeline=query_guards[1])
-        found = backend.search(index, query)
+        found = backend.search(index, query, params)
         result_guard = pipeline_name(info, "result", result_pipeline)
         with ctx.failures.recording(info, "result", query, [result_guard]):
             response = svc.process_results(index, query, found, pipeline=result_guard)
         hits = response["hits"]["hits"]
-        response["hits"]["max_score"] = max((hit["_score"] for hit in hits), default=None)
+        # A sorted search has no scores (null), as Elasticsearch answers it.
+        scores = [hit["_score"] for hit in hits if hit.get("_score") is not None]
+        response["hits"]["max_score"] = max(scores, default=None)
         # took covers the pipelines too: it is what the caller waited for.
         response["took"] = int((time.perf_counter() - started) * 1000)
         return response
@@ -82,8 +92,10 @@ def router(ctx: AppContext) -> APIRouter:
         """Search: the query pipeline rewrites the body, tantivy runs it, the result pipeline reworks the hits."""
         started = time.perf_counter()
         body = await json_object(request, ctx.limits.max_body_bytes, required=False)
+        # The rest of the URL's parameters (sort, routing, track_total_hits...) are the search backend's.
+        params = {key: value for key, value in request.query_params.items() if key not in _READ_HERE}
         return await run_in_threadpool(
-            run_search, index, body, q, size, from_, query_pipeline, result_pipeline, search_pipeline, started
+            run_search, index, body, q, size, from_, query_pipeline, result_pipeline, search_pipeline, params, started
         )
 
     search_responses = responses(SearchBody, 400, 404, 413)

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from ...errors import InputError
+from ...compat.opensearch import pipeline_names
+from ...errors import InputError, NotFoundError
 from .._body import json_object
 from .._pipelines import NO_PIPELINE, final_pipeline_name, pipeline_name
 from .._responses import OBJECT, CountBody, SearchBody, json_body_doc, responses
 from .._routing import AppContext, route
+from .._verbose import processor_results
+
+if TYPE_CHECKING:
+    from ...service import PipelineService
 
 _SEARCH_SCHEMA: Final[dict[str, Any]] = {
     "type": "object",
@@ -46,27 +51,31 @@ def router(ctx: AppContext) -> APIRouter:
         result_pipeline: str | None,
         search_pipeline: str | None,
         started: float,
+        verbose_pipeline: bool = False,
     ) -> dict[str, Any]:
         info = backend.get_index(index)
-        if search_pipeline not in {None, "_none"}:
-            raise InputError(
-                "search_pipeline accepts only _none (skip both pipelines); name pipelines with "
-                "query_pipeline and result_pipeline"
-            )
         body = _with_url_params(body, q, size, offset)
-        if search_pipeline == NO_PIPELINE:
-            query_pipeline = result_pipeline = NO_PIPELINE
+        if search_pipeline is not None:
+            query_pipeline, result_pipeline = _search_pipeline(svc, search_pipeline, query_pipeline, result_pipeline)
+        trace: list[dict[str, Any]] | None = [] if verbose_pipeline else None
         query = svc.process_query(
             index,
             body,
             pipeline=pipeline_name(info, "query", query_pipeline),
             final_pipeline=final_pipeline_name(info, "query"),
+            trace=trace,
         )
         response = svc.process_results(
-            index, query, backend.search(index, query), pipeline=pipeline_name(info, "result", result_pipeline)
+            index,
+            query,
+            backend.search(index, query),
+            pipeline=pipeline_name(info, "result", result_pipeline),
+            trace=trace,
         )
         hits = response["hits"]["hits"]
         response["hits"]["max_score"] = max((hit["_score"] for hit in hits), default=None)
+        if trace is not None:
+            response["processor_results"] = processor_results(trace)
         # took covers the pipelines too: it is what the caller waited for.
         response["took"] = int((time.perf_counter() - started) * 1000)
         return response
@@ -79,14 +88,20 @@ def router(ctx: AppContext) -> APIRouter:
         from_: Annotated[int | None, Query(alias="from", ge=0, le=10_000)] = None,
         query_pipeline: Annotated[str | None, Query(description="instead of the index's query pipeline")] = None,
         result_pipeline: Annotated[str | None, Query(description="instead of the index's result pipeline")] = None,
-        search_pipeline: Annotated[str | None, Query(description="_none skips both pipelines")] = None,
+        search_pipeline: Annotated[
+            str | None, Query(description="an OpenSearch search pipeline (PUT /_search/pipeline); _none skips both")
+        ] = None,
+        verbose_pipeline: Annotated[
+            bool, Query(description="add each pipeline stage's trace as processor_results (OpenSearch 2.19)")
+        ] = False,
     ) -> dict[str, Any]:
         """Search: the query pipeline rewrites the body, tantivy runs it, the result pipeline reworks the hits."""
         started = time.perf_counter()
         body = await json_object(request, ctx.limits.max_body_bytes, required=False)
         return await run_in_threadpool(
-            run_search, index, body, q, size, from_, query_pipeline, result_pipeline, search_pipeline, started
-        )
+            run_search,
+            index, body, q, size, from_, query_pipeline, result_pipeline, search_pipeline, started, verbose_pipeline,
+        )  # fmt: skip
 
     search_responses = responses(SearchBody, 400, 404, 413)
     route(router, ["GET"], "/{index}/_search", responses=search_responses)(search)
@@ -107,6 +122,22 @@ def router(ctx: AppContext) -> APIRouter:
     route(router, ["POST"], "/{index}/_count", responses=count_responses, openapi_extra=count_body)(count)
 
     return router
+
+
+def _search_pipeline(
+    svc: PipelineService, name: str, query: str | None, result: str | None
+) -> tuple[str, str]:
+    """The query and result pipelines that ``?search_pipeline=name`` stands for: OpenSearch's search pipeline
+    ``name`` is stored as ``{name}-request`` and ``{name}-response`` (either may be absent); ``_none``: none."""
+    if name == NO_PIPELINE:
+        return NO_PIPELINE, NO_PIPELINE
+    if query is not None or result is not None:
+        raise InputError("give either search_pipeline or query_pipeline/result_pipeline, not both")
+    exists = svc.registry.exists
+    sides = {kind: side if exists(side) else NO_PIPELINE for kind, side in pipeline_names(name).items()}
+    if sides["query"] == sides["result"] == NO_PIPELINE:
+        raise NotFoundError("search pipeline", name)
+    return sides["query"], sides["result"]
 
 
 def _with_url_params(body: dict[str, Any], q: str | None, size: int | None, offset: int | None) -> dict[str, Any]:

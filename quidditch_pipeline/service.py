@@ -767,12 +767,17 @@ class PipelineService:
                 raise NotFoundError("pipeline", name)
             self._layout(name)
             return self.stats_registry.snapshot(name)
-        for stored in self.registry.names():
-            self._layout(stored)
-        snapshot = self.stats_registry.snapshot()
+        snapshot = self.metrics().snapshot()
         if self._pool is not None:
             snapshot["workers"] = self._pool.describe()
         return snapshot
+
+    def metrics(self) -> StatsRegistry:
+        """The live metrics that :meth:`stats` snapshots (every worker's merged in), with every stored pipeline's
+        stage layout attached: for exporters such as ``GET /_prometheus/metrics``."""
+        for stored in self.registry.names():
+            self._layout(stored)
+        return self.stats_registry
 
     def workers(self) -> list[dict[str, Any]]:
         """The worker processes (empty without workers): pid, batches, items, busy time, restarts, last exit."""

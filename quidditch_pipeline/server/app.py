@@ -29,7 +29,7 @@ from ._product import ElasticProductMiddleware
 from ._responses import JsonResponse
 from ._routing import AppContext
 from .engine import PIPELINE_SETTINGS, SearchBackend
-from .routes import documents, imports, indexes, ingest, pipelines, root, search, udfs
+from .routes import documents, imports, indexes, ingest, metrics, pipelines, root, search, udfs
 
 if TYPE_CHECKING:
     from ..service import PipelineService
@@ -74,7 +74,9 @@ def create_app(
     app.add_middleware(ElasticProductMiddleware)
     _sync_associations(service, backend)
     # Order matters: the index routes (``/{index}``) come after every ``_``-prefixed resource (``PUT /_bulk``).
-    routers = [module.router(ctx) for module in (root, pipelines, imports, ingest, udfs, documents, indexes, search)]
+    routers = [
+        module.router(ctx) for module in (root, metrics, pipelines, imports, ingest, udfs, documents, indexes, search)
+    ]
     for router in routers:
         app.include_router(router)
     install_error_handlers(app, [route for router in routers for route in router.routes])

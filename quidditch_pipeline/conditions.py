@@ -13,13 +13,22 @@ is handed over: when every use of a variable is a member path (``ctx.category``)
 variable of its own (the expression is compiled with ``ctx.category`` renamed, outside string literals); when
 ``has()`` is used, the variable is handed over projected onto those paths; otherwise whole. Either way the
 value a condition reads is never copied whole nor changed, and a missing key is an error as it would be.
+
+Even bound as scalars, each variable costs about a microsecond to convert, a two-clause condition ~2 µs of
+the ~3.5 µs it cost. So the commonest shape, a conjunction of member paths compared with literals
+(``ctx.category == 'spam' && ctx.price > 10``), is also compiled to Python (:class:`_Conjunction`), which
+answers only where it is sure to answer what CEL would: values of the literal's kind (a number with a number,
+exactly representable; a string with a string; ``==``/``!=`` for booleans and ``null``). Anything else (a
+missing key, another type, a NaN, a big integer) goes to CEL, so errors and heterogeneous comparisons are
+CEL's own. A property test holds the two to the same answers.
 """
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Final
 
 import cel
 
@@ -52,7 +61,7 @@ _Shaper = Callable[[Any], Any]
 class Condition:
     """A compiled ``if`` expression. ``ValueError`` (with the library's message) when it does not compile."""
 
-    __slots__ = ("_flat", "_names", "_program", "_shapers", "needs_ingest", "needs_meta", "source")
+    __slots__ = ("_fast", "_flat", "_names", "_program", "_shapers", "needs_ingest", "needs_meta", "source")
 
     def __init__(self, source: str) -> None:
         if not source.strip():
@@ -77,6 +86,8 @@ class Condition:
         #: ``(bound name, variable, member path)`` of each member path bound on its own, or ``None``.
         self._flat: tuple[tuple[str, str, tuple[str, ...]], ...] | None = None
         self._names: dict[str, str] = {}  # bound name -> the dotted path it stands for (error messages)
+        #: The Python form of a conjunction of comparisons with literals, or ``None``.
+        self._fast = _Conjunction.parse(source)
         planned = _flatten(source, names, macro_vars)
         if planned is not None:
             self._program, self._flat = planned
@@ -87,6 +98,11 @@ class Condition:
         """Whether the stage runs for these ``variables`` (``ctx``, and ``meta``/``params``/``_ingest`` when
         named); raises ``ValueError`` when the expression fails (a missing key, a type mismatch) or is not a
         boolean."""
+        fast = self._fast
+        if fast is not None:
+            answer = fast.evaluate(variables)
+            if answer is not None:
+                return answer
         shapers = self._shapers
         activation = (
             {name: variables[name] if shape is None else shape(variables[name]) for name, shape in shapers}
@@ -202,3 +218,128 @@ def _project(value: Any, tree: dict[str, Any]) -> Any:
         if key in value:
             out[key] = value[key] if inner is None else _project(value[key], inner)
     return out
+
+
+# A comparison of a member path with a literal, then ``&&`` or the end: the clauses of a :class:`_Conjunction`.
+# Literals are kept to those Python reads exactly as CEL does: quoted strings without escapes, decimal ints
+# without leading zeros, decimals with digits on both sides of the point, true, false, null.
+_CLAUSE = re.compile(
+    rf"\s*(?P<var>{'|'.join(VARIABLES)})(?P<path>(?:\s*\.\s*{_IDENT})+)\s*(?P<op>==|!=|<=|>=|<|>)\s*"
+    r"(?P<lit>'[^'\\\n]*'|\"[^\"\\\n]*\"|-?(?:0|[1-9][0-9]*)\.[0-9]+|-?(?:0|[1-9][0-9]*)|true|false|null)"
+    r"\s*(?:(?P<and>&&)|\Z)"
+)
+_OPS: Final[dict[str, Callable[[Any, Any], bool]]] = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+_I64: Final = 1 << 63
+_EXACT: Final = 1 << 53  # integers up to this magnitude are exact as doubles: CEL's int/double comparison too
+#: A clause's verdict on one value: True, False, or None when only CEL can tell.
+_Test = Callable[[Any], "bool | None"]
+
+
+class _Conjunction:
+    """``path op literal && …`` in Python; :meth:`evaluate` answers ``None`` where CEL must."""
+
+    __slots__ = ("clauses",)
+
+    def __init__(self, clauses: tuple[tuple[str, tuple[str, ...], _Test], ...]) -> None:
+        self.clauses = clauses
+
+    @classmethod
+    def parse(cls, source: str) -> _Conjunction | None:
+        clauses = []
+        at = 0
+        more = True  # a clause must come next: at the start, and after each ``&&``
+        while more:
+            match = _CLAUSE.match(source, at)
+            if match is None:
+                return None
+            test = _test(match["op"], match["lit"])
+            if test is None:
+                return None
+            clauses.append((match["var"], tuple(_SEGMENT.findall(match["path"])), test))
+            at, more = match.end(), match["and"] is not None
+        return cls(tuple(clauses))
+
+    def evaluate(self, variables: Mapping[str, Any]) -> bool | None:
+        """False when a clause is false (CEL's ``&&`` is false when either side is, even when the other fails);
+        True when every clause is true; None when a clause needs CEL and none was false, or when a value may
+        fail CEL's conversion (which fails the condition before any clause is evaluated, false or not)."""
+        answer: bool | None = True
+        for var, path, test in self.clauses:
+            node = variables.get(var, _MISSING)
+            for key in path:
+                node = node.get(key, _MISSING) if type(node) is dict else _MISSING
+                if node is _MISSING:
+                    break
+            verdict = None if node is _MISSING else test(node)
+            if verdict is None:
+                if node is not _MISSING and not _convertible(node):
+                    return None
+                if answer is True:
+                    answer = None
+            elif verdict is False:
+                answer = False
+        return answer
+
+
+def _test(op: str, text: str) -> _Test | None:
+    """The verdict of ``value op literal`` on one value (``None``: not a clause Python can judge)."""
+    compare = _OPS[op]
+    if text[0] in "'\"":
+        literal_str = text[1:-1]
+        return lambda v: compare(v, literal_str) if type(v) is str and _utf8(v) else None
+    if text in ("true", "false", "null"):
+        if op not in ("==", "!="):
+            return None
+        literal: Any = {"true": True, "false": False, "null": None}[text]
+        kind = type(literal)
+        return lambda v: compare(v, literal) if type(v) is kind else None
+    if "." in text:
+        number = float(text)
+
+        def double(v: Any) -> bool | None:
+            kind = type(v)
+            if kind is float:
+                return compare(v, number) if v == v else None  # CEL cannot order NaN
+            if kind is int and -_EXACT <= v <= _EXACT:
+                return compare(v, number)
+            return None
+
+        return double
+    integer = int(text)
+    if not -_I64 <= integer < _I64:
+        return None
+    exact = -_EXACT <= integer <= _EXACT
+
+    def int64(v: Any) -> bool | None:
+        kind = type(v)
+        if kind is int:
+            return compare(v, integer) if -_I64 <= v < _I64 else None
+        if kind is float and exact and v == v:
+            return compare(v, integer)
+        return None
+
+    return int64
+
+
+def _convertible(value: Any) -> bool:
+    """Whether CEL surely takes ``value`` (a scalar it can convert; a container is not looked into)."""
+    kind = type(value)
+    return value is None or kind is bool or kind is int or kind is float or (kind is str and _utf8(value))
+
+
+def _utf8(value: str) -> bool:
+    """Whether CEL can take ``value`` (a lone surrogate cannot be UTF-8)."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

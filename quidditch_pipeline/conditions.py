@@ -25,7 +25,6 @@ CEL's own. A property test holds the two to the same answers.
 
 from __future__ import annotations
 
-import operator
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -87,7 +86,8 @@ class Condition:
         self._flat: tuple[tuple[str, str, tuple[str, ...]], ...] | None = None
         self._names: dict[str, str] = {}  # bound name -> the dotted path it stands for (error messages)
         #: The Python form of a conjunction of comparisons with literals, or ``None``.
-        self._fast = _Conjunction.parse(source)
+        fast = _Conjunction.parse(source)
+        self._fast = None if fast is None else fast.evaluate
         planned = _flatten(source, names, macro_vars)
         if planned is not None:
             self._program, self._flat = planned
@@ -100,7 +100,7 @@ class Condition:
         boolean."""
         fast = self._fast
         if fast is not None:
-            answer = fast.evaluate(variables)
+            answer = fast(variables)
             if answer is not None:
                 return answer
         shapers = self._shapers
@@ -228,104 +228,86 @@ _CLAUSE = re.compile(
     r"(?P<lit>'[^'\\\n]*'|\"[^\"\\\n]*\"|-?(?:0|[1-9][0-9]*)\.[0-9]+|-?(?:0|[1-9][0-9]*)|true|false|null)"
     r"\s*(?:(?P<and>&&)|\Z)"
 )
-_OPS: Final[dict[str, Callable[[Any, Any], bool]]] = {
-    "==": operator.eq,
-    "!=": operator.ne,
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-}
+_OPS: Final = frozenset({"==", "!=", "<", "<=", ">", ">="})
 _I64: Final = 1 << 63
 _EXACT: Final = 1 << 53  # integers up to this magnitude are exact as doubles: CEL's int/double comparison too
-#: A clause's verdict on one value: True, False, or None when only CEL can tell.
-_Test = Callable[[Any], "bool | None"]
 
 
 class _Conjunction:
-    """``path op literal && …`` in Python; :meth:`evaluate` answers ``None`` where CEL must."""
+    """``path op literal && …`` as one Python function; :meth:`evaluate` answers ``None`` where CEL must.
 
-    __slots__ = ("clauses",)
+    The function is generated (as ``dataclasses`` generates ``__init__``) so that a clause costs a few
+    bytecodes instead of calls: the member names in its source are identifiers (checked by ``_CLAUSE``) and
+    the literals are passed in as values, never written into it."""
 
-    def __init__(self, clauses: tuple[tuple[str, tuple[str, ...], _Test], ...]) -> None:
-        self.clauses = clauses
+    __slots__ = ("evaluate", "source")
+
+    def __init__(self, source: str, evaluate: Callable[[Mapping[str, Any]], bool | None]) -> None:
+        self.source = source
+        #: False when a clause is false (CEL's ``&&`` is false when either side is, even when the other
+        #: fails); True when every clause is true; None when a clause needs CEL and none was false, or when a
+        #: value may fail CEL's conversion (which fails the condition before any clause is evaluated).
+        self.evaluate = evaluate
 
     @classmethod
     def parse(cls, source: str) -> _Conjunction | None:
-        clauses = []
+        lines = ["def evaluate(variables):", "    answer = True"]
+        namespace: dict[str, Any] = {"_M": _MISSING, "_I64": _I64, "_EXACT": _EXACT}
+        namespace.update(_convertible=_convertible, _utf8=_utf8)
         at = 0
         more = True  # a clause must come next: at the start, and after each ``&&``
         while more:
             match = _CLAUSE.match(source, at)
             if match is None:
                 return None
-            test = _test(match["op"], match["lit"])
-            if test is None:
+            literal = f"_L{len(namespace)}"
+            known = _known(match["op"], match["lit"], literal, namespace)
+            if known is None:
                 return None
-            clauses.append((match["var"], tuple(_SEGMENT.findall(match["path"])), test))
+            lines.append(f"    node = variables.get({match['var']!r}, _M)")
+            for key in _SEGMENT.findall(match["path"]):
+                lines.append(f"    node = node.get({key!r}, _M) if type(node) is dict else _M")
+            lines += [
+                "    if node is _M:",
+                "        if answer is True:",
+                "            answer = None",
+                "    else:",
+                "        kind = type(node)",
+                f"        if {known}:",
+                f"            if not (node {match['op']} {literal}):",
+                "                answer = False",
+                "        elif not _convertible(node):",
+                "            return None",
+                "        elif answer is True:",
+                "            answer = None",
+            ]
             at, more = match.end(), match["and"] is not None
-        return cls(tuple(clauses))
-
-    def evaluate(self, variables: Mapping[str, Any]) -> bool | None:
-        """False when a clause is false (CEL's ``&&`` is false when either side is, even when the other fails);
-        True when every clause is true; None when a clause needs CEL and none was false, or when a value may
-        fail CEL's conversion (which fails the condition before any clause is evaluated, false or not)."""
-        answer: bool | None = True
-        for var, path, test in self.clauses:
-            node = variables.get(var, _MISSING)
-            for key in path:
-                node = node.get(key, _MISSING) if type(node) is dict else _MISSING
-                if node is _MISSING:
-                    break
-            verdict = None if node is _MISSING else test(node)
-            if verdict is None:
-                if node is not _MISSING and not _convertible(node):
-                    return None
-                if answer is True:
-                    answer = None
-            elif verdict is False:
-                answer = False
-        return answer
+        lines.append("    return answer")
+        exec("\n".join(lines), namespace)  # generated from checked identifiers; literals are values
+        return cls(source, namespace["evaluate"])
 
 
-def _test(op: str, text: str) -> _Test | None:
-    """The verdict of ``value op literal`` on one value (``None``: not a clause Python can judge)."""
-    compare = _OPS[op]
+def _known(op: str, text: str, name: str, namespace: dict[str, Any]) -> str | None:
+    """The test (Python source over ``node`` and ``kind``) for values that ``node op literal`` compares as CEL
+    does; the literal is put in ``namespace`` as ``name``. ``None``: not a clause Python can judge."""
+    if op not in _OPS:
+        return None
     if text[0] in "'\"":
-        literal_str = text[1:-1]
-        return lambda v: compare(v, literal_str) if type(v) is str and _utf8(v) else None
+        namespace[name] = text[1:-1]
+        return "kind is str and (node.isascii() or _utf8(node))"
     if text in ("true", "false", "null"):
         if op not in ("==", "!="):
             return None
-        literal: Any = {"true": True, "false": False, "null": None}[text]
-        kind = type(literal)
-        return lambda v: compare(v, literal) if type(v) is kind else None
+        namespace[name] = {"true": True, "false": False, "null": None}[text]
+        return "node is None" if text == "null" else "kind is bool"
     if "." in text:
-        number = float(text)
-
-        def double(v: Any) -> bool | None:
-            kind = type(v)
-            if kind is float:
-                return compare(v, number) if v == v else None  # CEL cannot order NaN
-            if kind is int and -_EXACT <= v <= _EXACT:
-                return compare(v, number)
-            return None
-
-        return double
-    integer = int(text)
+        namespace[name] = float(text)
+        return "(kind is float and node == node) or (kind is int and -_EXACT <= node <= _EXACT)"  # NaN: CEL's
+    integer = namespace[name] = int(text)
     if not -_I64 <= integer < _I64:
         return None
-    exact = -_EXACT <= integer <= _EXACT
-
-    def int64(v: Any) -> bool | None:
-        kind = type(v)
-        if kind is int:
-            return compare(v, integer) if -_I64 <= v < _I64 else None
-        if kind is float and exact and v == v:
-            return compare(v, integer)
-        return None
-
-    return int64
+    test = "(kind is int and -_I64 <= node < _I64)"
+    return test + " or (kind is float and node == node)" if -_EXACT <= integer <= _EXACT else test
 
 
 def _convertible(value: Any) -> bool:

@@ -13,6 +13,7 @@ pipeline's (as OpenSearch shows a response processor's). Beyond OpenSearch, each
 (``success``, ``skipped`` by a false condition or a disabled stage, ``dropped``, ``retried``, ``error``,
 ``error_ignored``, ``error_handled``), its ``attempts``, ``took_us``, and for compound stages and failure
 handlers their own entries under ``stages`` and ``on_failure``. A skipped stage answers its input unchanged.
+As in OpenSearch, the key is absent when no stage ran, and a search that a pipeline fails answers its error.
 """
 
 from __future__ import annotations

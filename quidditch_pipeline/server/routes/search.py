@@ -74,8 +74,9 @@ def router(ctx: AppContext) -> APIRouter:
         )
         hits = response["hits"]["hits"]
         response["hits"]["max_score"] = max((hit["_score"] for hit in hits), default=None)
-        if trace is not None:
-            response["processor_results"] = processor_results(trace)
+        results = processor_results(trace) if trace else None
+        if results:  # as OpenSearch, only when a stage ran
+            response["processor_results"] = results
         # took covers the pipelines too: it is what the caller waited for.
         response["took"] = int((time.perf_counter() - started) * 1000)
         return response

@@ -8,26 +8,20 @@ P50/P95/P99, into fixed buckets ten to a decade (the R10 series 1, 1.25, 1.6, 2,
 
 Metric names (``type`` is the pipeline type; ``stage`` the stage path, ``group/inner`` inside a composite):
 
-========================================================  =========  =========================================
-name                                                      kind       labels
-========================================================  =========  =========================================
-``quidditch_pipeline_executions_total``                   counter    pipeline, type (``_stats`` ``count``)
-``quidditch_pipeline_{succeeded,failed,dropped,skipped}`` counter    pipeline, type (``_total`` suffixed)
-``quidditch_pipeline_{retries,timeouts}_total``           counter    pipeline, type
-``quidditch_pipeline_in_flight``                          gauge      pipeline, type (``_stats`` ``current``)
-``quidditch_pipeline_duration_seconds``                   histogram  pipeline, type (per input)
-``quidditch_stage_*``                                     as above   pipeline, type, stage, stage_type, tag
-``quidditch_udf_pool_instances`` / ``_busy`` / ``_waiting``  gauge   sha256, udf (``name@version, …``)
-``quidditch_udf_pool_size``                               gauge      sha256, udf (the bound per component)
-``quidditch_udf_components_loaded``                       gauge
-``quidditch_udf_instances_discarded_total``               counter    (trapped, timed out, out of memory)
-``quidditch_udf_build_seconds``                           summary    componentize-py builds of uploaded source
-``quidditch_udf_compile_seconds``                         summary    wasmtime compiles
-``quidditch_udf_cache_load_seconds``                      summary    compiled components mapped from the cache
-``quidditch_udf_instantiate_seconds``                     summary    new instances
-``quidditch_worker_{batches,items,busy_seconds,restarts}_total``  counter  slot (with ``workers``)
-``quidditch_worker_alive``                                gauge      slot
-========================================================  =========  =========================================
+* ``quidditch_pipeline_executions_total`` (``_stats`` ``count``), ``quidditch_pipeline_succeeded_total``,
+  ``_failed_total``, ``_dropped_total``, ``_skipped_total``, ``_retries_total``, ``_timeouts_total``
+  (counters), ``quidditch_pipeline_in_flight`` (gauge, ``current``) and ``quidditch_pipeline_duration_seconds``
+  (histogram, per input); labels ``pipeline``, ``type``.
+* ``quidditch_stage_*``: the same per stage; labels ``pipeline``, ``type``, ``stage``, ``stage_type``, ``tag``
+  (empty when the stage has none).
+* ``quidditch_udf_pool_instances``, ``_busy``, ``_waiting``, ``_size`` (gauges; labels ``sha256``, the first 12
+  hex digits of the component, and ``udf``, the ``name@version`` of every version that is it), for this
+  process's runtime; ``quidditch_udf_components_loaded`` (gauge); ``quidditch_udf_instances_discarded_total``.
+* ``quidditch_udf_build_seconds`` (componentize-py builds of uploaded source), ``quidditch_udf_compile_seconds``
+  (wasmtime compiles), ``quidditch_udf_cache_load_seconds`` (compiled components mapped back from the cache),
+  ``quidditch_udf_instantiate_seconds`` (new instances): summaries (``_count`` and ``_sum``).
+* With workers: ``quidditch_worker_batches_total``, ``_items_total``, ``_busy_seconds_total``,
+  ``_restarts_total`` (counters) and ``quidditch_worker_alive`` (gauge); label ``slot``.
 
 A ``_stats`` reset sets the counters back to zero, which Prometheus reads as a counter reset.
 """

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from opensearchpy import NotFoundError, OpenSearch, RequestError
+from opensearchpy import OpenSearch, RequestError
 
 from quidditch_pipeline import PipelineService
 from quidditch_pipeline.server import TantivyBackend, create_app
@@ -125,8 +125,9 @@ def test_search_pipeline_names_an_opensearch_search_pipeline_and_none_keeps_the_
     assert sorted(h["_id"] for h in hits) == ["0", "2", "3"] and all("number" in h["_source"] for h in hits)
     skipped = client.search(index=products, params={**VERBOSE, "search_pipeline": "_none"})
     assert [r["pipeline"] for r in skipped["processor_results"]] == ["qf"]
-    with pytest.raises(NotFoundError):
+    with pytest.raises(RequestError) as unknown:  # as OpenSearch answers a search pipeline it does not have
         client.search(index=products, params={**VERBOSE, "search_pipeline": "nope"})
+    assert "search pipeline [nope] is not defined" in str(unknown.value.info)
     with pytest.raises(RequestError):
         client.search(index=products, params={"search_pipeline": "shop", "query_pipeline": "q"})
 

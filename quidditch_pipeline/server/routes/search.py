@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from ...compat.opensearch import pipeline_names
-from ...errors import InputError, NotFoundError
+from ...errors import InputError
 from .._body import json_object
 from .._pipelines import NO_PIPELINE, final_pipeline_name, pipeline_name
 from .._responses import OBJECT, CountBody, SearchBody, json_body_doc, responses
@@ -136,8 +136,8 @@ def _search_pipeline(
         raise InputError("give either search_pipeline or query_pipeline/result_pipeline, not both")
     exists = svc.registry.exists
     sides = {kind: side if exists(side) else NO_PIPELINE for kind, side in pipeline_names(name).items()}
-    if sides["query"] == sides["result"] == NO_PIPELINE:
-        raise NotFoundError("search pipeline", name)
+    if sides["query"] == sides["result"] == NO_PIPELINE:  # OpenSearch: 400, "Pipeline X is not defined"
+        raise InputError(f"search pipeline [{name}] is not defined (PUT /_search/pipeline/{name} stores one)")
     return sides["query"], sides["result"]
 
 

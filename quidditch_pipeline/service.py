@@ -710,8 +710,18 @@ class PipelineService:
                 todo.append(nested.definition)
         return pins, udfs
 
-    def _run_one(self, compiled: CompiledPipeline, item: Item) -> None:
-        """Run a query or result pipeline over one input: here, or in a worker with ``search_in_workers``."""
+    def _run_one(self, compiled: CompiledPipeline, item: Item, trace: list[dict[str, Any]] | None = None) -> None:
+        """Run a query or result pipeline over one input: here, or in a worker with ``search_in_workers``.
+
+        With ``trace``, it runs here, verbose (a worker's answer carries no trace), and appends
+        ``{"pipeline", "type", "status", "input", "stages"}``: the ``_execute`` trace of its stages."""
+        if trace is not None:
+            entry = {"pipeline": compiled.name, "type": compiled.type.value, "input": snapshot(item.value)}
+            item.trace = []
+            self._run(compiled, [item], verbose=True)
+            trace.append({**entry, "status": item.status.value, "stages": item.trace})
+            item.trace = None
+            return
         if self._pool is None or not self._search_in_workers:
             self._run(compiled, [item])
             return
@@ -729,10 +739,17 @@ class PipelineService:
             item.error = error if isinstance(error, StageError) else StageError(error.message, pipeline=compiled.name)
 
     def process_query(
-        self, index: str, body: dict[str, Any], *, pipeline: str | None = None, final_pipeline: str | None = None
+        self,
+        index: str,
+        body: dict[str, Any],
+        *,
+        pipeline: str | None = None,
+        final_pipeline: str | None = None,
+        trace: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """The search body as the query pipeline, then the final query pipeline, rewrote it; raises
-        ``QueryRejectedError`` on a reject. ``pipeline`` and ``final_pipeline`` as in :meth:`process_documents`."""
+        ``QueryRejectedError`` on a reject. ``pipeline`` and ``final_pipeline`` as in :meth:`process_documents`.
+        With ``trace`` (a list), each pipeline that runs appends its verbose trace to it (see :meth:`_run_one`)."""
         compiled = self._pick(index, PipelineType.QUERY, pipeline)
         final = self._pick_final(index, PipelineType.QUERY, final_pipeline)
         if compiled is None and final is None:
@@ -743,7 +760,7 @@ class PipelineService:
             if guard is None:
                 continue
             item.status, item.spent, item.limit = Status.SUCCESS, 0.0, None  # a skip by the first one included
-            self._run_one(guard, item)
+            self._run_one(guard, item, trace)
             self._unavailable(index, guard, [item])
             if item.status is Status.REJECTED:
                 raise QueryRejectedError(
@@ -760,8 +777,10 @@ class PipelineService:
         response: dict[str, Any],
         *,
         pipeline: str | None = None,
+        trace: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        """An Elasticsearch-shaped search response after the result pipeline (hits re-scored, re-sorted, removed)."""
+        """An Elasticsearch-shaped search response after the result pipeline (hits re-scored, re-sorted, removed).
+        ``trace`` as in :meth:`process_query`."""
         compiled = self._pick(index, PipelineType.RESULT, pipeline)
         if compiled is None:
             return response
@@ -773,7 +792,7 @@ class PipelineService:
         value = {"hits": hits, "total": outer.get("total"), "query": body}
         validate_input(PipelineType.RESULT, value, "response")
         item = Item(0, None, value, {"index": index})
-        self._run_one(compiled, item)
+        self._run_one(compiled, item, trace)
         self._unavailable(index, compiled, [item])
         if item.status is Status.FAILED and item.error is not None:
             raise item.error
@@ -795,12 +814,17 @@ class PipelineService:
                 raise NotFoundError("pipeline", name)
             self._layout(name)
             return self.stats_registry.snapshot(name)
-        for stored in self.registry.names():
-            self._layout(stored)
-        snapshot = self.stats_registry.snapshot()
+        snapshot = self.metrics().snapshot()
         if self._pool is not None:
             snapshot["workers"] = self._pool.describe()
         return snapshot
+
+    def metrics(self) -> StatsRegistry:
+        """The live metrics that :meth:`stats` snapshots (every worker's merged in), with every stored pipeline's
+        stage layout attached: for exporters such as ``GET /_prometheus/metrics``."""
+        for stored in self.registry.names():
+            self._layout(stored)
+        return self.stats_registry
 
     def workers(self) -> list[dict[str, Any]]:
         """The worker processes (empty without workers): pid, batches, items, busy time, restarts, last exit."""

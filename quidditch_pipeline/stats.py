@@ -24,12 +24,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from hdrh.histogram import HdrHistogram
 
-__all__ = ["Metric", "MetricDelta", "PipelineMetrics", "StatsRegistry"]
+__all__ = ["Exposition", "Metric", "MetricDelta", "PipelineMetrics", "StatsRegistry"]
 
 #: What :meth:`Metric.take` hands over: ``{"events": [...], "folded": {...} | None}`` (plain JSON data).
 MetricDelta = dict[str, Any]
@@ -213,6 +215,30 @@ class Metric:
         """The counters by name, in the order ``_stats`` shows them (the caller holds the lock)."""
         return {counter: getattr(self, counter) for counter in _COUNTERS}
 
+    def exposition(self, bounds_us: Sequence[float]) -> Exposition:
+        """The counters and the latency distribution as cumulative buckets (for Prometheus), from one fold: for
+        each bound (ascending, in microseconds) how many durations were at most that, plus their count and sum.
+
+        Derived from the HDR histogram that ``_stats`` reads its percentiles from, at the time of asking (the
+        hot path keeps no second bookkeeping); a duration is compared by the highest value of its HDR bucket,
+        as those percentiles are, so the bucket holding ``_stats``' P99 holds at least 99% of the count."""
+        with self._lock:
+            self._fold()
+            hist = self._hist
+            total = hist.get_total_count()
+            cumulative = [0] * len(bounds_us)
+            i, seen, last = 0, 0, len(bounds_us)
+            if total:
+                for step in hist.get_recorded_iterator():
+                    value = step.value_iterated_to
+                    while i < last and bounds_us[i] < value:
+                        cumulative[i] = seen
+                        i += 1
+                    seen += step.count_added_in_this_iter_step
+            for j in range(i, last):
+                cumulative[j] = seen
+            return Exposition(self._counters(), cumulative, total, self.total_us)
+
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             self._fold()
@@ -236,6 +262,17 @@ class Metric:
                     "time": datetime.fromtimestamp(self.last_error_time, UTC).isoformat(),
                 },
             }
+
+
+@dataclass(frozen=True, slots=True)
+class Exposition:
+    """What :meth:`Metric.exposition` answers: the counters by name, the cumulative bucket counts, and the
+    count and sum (microseconds) of the durations recorded (inputs skipped have none)."""
+
+    counters: dict[str, int]
+    cumulative: list[int]
+    count: int
+    sum_us: float
 
 
 class PipelineMetrics:
@@ -293,6 +330,15 @@ class PipelineMetrics:
         for path, (stage_type, stage_delta) in delta["stages"].items():
             self.stage(path, stage_type).merge(stage_delta)
 
+    def exposition(self, bounds_us: Sequence[float]) -> tuple[Exposition, list[tuple[str, str, str, Exposition]]]:
+        """:meth:`Metric.exposition` of the pipeline and of each stage of its layout, as ``(path, type, tag,
+        exposition)`` (``tag`` empty when the stage has none)."""
+        with self._lock:
+            stages = [(p, *self._stages[p]) for p in self._order if p in self._stages]
+            tags = dict(self._tags)
+        own = self.pipeline.exposition(bounds_us)
+        return own, [(p, t, tags.get(p, ""), m.exposition(bounds_us)) for p, t, m in stages]
+
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             stages = [(p, self._stages[p]) for p in self._order if p in self._stages]
@@ -342,6 +388,11 @@ class StatsRegistry:
         with self._lock:
             pipelines = sorted(self._pipelines.items())
         return {"pipelines": {n: m.snapshot() for n, m in pipelines}}
+
+    def pipelines(self) -> list[tuple[str, PipelineMetrics]]:
+        """Every pipeline's metrics, by name."""
+        with self._lock:
+            return sorted(self._pipelines.items())
 
     def reset(self, name: str | None = None) -> None:
         with self._lock:

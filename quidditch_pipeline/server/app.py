@@ -29,7 +29,7 @@ from ._product import ElasticProductMiddleware
 from ._responses import JsonResponse
 from ._routing import AppContext
 from .engine import PIPELINE_SETTINGS, SearchBackend, UpstreamBackend
-from .routes import documents, failures, gateway, imports, indexes, ingest, pipelines, root, search, udfs
+from .routes import documents, failures, gateway, imports, indexes, ingest, metrics, pipelines, root, search, udfs
 
 if TYPE_CHECKING:
     from ..service import PipelineService
@@ -78,7 +78,7 @@ def create_app(
         # Gateway mode: the registry's associations are the pipeline settings, nothing to sync; the cluster's
         # paths pass through, and the gateway's index routes come before (so instead of) the embedded ones.
         routers = [
-            *(module.router(ctx) for module in (root, pipelines, imports)),
+            *(module.router(ctx) for module in (root, metrics, pipelines, imports)),
             gateway.passthrough_router(ctx, backend),
             *(module.router(ctx) for module in (udfs, documents)),
             gateway.index_router(ctx, backend),
@@ -86,7 +86,7 @@ def create_app(
         ]
     else:
         _sync_associations(service, backend)
-        modules = (root, pipelines, imports, ingest, udfs, documents, indexes, failures, search)
+        modules = (root, metrics, pipelines, imports, ingest, udfs, documents, indexes, failures, search)
         routers = [module.router(ctx) for module in modules]
     for router in routers:
         app.include_router(router)

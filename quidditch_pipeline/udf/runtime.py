@@ -49,7 +49,7 @@ from .._files import file_lock, write_atomically
 from ..errors import InputError, UdfCallError, UdfLoadError, UdfMemoryError, UdfTimeoutError
 from .interpreter import default_cache_dir, interpreter_component
 
-__all__ = ["ABI", "UdfItemError", "UdfItemResult", "UdfRuntime", "UdfRuntimeStats"]
+__all__ = ["ABI", "PoolState", "UdfItemError", "UdfItemResult", "UdfRuntime", "UdfRuntimeStats"]
 
 #: The guest ABI this runtime speaks: the version of ``wit/udf.wit``, which guest/udf_guest.py reports too.
 ABI = "2.0.0"
@@ -130,6 +130,19 @@ class UdfRuntimeStats:
     instances_created: int
     instances_discarded: int
     loaded: int
+
+
+@dataclass(frozen=True, slots=True)
+class PoolState:
+    """One loaded component's instance pool now: instances alive (``busy`` of them serving a call), threads
+    waiting for one, and the bound (``pool_size``); ``source``: a UDF run from source on the interpreter."""
+
+    sha256: str
+    source: bool
+    live: int
+    busy: int
+    waiting: int
+    size: int
 
 
 class _Trap(Exception):
@@ -396,6 +409,11 @@ class _Pool:
         self._live = 0
         self._closed = False
 
+    def state(self) -> tuple[int, int, int]:
+        """Instances alive, busy of them, threads waiting."""
+        with self._lock:
+            return self._live, self._live - len(self._idle), self._waiting
+
     def acquire(self, memory_limit: int, timeout_s: float) -> _Instance:
         """An idle instance with ``memory_limit``, or a new one; wait at most ``timeout_s`` for a slot."""
         deadline = None
@@ -425,6 +443,7 @@ class _Pool:
                 finally:
                     self._waiting -= 1
         # Instantiating takes a millisecond or so: do it outside the lock, in the slot reserved above.
+        start = time.perf_counter()
         try:
             instance = _Instance(self._runtime, self._component, memory_limit)
         except BaseException:
@@ -432,7 +451,7 @@ class _Pool:
                 self._live -= 1
                 self._wake()
             raise
-        self._runtime._count("instances_created")
+        self._runtime._count("instances_created", time.perf_counter() - start)
         return instance
 
     def release(self, instance: _Instance) -> None:
@@ -524,6 +543,8 @@ class UdfRuntime:
         self._interpreter_lock = threading.Lock()
         self._loading: dict[str, Future[_Component]] = {}
         self._counters = {"compiles": 0, "cache_loads": 0, "instances_created": 0, "instances_discarded": 0}
+        #: Seconds spent compiling, mapping compiled components back from the cache, and instantiating.
+        self._seconds = {"compiles": 0.0, "cache_loads": 0.0, "instances_created": 0.0}
         self._closed = False
         self._stop = threading.Event()
         self._tick_start = time.monotonic()
@@ -574,9 +595,22 @@ class UdfRuntime:
         with self._lock:
             return UdfRuntimeStats(loaded=len(self._components), **self._counters)
 
-    def _count(self, counter: str) -> None:
+    def timings(self) -> dict[str, tuple[int, float]]:
+        """``compiles``, ``cache_loads`` and ``instances_created``: how many, and the seconds they took in all."""
+        with self._lock:
+            return {what: (self._counters[what], seconds) for what, seconds in self._seconds.items()}
+
+    def pools(self) -> list[PoolState]:
+        """The instance pool of every loaded component."""
+        with self._lock:
+            components = list(self._components.values())
+        return [PoolState(c.sha256, c.source is not None, *c.pool.state(), self.pool_size) for c in components]
+
+    def _count(self, counter: str, seconds: float | None = None) -> None:
         with self._lock:
             self._counters[counter] += 1
+            if seconds is not None:
+                self._seconds[counter] += seconds
 
     # -- loading ---------------------------------------------------------------------------------------
 
@@ -713,11 +747,12 @@ class UdfRuntime:
         """The compiled component mapped back from ``cache``; None when missing or unusable."""
         if not cache.is_file():
             return None
+        start = time.perf_counter()
         try:
             component = Component.deserialize_file(self.engine, str(cache))
         except WasmtimeError:
             return None  # corrupt, or written by another engine configuration: compiled again
-        self._count("cache_loads")
+        self._count("cache_loads", time.perf_counter() - start)
         return component
 
     def _compile(self, sha256: str, wasm_path: Path, cache: Path | None) -> Component:
@@ -729,11 +764,12 @@ class UdfRuntime:
         actual = hashlib.sha256(wasm).hexdigest()
         if actual != sha256:
             raise UdfLoadError(f"{wasm_path} has sha256 {actual}, expected {sha256}")
+        start = time.perf_counter()
         try:
             component = Component(self.engine, wasm)
         except WasmtimeError as exc:
             raise UdfLoadError(f"cannot compile UDF component {sha256[:12]}: {_summary(str(exc))}") from exc
-        self._count("compiles")
+        self._count("compiles", time.perf_counter() - start)
         if cache is None:
             return component
         try:

@@ -126,6 +126,8 @@ class UdfStore:
         self._pending: Counter[str] = Counter()
         # (name, version, sha256) -> its reference; a python stage resolves its UDF on every call.
         self._refs: dict[tuple[str, str, str], UdfRef] = {}
+        #: Source builds (componentize-py) that succeeded: how many, and the seconds they took in all.
+        self.builds = (0, 0.0)
 
     def put(
         self, name: str, version: str, source_or_wasm: str | bytes, *, mode: str | None = None
@@ -174,7 +176,13 @@ class UdfStore:
                 f"finished within {limits.queue_timeout_s:g} s; try again later"
             )
         try:
-            return self._builder(source, filename=f"{name}.py", progress=self._progress, limits=limits)
+            start = time.perf_counter()
+            component = self._builder(source, filename=f"{name}.py", progress=self._progress, limits=limits)
+            took = time.perf_counter() - start
+            with self._lock:
+                count, seconds = self.builds
+                self.builds = (count + 1, seconds + took)
+            return component
         finally:
             self._builds.release()
 

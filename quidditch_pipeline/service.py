@@ -658,10 +658,10 @@ class PipelineService:
         pins: dict[str, list[Any]] = {root.name: [root.revision, stored.updated_at]}
         udfs: list[list[Any]] = []
         seen: set[tuple[str, str | None]] = set()
-        todo = [root.definition]
+        todo: list[tuple[Iterable[tuple[str, str | None]], Iterable[str]]] = [(root.udfs, root.calls)]
         while todo:
-            definition = todo.pop()
-            for _, udf, version in definition.udf_references():
+            references, targets = todo.pop()
+            for udf, version in references:
                 if (udf, version) in seen:
                     continue
                 seen.add((udf, version))
@@ -669,7 +669,7 @@ class PipelineService:
                     udfs.append([udf, version is not None, self.registry.udf(udf, version).version])
                 except NotFoundError:
                     continue  # the stage fails in the worker, as it would here
-            for _, target in definition.pipeline_targets():
+            for target in targets:
                 if target in pins:
                     continue
                 try:
@@ -677,7 +677,13 @@ class PipelineService:
                 except NotFoundError:
                     continue
                 pins[target] = [nested.revision, nested.updated_at]
-                todo.append(nested.definition)
+                definition = nested.definition
+                todo.append(
+                    (
+                        ((udf, version) for _, udf, version in definition.udf_references()),
+                        (name for _, name in definition.pipeline_targets()),
+                    )
+                )
         return pins, udfs
 
     def _run_one(self, compiled: CompiledPipeline, item: Item) -> None:

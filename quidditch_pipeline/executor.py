@@ -586,6 +586,9 @@ class CompiledPipeline:
         self.timeout_s = definition.timeout_ms / 1000.0 if definition.timeout_ms else None
         #: The pipelines its ``pipeline`` stages call, by name.
         self.calls = tuple(dict.fromkeys(target for _, target in definition.pipeline_targets()))
+        #: ``(udf name, pinned version or None)`` of its python stages, once each: what a batch sent to a worker
+        #: resolves on every call (walking the definition for it cost more than the rest of that plan).
+        self.udfs = tuple(dict.fromkeys((udf, version) for _, udf, version in definition.udf_references()))
 
     def _handle(self, items: list[Item], run: Run) -> None:
         """Run the pipeline's handlers on the items its stages failed (never on an unavailable stage's)."""

@@ -605,21 +605,7 @@ class PipelineService:
         final = self._pick_final(index, PipelineType.DOCUMENT, final_pipeline)
         guards = [guard for guard in (compiled, final) if guard is not None]
         if guards and self._pool is not None:
-            answered = [JsonDocumentOutcome(doc_id, "success", raw, None) for doc_id, raw in items]
-            for guard in guards:  # the default (or request) pipeline, then the final one
-                going = [i for i, outcome in enumerate(answered) if outcome.status == "success"]
-                raws = [answered[i].source_json or b"null" for i in going]
-                answers = self._in_workers(guard, index, [answered[i].id for i in going], raws)
-                for k, (i, code) in enumerate(zip(going, answers.codes, strict=True)):
-                    doc_id = answered[i].id
-                    if code == _wire.CHANGED:
-                        answered[i] = JsonDocumentOutcome(doc_id, "success", answers.data[k], None)
-                    elif code == _wire.DROPPED:
-                        answered[i] = JsonDocumentOutcome(doc_id, "dropped", None, None)
-                    elif code != _wire.UNCHANGED:
-                        answered[i] = JsonDocumentOutcome(doc_id, "failed", None, _answer_error(answers, k))
-                self._refuse_unavailable(index, guard, (answered[i].error for i in going))
-            return answered
+            return self._documents_json_in_workers(guards, index, items)
         outcomes: list[JsonDocumentOutcome] = []
         run_items: list[Item] = []
         meta = {"index": index}
@@ -644,6 +630,37 @@ class PipelineService:
                 out.source_json = None
             elif item.value is not original:
                 out.source_json = orjson.dumps(item.value)
+        return outcomes
+
+    def _documents_json_in_workers(
+        self, guards: list[CompiledPipeline], index: str, items: Sequence[tuple[str | None, bytes]]
+    ) -> list[JsonDocumentOutcome]:
+        """:meth:`process_documents_json` with workers. This process's per-document work is what caps how
+        many workers one parent can feed, so it keeps parallel lists and builds each outcome once, at the end
+        (measured: 0.40 against 0.65 µs per document for an outcome object per document and guard)."""
+        ids = [doc_id for doc_id, _ in items]
+        data: list[bytes | None] = [raw for _, raw in items]
+        done: dict[int, JsonDocumentOutcome] = {}  # the dropped and failed, by position
+        going: Sequence[int] = range(len(items))
+        for guard in guards:  # the default (or request) pipeline, then the final one
+            if done:
+                going = [i for i in going if i not in done]
+            answers = self._in_workers(guard, index, [ids[i] for i in going], [data[i] or b"null" for i in going])
+            answer_data = answers.data
+            for k, code in enumerate(answers.codes):
+                if code == _wire.CHANGED:
+                    data[going[k]] = answer_data[k]
+                elif code != _wire.UNCHANGED:
+                    i = going[k]
+                    done[i] = (
+                        JsonDocumentOutcome(ids[i], "dropped", None, None)
+                        if code == _wire.DROPPED
+                        else JsonDocumentOutcome(ids[i], "failed", None, _answer_error(answers, k))
+                    )
+            self._refuse_unavailable(index, guard, answers.errors.values())
+        outcomes = [JsonDocumentOutcome(doc_id, "success", raw, None) for doc_id, raw in zip(ids, data, strict=True)]
+        for i, outcome in done.items():
+            outcomes[i] = outcome
         return outcomes
 
     def _in_workers(
@@ -688,10 +705,10 @@ class PipelineService:
         pins: dict[str, list[Any]] = {root.name: [root.revision, stored.updated_at]}
         udfs: list[list[Any]] = []
         seen: set[tuple[str, str | None]] = set()
-        todo = [root.definition]
+        todo: list[tuple[Iterable[tuple[str, str | None]], Iterable[str]]] = [(root.udfs, root.calls)]
         while todo:
-            definition = todo.pop()
-            for _, udf, version in definition.udf_references():
+            references, targets = todo.pop()
+            for udf, version in references:
                 if (udf, version) in seen:
                     continue
                 seen.add((udf, version))
@@ -699,7 +716,7 @@ class PipelineService:
                     udfs.append([udf, version is not None, self.registry.udf(udf, version).version])
                 except NotFoundError:
                     continue  # the stage fails in the worker, as it would here
-            for _, target in definition.pipeline_targets():
+            for target in targets:
                 if target in pins:
                     continue
                 try:
@@ -707,7 +724,13 @@ class PipelineService:
                 except NotFoundError:
                     continue
                 pins[target] = [nested.revision, nested.updated_at]
-                todo.append(nested.definition)
+                definition = nested.definition
+                todo.append(
+                    (
+                        ((udf, version) for _, udf, version in definition.udf_references()),
+                        (name for _, name in definition.pipeline_targets()),
+                    )
+                )
         return pins, udfs
 
     def _run_one(self, compiled: CompiledPipeline, item: Item, trace: list[dict[str, Any]] | None = None) -> None:

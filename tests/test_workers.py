@@ -135,6 +135,47 @@ def test_a_large_batch_is_cut_over_the_workers_and_comes_back_in_order(pooled: P
     assert {"pid", "batches", "items", "busy_ms", "restarts", "alive"} <= workers[0].keys()
 
 
+def test_a_worker_gets_its_next_chunk_before_its_answer_is_decoded(
+    pooled: PipelineService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two chunks per worker, and the parent's decoding overlaps the workers' work: a worker that answers is
+    sent the request's next chunk before the parent decodes that answer."""
+    pooled.put_pipeline(pipeline("fed", native("n", "set", field="n", value=1)))
+    pooled.associate("fed-idx", "document", "fed")
+    pool = pooled._pool
+    assert pool is not None
+    events: list[tuple[str, int, int | None]] = []
+    send, decode = pool._send, pool._decode
+
+    def logged_send(slot: Any, *args: Any) -> Any:
+        chunk = send(slot, *args)
+        if chunk is not None:
+            events.append(("send", chunk.start, slot.index))
+        return chunk
+
+    def logged_decode(chunk: Any, *args: Any) -> None:
+        events.append(("decode", chunk.start, chunk.slot.index))
+        decode(chunk, *args)
+
+    monkeypatch.setattr(pool, "_send", logged_send)
+    monkeypatch.setattr(pool, "_decode", logged_decode)
+    items = [(str(i), orjson.dumps({"i": i})) for i in range(400)]
+    outs = pooled.process_documents_json("fed-idx", items)
+    assert [orjson.loads(o.source_json or b"") for o in outs] == [{"i": i, "n": 1} for i in range(400)]
+    sends = [start for kind, start, _ in events if kind == "send"]
+    assert sorted(sends) == [0, 100, 200, 300]  # 2 workers, 2 chunks each
+    assert sorted(start for kind, start, _ in events if kind == "decode") == sends
+    overlapped = 0
+    for at, (kind, start, slot) in enumerate(events):
+        if kind != "decode":
+            continue
+        sent_at = events.index(("send", start, slot))
+        later = [i for i, event in enumerate(events) if event[0] == "send" and event[2] == slot and i > sent_at]
+        if later:  # the worker got another chunk of this request: it went out before this answer was decoded
+            assert later[0] < at, events
+            overlapped += 1
+    assert overlapped >= 2, events  # at least two of the four answers were decoded while their worker worked
+
 def test_retries_and_deadlines_run_in_the_worker_and_count_in_the_parent(pooled: PipelineService) -> None:
     stage = python("hostile", parameters={"do": "loop"}, on_failure="retry", timeout_ms=50)
     pooled.put_pipeline(pipeline("retrying", stage, retry={"max_attempts": 3, "initial_backoff_ms": 5}))

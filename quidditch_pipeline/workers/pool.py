@@ -1,12 +1,14 @@
 """The supervisor of the pipeline worker processes: it starts them, hands them batches, watches them, replaces
 the dead and the hung, and is the only one that kills them.
 
-A request's inputs are cut into chunks, one per free worker (``min_chunk`` inputs at least), sent at once and
-waited for together; answers come back in request order. A worker that dies (killed, segfault, out of memory)
-fails only the items of the chunk it held, each with a :class:`~quidditch_pipeline.errors.WorkerError`
-naming the process and the cause; one that has not answered by its chunk's deadline plus ``grace_s`` is
-killed and its items fail the same way. Either way a fresh process takes its slot, started in the background
-while the other workers go on.
+A request's inputs are cut into chunks, one per worker (``min_chunk`` inputs at least) or, for a big request,
+two per worker: each free worker gets one at once, and a worker that answers gets the request's next chunk
+before its answer is decoded, so that the parent's decoding overlaps the workers' work; answers come back in
+request order. A worker that dies
+(killed, segfault, out of memory) fails only the items of the chunk it held, each with a
+:class:`~quidditch_pipeline.errors.WorkerError` naming the process and the cause; one that has not answered by
+its chunk's deadline plus ``grace_s`` is killed and its items fail the same way. Either way a fresh process
+takes its slot, started in the background while the other workers go on.
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ from . import _wire
 from .worker import WorkerConfig
 
 __all__ = ["BatchAnswer", "WorkerPool"]
+
+# A request big enough to give each worker two chunks of this many inputs is cut into two chunks per worker,
+# so that each worker has its next chunk while the parent decodes the answer to its last one. Smaller ones go
+# one chunk per worker: a chunk costs the parent ~100 us whatever its size (measured at batch 1), more than
+# the overlap saves on a chunk of a few dozen documents (~3 us each to decode).
+_FED_CHUNK = 100
 
 
 @dataclass(slots=True)
@@ -230,7 +238,8 @@ class WorkerPool:
         n = len(payloads)
         answers = BatchAnswer([_wire.FAILED] * n, [None] * n, {})
         pipeline = str(header["pipeline"])
-        chunks = max(1, min(self.size, math.ceil(n / self.min_chunk)))
+        per_worker = 2 if n >= 2 * self.size * _FED_CHUNK else 1
+        chunks = max(1, min(self.size * per_worker, math.ceil(n / self.min_chunk)))
         bounds = [(n * i // chunks, n * (i + 1) // chunks) for i in range(chunks)]
         inflight: dict[Connection, _Chunk] = {}
         waited_since = time.monotonic()
@@ -261,7 +270,23 @@ class WorkerPool:
             for conn in wait(list(inflight), timeout):
                 assert isinstance(conn, Connection)
                 chunk = inflight.pop(conn)
-                self._receive(chunk, pipeline, answers)
+                frame = self._receive(chunk, pipeline, answers)
+                if frame is None:
+                    continue
+                # Keep the worker fed: its next chunk goes out before this answer is decoded, so that the
+                # decoding here overlaps the worker's work instead of leaving it idle.
+                slot = chunk.slot
+                if bounds:
+                    start, stop = bounds.pop(0)
+                    sent = self._send(slot, header, ids, payloads, start, stop, budget_s)
+                    if sent is None:  # its process died meanwhile: the slot is being replaced
+                        bounds.insert(0, (start, stop))
+                    else:
+                        assert slot.conn is not None
+                        inflight[slot.conn] = sent
+                else:
+                    self._release(slot)
+                self._decode(chunk, frame, pipeline, answers)
             now = time.monotonic()
             for conn, chunk in list(inflight.items()):
                 if now >= chunk.deadline:
@@ -303,7 +328,7 @@ class WorkerPool:
     ) -> _Chunk | None:
         assert slot.conn is not None
         part = payloads[start:stop]
-        frame = _wire.encode({**header, "ids": ids[start:stop], "sizes": [len(p) for p in part]}, part)
+        frame = _wire.encode({**header, "ids": ids[start:stop], "sizes": list(map(len, part))}, part)
         now = time.monotonic()
         try:
             slot.conn.send_bytes(frame)
@@ -312,7 +337,9 @@ class WorkerPool:
             return None
         return _Chunk(start, stop, slot, now, now + budget_s(stop - start) + self.grace_s)
 
-    def _receive(self, chunk: _Chunk, pipeline: str, answers: BatchAnswer) -> None:
+    def _receive(self, chunk: _Chunk, pipeline: str, answers: BatchAnswer) -> bytes | None:
+        """The answer frame of ``chunk`` (its slot is still the caller's), or None when the worker died: its
+        items are failed and the slot is being replaced."""
         slot = chunk.slot
         assert slot.conn is not None
         try:
@@ -323,11 +350,14 @@ class WorkerPool:
                 f"pipeline worker {slot.pid} died ({cause}) while running this batch", pid=slot.pid, pipeline=pipeline
             ))
             self._retire(slot, cause)
-            return
+            return None
         slot.batches += 1
         slot.items += chunk.stop - chunk.start
         slot.busy_s += time.monotonic() - chunk.sent
-        self._release(slot)
+        return frame
+
+    def _decode(self, chunk: _Chunk, frame: bytes, pipeline: str, answers: BatchAnswer) -> None:
+        """Write a worker's answer for ``chunk`` into ``answers`` and merge its statistics."""
         header, body = _wire.decode(frame)
         self._merge_stats(header["stats"])
         if "error" in header:

@@ -205,13 +205,19 @@ class _Worker:
 
 def parse_input(kind: PipelineType, doc_id: str | None, raw: bytes | memoryview) -> Any:
     """One input's JSON bytes, parsed and checked against the pipeline type; ``InputError`` names the input."""
-    where = f"document [{doc_id}]" if doc_id is not None else "input"
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InputError(f"{where}: not valid JSON: {exc}") from None
-    validate_input(kind, value, where)
+        raise InputError(f"{_where(doc_id)}: not valid JSON: {exc}") from None
+    # Once per document: an object for a document or query pipeline is the whole check, made here without
+    # the name of the input that only an error needs.
+    if type(value) is not dict or kind is PipelineType.RESULT:
+        validate_input(kind, value, _where(doc_id))
     return value
+
+
+def _where(doc_id: str | None) -> str:
+    return f"document [{doc_id}]" if doc_id is not None else "input"
 
 
 def run_from_argv(argv: list[str]) -> None:

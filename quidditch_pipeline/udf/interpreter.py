@@ -29,9 +29,11 @@ from .build import _UNAVAILABLE_MODULES, componentize
 from .guest_stdlib import GUEST_STDLIB
 
 __all__ = [
+    "CACHE_DIR_ENV",
     "PRELOADED",
     "SOURCES_MAX_BYTES",
     "SOURCES_MAX_FILES",
+    "cache_root",
     "default_cache_dir",
     "interpreter_built",
     "interpreter_component",
@@ -89,10 +91,23 @@ def _key() -> str:
     return digest.hexdigest()
 
 
+#: Names the folder of quidditch-pipeline's user caches (default ``$XDG_CACHE_HOME/quidditch-pipeline``, else
+#: ``~/.cache/quidditch-pipeline``): the interpreter goes under it, and the test suite's caches too.
+CACHE_DIR_ENV = "QUIDDITCH_CACHE_DIR"
+
+
+def cache_root() -> Path:
+    """The folder of quidditch-pipeline's user caches (see :data:`CACHE_DIR_ENV`)."""
+    explicit = os.environ.get(CACHE_DIR_ENV)
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "quidditch-pipeline"
+
+
 def default_cache_dir() -> Path:
     """Where the interpreter is kept when the runtime has no cache folder of its own."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "quidditch-pipeline" / "interpreter"
+    return cache_root() / "interpreter"
 
 
 def interpreter_built(cache_dir: Path) -> bool:

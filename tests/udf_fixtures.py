@@ -23,6 +23,7 @@ Building a UDF takes seconds (componentize-py) and compiling it seconds more (wa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import inspect
@@ -272,9 +273,22 @@ def udf_builds() -> Iterator[UdfBuilds]:
 
 @pytest.fixture(scope="session")
 def udf_runtime() -> Iterator[UdfRuntime]:
-    """The session's runtime: default limits, compiled components cached across sessions."""
+    """The session's runtime: default limits, compiled components cached across sessions.
+
+    The shared interpreter is made ready in the background from the start (built and compiled, unless ``udf
+    prepare`` or an earlier session did), so that on a cold cache its minute and a half overlaps other tests
+    instead of stalling the first one in source mode (which waits for it)."""
     with UdfRuntime(_cache_root() / "compiled", interpreter_dir=interpreter_dir()) as runtime:
+        ready = threading.Thread(target=_prepare_quietly, args=(runtime,), name="udf-interpreter", daemon=True)
+        ready.start()
         yield runtime
+        ready.join()
+
+
+def _prepare_quietly(runtime: UdfRuntime) -> None:
+    # Any failure here is the first source-mode test's to report: it asks for the interpreter again.
+    with contextlib.suppress(Exception):
+        runtime.prepare_interpreter()
 
 
 @pytest.fixture(scope="session")

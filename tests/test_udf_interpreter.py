@@ -98,18 +98,3 @@ def test_udf_prepare_leaves_the_interpreter_built_and_compiled_for_the_first_sta
         runtime.load_source("def process(value, params):\n    return value\n")
         stats = runtime.stats()
     assert (stats.compiles, stats.cache_loads) == (0, 1)
-
-
-def test_udf_prepare_compiles_an_interpreter_that_was_built_but_never_compiled(
-    tmp_path: Path, hostile_source_udf: BuiltUdf, capsys: pytest.CaptureFixture[str]
-) -> None:
-    folder = interpreter_copy(hostile_source_udf, tmp_path / "interpreter", compiled=False)
-    assert not list(folder.glob("*.cwasm"))
-    assert main(["udf", "prepare", "--cache-dir", str(folder)]) == 0
-    out = capsys.readouterr().out
-    assert "ready" in out and "already" not in out
-    assert len(list(folder.glob("*.cwasm"))) == 1
-    with UdfRuntime(tmp_path / "compiled", interpreter_dir=folder) as runtime:
-        runtime.load_source("def process(value, params):\n    return value\n")
-        stats = runtime.stats()
-    assert (stats.compiles, stats.cache_loads) == (0, 1)

@@ -1,5 +1,8 @@
 """The shared interpreter's folder: the bounded cache of inline sources beside it, and ``udf prepare``, which
-builds and compiles the interpreter at install time so that the first ``serve --demo`` finds it ready."""
+builds and compiles the interpreter at install time so that the first ``serve --demo`` finds it ready.
+
+The tests that need the interpreter take the session's (built and compiled once per toolchain) and copy it
+into a folder of their own where they need one."""
 
 from __future__ import annotations
 
@@ -17,14 +20,12 @@ from quidditch_pipeline.udf.interpreter import SOURCES_MAX_FILES, interpreter_bu
 from .udf_fixtures import BuiltUdf
 
 
-def interpreter_copy(source_udf: BuiltUdf, folder: Path, *, compiled: bool) -> Path:
-    """``folder`` holding the session's interpreter component (which ``source_udf`` runs on), and its
-    compiled form if ``compiled``: a folder of this test's own, without building anything."""
+def interpreter_copy(source_udf: BuiltUdf, folder: Path) -> Path:
+    """``folder`` holding the session's interpreter component (which ``source_udf`` runs on) and its compiled
+    form: a folder of this test's own, without building or compiling anything."""
     interpreter = source_udf.path.parents[1]
     folder.mkdir()
-    for built in interpreter.glob("interpreter-*.wasm"):
-        shutil.copy(built, folder)
-    for built in interpreter.glob("*.cwasm") if compiled else ():
+    for built in [*interpreter.glob("interpreter-*.wasm"), *interpreter.glob("*.cwasm")]:
         shutil.copy(built, folder)
     return folder
 
@@ -68,7 +69,7 @@ def test_keeping_a_source_again_rewrites_nothing_and_renews_its_use(tmp_path: Pa
 def test_the_runtime_bounds_the_sources_of_inline_udfs(tmp_path: Path, hostile_source_udf: BuiltUdf) -> None:
     """A runtime on a copy of the session's interpreter folder (built and compiled by the fixture) whose
     sources folder already holds as many stale sources as the bound allows."""
-    folder = interpreter_copy(hostile_source_udf, tmp_path / "interpreter", compiled=True)
+    folder = interpreter_copy(hostile_source_udf, tmp_path / "interpreter")
     (folder / "sources").mkdir()
     stale = []
     for n in range(SOURCES_MAX_FILES):

@@ -1,4 +1,10 @@
-"""Shared fixtures. UDF builds (slow: componentize-py + wasmtime compile) are session-scoped in udf_fixtures."""
+"""Shared fixtures. UDF builds (slow: componentize-py + wasmtime compile) are session-scoped in udf_fixtures.
+
+The suite runs on two pytest-xdist workers (``-n 2 --dist loadgroup`` in pyproject's addopts; ``-n 0`` or
+``-p no:xdist`` runs it in one process): each module's tests go to one worker, as if the module ran alone, so
+its module-scoped servers and databases are set up once; every test that touches the machine's PostgreSQL
+goes to one worker, because one of them stops and restarts it.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,16 @@ pytest_plugins = ["tests.udf_fixtures", "tests.postgres_fixtures"]
 IN_PROCESS_AND_WORKERS = pytest.mark.parametrize(
     "options", [{}, {"workers": 2, "search_in_workers": True}], ids=["in-process", "workers"]
 )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        touches_postgres = "postgres" in item.nodeid.lower() or any(
+            name.startswith("postgres") for name in getattr(item, "fixturenames", ())
+        )
+        item.add_marker(pytest.mark.xdist_group("postgres" if touches_postgres else item.nodeid.split("::")[0]))
 
 
 @pytest.fixture

@@ -1,10 +1,9 @@
 """What the server tests share: the app on a live loopback port (uvicorn in a thread), the ``serve`` command in
-a subprocess, and one test UDF built once per session."""
+a subprocess, and one test UDF put in source mode (no build; every server maps the one compiled interpreter)."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import signal
 import socket
@@ -14,12 +13,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
 from fastapi import FastAPI
-
-from quidditch_pipeline.udf.build import build_component
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,10 +40,14 @@ def process(value, params, meta):
 """
 
 
-@functools.cache
-def probe_udf_wasm() -> bytes:
-    """The probe UDF as a component (built on first use: ~6 s)."""
-    return build_component(TEST_UDF_SOURCE, filename="test_udf.py")
+PYTHON = {"content-type": "text/x-python"}
+
+
+def put_probe(client: httpx.Client, path: str = "/_udf/probe/1.0.0", **kwargs: Any) -> httpx.Response:
+    """PUT the probe UDF (``TEST_UDF_SOURCE``) at ``path`` in source mode: the server tests need what it does,
+    not a component of its own (the tests of uploading and building components upload or build one)."""
+    headers = {**PYTHON, **kwargs.pop("headers", {})}
+    return client.put(path, params={"mode": "source"}, content=TEST_UDF_SOURCE, headers=headers, **kwargs)
 
 
 def _loopback_socket() -> socket.socket:

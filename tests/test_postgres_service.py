@@ -1,6 +1,7 @@
 """``PipelineService.open(dir, registry="postgresql://…")``: two services (nodes) with their own data
 directories on one PostgreSQL registry. A UDF registered through one is fetched once, by content, into the
-other's artifact folder and runs there; a listener that lost its connection re-reads what it missed."""
+other's artifact folder and runs there; a listener that lost its connection re-reads what it missed. The UDF is
+put in source mode: its artifact (the source) travels and is fetched the way a component's bytes are."""
 
 from __future__ import annotations
 
@@ -13,18 +14,18 @@ from quidditch_pipeline.registry import Registry
 from quidditch_pipeline.storage import PostgresStorage
 from quidditch_pipeline.udf.runtime import UdfRuntime
 from tests.test_nodes import definition
-from tests.udf_fixtures import UdfBuilds
+from tests.udf_fixtures import UdfSources
 
 
 def test_a_udf_put_on_one_node_runs_on_another(
-    tmp_path: Path, postgres_dsn: str, udf_builds: UdfBuilds, udf_runtime: UdfRuntime
+    tmp_path: Path, postgres_dsn: str, udf_sources: UdfSources, udf_runtime: UdfRuntime
 ) -> None:
-    component = udf_builds.get("price_band")
+    component = udf_sources.get("price_band")
     with (
         PipelineService.open(tmp_path / "a", registry=postgres_dsn, runtime=udf_runtime) as a,
         PipelineService.open(tmp_path / "b", registry=postgres_dsn, runtime=udf_runtime) as b,
     ):
-        put = a.put_udf("price_band", "1.0.0", component.wasm)
+        put = a.put_udf("price_band", "1.0.0", component.source, mode="source")
         stage = {"name": "band", "type": "python", "config": {"udf_name": "price_band"}}
         answer = a.put_pipeline({"name": "bands", "version": "1.0.0", "type": "document", "stages": [stage]})
         a.associate("products", "document", "bands")
@@ -60,11 +61,11 @@ def test_a_listener_that_lost_its_connection_catches_up_on_what_it_missed(postgr
 
 
 def test_worker_processes_read_the_shared_registry_and_fetch_the_components(
-    tmp_path: Path, postgres_dsn: str, udf_builds: UdfBuilds, udf_runtime: UdfRuntime
+    tmp_path: Path, postgres_dsn: str, udf_sources: UdfSources, udf_runtime: UdfRuntime
 ) -> None:
-    component = udf_builds.get("price_band")
+    component = udf_sources.get("price_band")
     with PipelineService.open(tmp_path / "a", registry=postgres_dsn, runtime=udf_runtime) as a:
-        a.put_udf("price_band", "1.0.0", component.wasm)
+        a.put_udf("price_band", "1.0.0", component.source, mode="source")
         stage = {"name": "band", "type": "python", "config": {"udf_name": "price_band"}}
         a.put_pipeline({"name": "bands", "version": "1.0.0", "type": "document", "stages": [stage]})
         a.associate("products", "document", "bands")

@@ -18,7 +18,8 @@ import pytest
 from quidditch_pipeline import PipelineService
 from quidditch_pipeline.server import ServerLimits, TantivyBackend, create_app
 
-from .server_harness import TEST_UDF_SOURCE, probe_udf_wasm, serve_app
+from .server_harness import PYTHON, TEST_UDF_SOURCE, put_probe, serve_app
+from .udf_fixtures import BuiltUdf
 
 WASM = {"content-type": "application/wasm"}
 NDJSON = {"content-type": "application/x-ndjson"}
@@ -41,7 +42,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         serve_app(create_app(service, backend)) as url,
         httpx.Client(base_url=url, timeout=120) as client,
     ):
-        response = client.put("/_udf/probe/1.0.0", content=probe_udf_wasm(), headers=WASM)
+        response = put_probe(client)
         assert response.status_code == 201, response.text
         yield Stack(service, backend, client, data)
 
@@ -311,8 +312,8 @@ def test_stats_and_reset(client: httpx.Client) -> None:
 # --------------------------------------------------------------------------------------------- UDFs
 
 
-def test_udf_upload_list_versions_delete(client: httpx.Client) -> None:
-    wasm = probe_udf_wasm()
+def test_udf_upload_list_versions_delete(client: httpx.Client, hostile_udf: BuiltUdf) -> None:
+    wasm = hostile_udf.wasm  # a component from the session's cache
     created = client.put("/_udf/copy/1.0.0", content=wasm, headers=WASM)
     assert created.status_code == 201
     assert created.json()["size"] == len(wasm) and len(created.json()["sha256"]) == 64
@@ -794,7 +795,7 @@ def test_admin_routes_need_the_token(guarded: httpx.Client) -> None:
         ("PUT", f"/{name}", {}),
         ("PUT", f"/{name}/_settings", {"json": {"index.refresh_interval": "1s"}}),
         ("POST", "/_udf/probe/_execute", {"json": {"input": {}}}),
-        ("PUT", "/_udf/probe/1.0.0", {"content": probe_udf_wasm(), "headers": WASM}),
+        ("PUT", "/_udf/probe/1.0.0", {"content": TEST_UDF_SOURCE, "params": {"mode": "source"}, "headers": PYTHON}),
         ("DELETE", f"/{name}", {}),
         ("DELETE", f"/_pipeline/{name}", {}),
     ]
@@ -841,7 +842,7 @@ def limited(stack: Stack) -> Iterator[httpx.Client]:
         yield client
 
 
-def test_request_limits_answer_413(limited: httpx.Client, index: str) -> None:
+def test_request_limits_answer_413(limited: httpx.Client, index: str, hostile_udf: BuiltUdf) -> None:
     big = {"text": "x" * 3_000}
     error(limited.put(f"/{index}/_doc/1", json=big), 413, "request_entity_too_large_exception")
     error(
@@ -859,7 +860,7 @@ def test_request_limits_answer_413(limited: httpx.Client, index: str) -> None:
     three = bulk_body(*[line for i in range(3) for line in ({"index": {"_id": str(i)}}, {"n": i})])
     assert limited.post(f"/{index}/_bulk", content=three, headers=NDJSON).json()["errors"] is False
     error(
-        limited.put("/_udf/toolarge/1.0.0", content=probe_udf_wasm(), headers=WASM),
+        limited.put("/_udf/toolarge/1.0.0", content=hostile_udf.wasm, headers=WASM),
         413,
         "request_entity_too_large_exception",
     )

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import orjson
 
-from .server_harness import ServerProcess, probe_udf_wasm
+from .server_harness import ServerProcess, put_probe
 
 DURATION_S = 20.0
 CLIENTS = 16
@@ -95,8 +95,7 @@ def re_putter(client: httpx.Client, load: Load, worker: int) -> None:
 
 def test_sixteen_clients_for_twenty_seconds(tmp_path: Path) -> None:
     with ServerProcess(tmp_path / "data") as server, httpx.Client(base_url=server.url, timeout=120) as setup:
-        assert setup.put("/_udf/probe/1.0.0", content=probe_udf_wasm(),
-                         headers={"content-type": "application/wasm"}).status_code == 201  # fmt: skip
+        assert put_probe(setup).status_code == 201
         assert setup.put("/_pipeline/ingest", json=pipeline(0)).status_code == 200
         assert (
             setup.put(f"/{INDEX}", json={"settings": {"index.document.default_pipeline": "ingest"}}).status_code == 200

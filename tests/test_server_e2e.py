@@ -14,7 +14,7 @@ import httpx
 import pytest
 from opensearchpy import NotFoundError, OpenSearch, RequestError, helpers
 
-from .server_harness import TEST_UDF_SOURCE, ServerProcess, probe_udf_wasm
+from .server_harness import TEST_UDF_SOURCE, ServerProcess, put_probe
 
 TOKEN = "e2e-admin-token"
 ADMIN = {"authorization": f"Bearer {TOKEN}"}
@@ -26,7 +26,7 @@ def opensearch(server: ServerProcess, **options: Any) -> OpenSearch:
 
 def set_up_pipelines(client: httpx.Client) -> None:
     """The probe UDF and a document, query and result pipeline that use it."""
-    response = client.put("/_udf/probe/1.0.0", content=probe_udf_wasm(), headers={"content-type": "application/wasm"})
+    response = put_probe(client)
     assert response.status_code in {200, 201}, response.text
     definitions = {
         "enrich": ("document", [

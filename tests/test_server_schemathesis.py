@@ -23,7 +23,7 @@ from schemathesis.checks import (
 from quidditch_pipeline import PipelineService
 from quidditch_pipeline.server import TantivyBackend, create_app
 
-from .server_harness import probe_udf_wasm, serve_app
+from .server_harness import put_probe, serve_app
 
 # How the non-JSON bodies go on the wire: NDJSON and Python source are text, a component is bytes.
 schemathesis.serializer.alias("application/x-ndjson", "text/plain")
@@ -49,7 +49,7 @@ def live_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     ):
         # Something for the generated requests to find: a UDF, pipelines of each type, an index using them.
         with httpx.Client(base_url=url, timeout=120) as client:
-            client.put("/_udf/probe/1.0.0", content=probe_udf_wasm(), headers={"content-type": "application/wasm"})
+            put_probe(client)
             for kind in ("document", "query", "result"):
                 stage = {"name": "s", "type": "python", "config": {"udf_name": "probe", "parameters": {}}}
                 client.put(f"/_pipeline/{kind}", json={"version": "1.0.0", "type": kind, "stages": [stage]})

@@ -1,7 +1,8 @@
 """The python stage end to end through PipelineService and real WebAssembly (issue 3 §7).
 
-Components come from the session's build cache (tests/udf_fixtures.py) and run in the session's runtime,
-so this module pays for one extra build (``SELECTOR``) at most.
+Components come from the session's build cache (tests/udf_fixtures.py) and run in the session's runtime;
+``SELECTOR`` runs in source mode on the shared interpreter, so this module builds no component of its own
+(but the one whose build is the point of a test).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from quidditch_pipeline import ConflictError, DefinitionError, NotFoundError, Pi
 from quidditch_pipeline.storage import SqliteStorage
 from quidditch_pipeline.udf import UdfRuntime
 from tests.conftest import IN_PROCESS_AND_WORKERS
-from tests.udf_fixtures import BuiltUdf, UdfBuilds
+from tests.udf_fixtures import BuiltUdf, UdfBuilds, UdfSources
 
 # Behaviour chosen per document, so one batch can hold a runaway next to well-behaved neighbours.
 SELECTOR = """\
@@ -32,8 +33,8 @@ def process(value, params):
 
 
 @pytest.fixture(scope="module")
-def selector(udf_builds: UdfBuilds) -> BuiltUdf:
-    return udf_builds.build("selector", SELECTOR)
+def selector(udf_sources: UdfSources) -> BuiltUdf:
+    return udf_sources.build("selector", SELECTOR)
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def svc(
         SqliteStorage(tmp_path / "registry.sqlite"), tmp_path / "udfs", runtime=udf_runtime, **options
     ) as service:
         service.put_udf("hostile", "1.0.0", hostile_udf.wasm)
-        service.put_udf("selector", "1.0.0", selector.wasm)
+        service.put_udf("selector", "1.0.0", selector.source, mode="source")
         yield service
 
 
@@ -171,11 +172,11 @@ def test_result_pipeline_rescores_and_resorts_hits_with_the_example_udf(
 def test_udf_versions_are_immutable_and_latest_is_the_highest(
     svc: PipelineService, hostile_udf: BuiltUdf, selector: BuiltUdf
 ) -> None:
-    assert svc.put_udf("selector", "1.0.0", selector.wasm)["created"] is False
+    assert svc.put_udf("selector", "1.0.0", selector.source, mode="source")["created"] is False
     with pytest.raises(ConflictError, match="immutable"):
         svc.put_udf("selector", "1.0.0", hostile_udf.wasm)
     svc.put_udf("selector", "1.10.0", hostile_udf.wasm)
-    svc.put_udf("selector", "1.9.0", selector.wasm)
+    svc.put_udf("selector", "1.9.0", selector.source, mode="source")
     assert svc.udf_versions("selector") == ["1.0.0", "1.9.0", "1.10.0"]
     svc.put_pipeline(pipeline("latest", "document", python_stage("selector", parameters={"do": "none"})))
     assert svc.execute("latest", {"x": 1})["output"] == {"x": 1}  # 1.10.0 is the hostile component
@@ -213,7 +214,7 @@ def test_execute_udf_shows_the_raw_value_and_its_mapping(svc: PipelineService) -
 
 def test_a_restart_runs_udfs_from_the_stored_components(tmp_path: Path, selector: BuiltUdf) -> None:
     with PipelineService.open(tmp_path / "d") as first:
-        first.put_udf("selector", "1.0.0", selector.wasm)
+        first.put_udf("selector", "1.0.0", selector.source, mode="source")
         first.put_pipeline(pipeline("p", "document", python_stage("selector")))
     with PipelineService.open(tmp_path / "d") as second:
         start = time.perf_counter()

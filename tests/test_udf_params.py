@@ -1,5 +1,8 @@
 """Params cross to a UDF instance once: big ones apart from the batch and only when they change, small ones
 inside every batch (see ``wit/udf.wit``). Either way each call gets params of its own, as if decoded anew.
+
+The test UDF runs in source mode: the guest shim that receives the params is the same module in a component
+and in the shared interpreter, so the session builds no component for these tests.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from quidditch_pipeline.errors import UdfCallError
 from quidditch_pipeline.udf import UdfRuntime
 from quidditch_pipeline.udf import runtime as runtime_module
 
-from .udf_fixtures import BuiltUdf, UdfBuilds
+from .udf_fixtures import BuiltUdf, UdfSources
 
 # Changes its params in the ways a UDF might, and shows the params each call got.
 PARAMS_SOURCE = '''\
@@ -64,15 +67,15 @@ BIG = table(60)
 
 
 @pytest.fixture(scope="module")
-def params_udf(udf_builds: UdfBuilds) -> BuiltUdf:
-    return udf_builds.build("params", PARAMS_SOURCE)
+def params_udf(udf_sources: UdfSources) -> BuiltUdf:
+    return udf_sources.build("params", PARAMS_SOURCE)
 
 
 @pytest.fixture
 def runtime(udf_runtime: UdfRuntime, params_udf: BuiltUdf) -> Iterator[UdfRuntime]:
     """A runtime with one instance per UDF, so that every call lands on the instance of the call before."""
-    udf_runtime.load(params_udf.sha256, params_udf.path)  # compiled once, into the session's cache
-    with UdfRuntime(udf_runtime.cache_dir, pool_size=1) as runtime:
+    udf_runtime.load(params_udf.sha256, params_udf.path)  # the interpreter compiled once, into its folder
+    with UdfRuntime(udf_runtime.cache_dir, interpreter_dir=udf_runtime.interpreter_dir, pool_size=1) as runtime:
         yield runtime
 
 

@@ -30,7 +30,7 @@ from quidditch_pipeline import (
 from quidditch_pipeline.storage import MemoryStorage
 from quidditch_pipeline.udf import UdfRuntime
 from tests.server_harness import ServerProcess
-from tests.udf_fixtures import BuiltUdf, UdfBuilds
+from tests.udf_fixtures import BuiltUdf, UdfBuilds, UdfSources
 
 
 def pipeline(name: str, *stages: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -206,7 +206,9 @@ def test_dict_documents_go_through_the_workers_too(pooled: PipelineService) -> N
     assert isinstance(outs[2].error, InputError) and isinstance(outs[3].error, StageError)
 
 
-def test_puts_of_pipelines_and_udfs_are_seen_by_every_worker(pooled: PipelineService, udf_builds: UdfBuilds) -> None:
+def test_puts_of_pipelines_and_udfs_are_seen_by_every_worker(
+    pooled: PipelineService, udf_builds: UdfBuilds, udf_sources: UdfSources
+) -> None:
     batch = [(str(i), b"{}") for i in range(100)]  # two chunks: one per worker
 
     def values(field: str) -> set[Any]:
@@ -230,8 +232,8 @@ def test_puts_of_pipelines_and_udfs_are_seen_by_every_worker(pooled: PipelineSer
     pooled.put_udf("flex", "1.0.0", udf_builds.get("hostile").wasm)
     pooled.put_pipeline(pipeline("outer", python("flex", parameters={"do": "params", "v": 5})))
     assert values("v") == {5}
-    selector = udf_builds.build("sel", 'def process(value, params):\n    return {"v": 6}\n')
-    pooled.put_udf("flex", "2.0.0", selector.wasm)
+    selector = udf_sources.build("sel", 'def process(value, params):\n    return {"v": 6}\n')
+    pooled.put_udf("flex", "2.0.0", selector.source, mode="source")
     assert values("v") == {6}
 
 

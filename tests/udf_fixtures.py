@@ -2,20 +2,28 @@
 
 Building a UDF takes seconds (componentize-py) and compiling it seconds more (wasmtime), so:
 
-* components are cached on disk under ``$QP_TEST_CACHE`` (default ``~/.cache/quidditch-pipeline/test-udfs``),
+* components are cached on disk under ``$QP_TEST_CACHE`` (default ``~/.cache/quidditch-pipeline/test-udfs``,
+  or ``$QUIDDITCH_CACHE_DIR/test-udfs``),
   keyed by a hash of everything that goes into one: the UDF's source and the modules it preloads (what
   build.py's check finds), the guest shim, the WIT world, how componentize-py is run (build.py's
   ``componentize``) and its version. A session builds only what changed; a change elsewhere in build.py
   (its checks' messages, its limits) does not rebuild every component.
-* The first time a session asks for a component, every known test UDF (``HOSTILE_SOURCE`` and the examples
-  in ``udfs/``) starts building in the background, two at a time: a cold cache costs about the slowest
-  builds, not their sum.
+* Most tests need what a UDF does, not its component: they run it in source mode (:class:`UdfSources`,
+  ``udf_sources``) on the shared interpreter, which is built and compiled once (``udf prepare``, or the
+  first session) where services and servers keep it too (:func:`interpreter_dir`). Components are for the
+  tests of building, storing and loading them, and for the runtime and sandbox tests in both modes.
+* The first time a session asks for a component, the ones the suite runs (:data:`PREFETCHED`) start
+  building in the background, two at a time: a cold cache costs about the slowest builds, not their sum.
+  Processes sharing the cache (pytest-xdist's workers) build each component once (a lock file per build).
 * One :class:`UdfRuntime` serves the session; its compiled-component cache sits beside the components, so
   each component is compiled once, and later sessions only map it back.
+* ``QUIDDITCH_CACHE_DIR`` moves every cache (the interpreter's and the suite's: for a cold run, point it
+  at an empty folder); ``QP_TEST_CACHE`` moves the suite's alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import inspect
@@ -31,10 +39,21 @@ from pathlib import Path
 
 import pytest
 
+from quidditch_pipeline._files import file_lock
 from quidditch_pipeline.udf import UdfRuntime, build_component, check_source
 from quidditch_pipeline.udf import build as build_module
+from quidditch_pipeline.udf.interpreter import cache_root, default_cache_dir
 
-__all__ = ["EXAMPLES_DIR", "HOSTILE_SOURCE", "BuiltUdf", "UdfBuilds", "interpreter_dir", "line_of", "source_udf"]
+__all__ = [
+    "EXAMPLES_DIR",
+    "HOSTILE_SOURCE",
+    "BuiltUdf",
+    "UdfBuilds",
+    "UdfSources",
+    "interpreter_dir",
+    "line_of",
+    "source_udf",
+]
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "udfs"
 
@@ -160,6 +179,12 @@ class BuiltUdf:
         return 32 if self.mode == "source" else 16
 
 
+#: The known test UDFs the suite runs as components (the rest of its tests run UDFs in source mode, see
+#: :class:`UdfSources`): the hostile UDF, for the runtime and sandbox tests in both modes, and the two examples
+#: that the benchmarks' smoke tests build as components anyway.
+PREFETCHED = ("hostile", "recency_boost", "query_synonyms")
+
+
 def _known_sources() -> dict[str, str]:
     sources = {"hostile": HOSTILE_SOURCE}
     for path in sorted(EXAMPLES_DIR.glob("*.py")):
@@ -192,11 +217,12 @@ class UdfBuilds:
         self._futures: dict[str, Future[BuiltUdf]] = {}
 
     def get(self, name: str) -> BuiltUdf:
-        """A known test UDF (``hostile`` or an example's file stem); the first call starts them all."""
+        """A known test UDF (``hostile`` or an example's file stem) as a component; the first call starts
+        building every one in :data:`PREFETCHED` too."""
         with self._lock:
-            if not self._futures:
-                for known, source in self._known.items():
-                    self._futures[known] = self._pool.submit(self._build, known, source)
+            for known in {name} if self._futures else {name, *PREFETCHED}:
+                if known not in self._futures:
+                    self._futures[known] = self._pool.submit(self._build, known, self._known[known])
         return self._futures[name].result()
 
     def build(self, name: str, source: str) -> BuiltUdf:
@@ -209,11 +235,16 @@ class UdfBuilds:
         key = hashlib.sha256(b"\0".join([self._toolchain, source.encode(), preload])).hexdigest()[:20]
         path = self.cache_dir / f"{name}-{key}.wasm"
         if not path.exists():
-            data = build_component(source, filename=f"{name}.py")
-            fd, tmp = tempfile.mkstemp(dir=self.cache_dir, suffix=".tmp")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
+            # Processes sharing the cache (pytest-xdist's workers, the benchmarks' smoke tests) build it once.
+            lock = self.cache_dir / f".{name}-{key}.lock"
+            lock.touch()
+            with file_lock(lock):
+                if not path.exists():
+                    data = build_component(source, filename=f"{name}.py")
+                    fd, tmp = tempfile.mkstemp(dir=self.cache_dir, suffix=".tmp")
+                    with os.fdopen(fd, "wb") as fh:
+                        fh.write(data)
+                    os.replace(tmp, path)
         sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
         return BuiltUdf(name, source, path, sha256)
 
@@ -222,13 +253,15 @@ class UdfBuilds:
 
 
 def interpreter_dir() -> Path:
-    """Where the tests keep the shared interpreter component and its compiled form."""
-    return _cache_root() / "interpreter"
+    """Where the tests keep the shared interpreter component and its compiled form: where services, servers
+    and workers started without one (and ``udf prepare``) keep it, so that a session builds and compiles it
+    once, or not at all after ``udf prepare``."""
+    return default_cache_dir()
 
 
 def _cache_root() -> Path:
-    default = Path.home() / ".cache" / "quidditch-pipeline" / "test-udfs"
-    return Path(os.environ.get("QP_TEST_CACHE", default))
+    explicit = os.environ.get("QP_TEST_CACHE")
+    return Path(explicit) if explicit else cache_root() / "test-udfs"
 
 
 @pytest.fixture(scope="session")
@@ -240,9 +273,22 @@ def udf_builds() -> Iterator[UdfBuilds]:
 
 @pytest.fixture(scope="session")
 def udf_runtime() -> Iterator[UdfRuntime]:
-    """The session's runtime: default limits, compiled components cached across sessions."""
+    """The session's runtime: default limits, compiled components cached across sessions.
+
+    The shared interpreter is made ready in the background from the start (built and compiled, unless ``udf
+    prepare`` or an earlier session did), so that on a cold cache its minute and a half overlaps other tests
+    instead of stalling the first one in source mode (which waits for it)."""
     with UdfRuntime(_cache_root() / "compiled", interpreter_dir=interpreter_dir()) as runtime:
+        ready = threading.Thread(target=_prepare_quietly, args=(runtime,), name="udf-interpreter", daemon=True)
+        ready.start()
         yield runtime
+        ready.join()
+
+
+def _prepare_quietly(runtime: UdfRuntime) -> None:
+    # Any failure here is the first source-mode test's to report: it asks for the interpreter again.
+    with contextlib.suppress(Exception):
+        runtime.prepare_interpreter()
 
 
 @pytest.fixture(scope="session")
@@ -260,6 +306,30 @@ def source_udf(runtime: UdfRuntime, name: str, source: str) -> BuiltUdf:
     """``source`` in source mode: loaded on the shared interpreter (built on first use, then cached)."""
     sha256, path = runtime.load_source(source, filename=f"{name}.py")
     return BuiltUdf(name, source, path, sha256)
+
+
+class UdfSources:
+    """Test UDFs in source mode on the session's shared interpreter: ``get`` and ``build`` as in
+    :class:`UdfBuilds`, with no build and no compile of their own. For tests of what a UDF does in a
+    pipeline, a service or a server; tests of building, storing or loading components use :class:`UdfBuilds`.
+    Put one into a service with ``put_udf(name, version, udf.source, mode="source")``."""
+
+    def __init__(self, runtime: UdfRuntime) -> None:
+        self._runtime = runtime
+        self._known = _known_sources()
+
+    def get(self, name: str) -> BuiltUdf:
+        """A known test UDF (``hostile`` or an example's file stem)."""
+        return self.build(name, self._known[name])
+
+    def build(self, name: str, source: str) -> BuiltUdf:
+        """``source`` loaded in source mode; ``name`` names its file in errors."""
+        return source_udf(self._runtime, name, source)
+
+
+@pytest.fixture(scope="session")
+def udf_sources(udf_runtime: UdfRuntime) -> UdfSources:
+    return UdfSources(udf_runtime)
 
 
 @pytest.fixture(scope="session")

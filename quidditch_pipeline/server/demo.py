@@ -207,8 +207,9 @@ def _register_udfs(api: _Api, console: Console, udf_dir: Path) -> None:
         return
     workers = max(1, min(len(missing), os.cpu_count() or 1))
     console.print(
-        f"demo: registering {len(missing)} example UDFs in source mode (the first time on this machine, the "
-        "shared interpreter component is built and compiled first: ~15 s, up to a minute or two when busy)…",
+        f"demo: registering {len(missing)} example UDFs in source mode (unless `quidditch-pipeline udf prepare` "
+        "ran at install, the first time on this machine builds and compiles the shared interpreter first: a "
+        "minute or two)…",
         highlight=False,
     )
     started = time.monotonic()

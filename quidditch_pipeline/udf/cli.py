@@ -1,6 +1,8 @@
 """The ``udf`` command: ``udf build SRC.py --name N --version V [-o OUT.wasm]`` builds a UDF into a component;
 ``udf test SRC.py [--inputs FILE] [--input JSON]… [--native] [--watch]`` runs it on sample inputs in the
-sandbox (source mode, locally), and with ``--native`` in the host's CPython too, reporting disagreements."""
+sandbox (source mode, locally), and with ``--native`` in the host's CPython too, reporting disagreements;
+``udf prepare [--cache-dir DIR]`` builds and compiles the shared interpreter of source mode once, at install
+time, so that the first ``serve --demo`` or ``udf test`` does not pay for it."""
 
 from __future__ import annotations
 
@@ -16,11 +18,11 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from ..definitions import is_valid_name, parse_udf_version
-from ..errors import InputError, UdfBuildError
+from ..errors import InputError, UdfBuildError, UdfLoadError
 from .build import build_component
 from .tester import TestReport
 
-__all__ = ["main_udf_build", "main_udf_test", "register"]
+__all__ = ["main_udf_build", "main_udf_prepare", "main_udf_test", "register"]
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -67,6 +69,22 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="where the shared interpreter component is kept (built there on first use; default: the user's cache)",
     )
     test.set_defaults(func=main_udf_test)
+
+    prepare = commands.add_parser(
+        "prepare",
+        help="build and compile the shared interpreter of source mode now (once per release; about a minute)",
+        description=(
+            "Build the shared interpreter component that source-mode UDFs run on, and compile it, into its cache "
+            "folder, unless both are there already. Run once after installing (the Quickstart and CI do), so the "
+            "first `serve --demo` or `udf test` finds it ready."
+        ),
+    )
+    prepare.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="where to keep the shared interpreter (default: the user's cache, where `serve` looks for it)",
+    )
+    prepare.set_defaults(func=main_udf_prepare)
 
 
 def main_udf_build(args: argparse.Namespace) -> int:
@@ -185,6 +203,30 @@ def main_udf_test(args: argparse.Namespace) -> int:
     summary = f"{len(report.outcomes)} inputs: {errors} errors"
     emit(summary + (f", {disagreements} disagreements with native CPython" if args.native else ""))
     return 1 if report.failed else 0
+
+
+def main_udf_prepare(args: argparse.Namespace) -> int:
+    """Run ``udf prepare``; 0 once the interpreter is built and compiled, 1 (with the reason) if it cannot be."""
+    from .interpreter import default_cache_dir, interpreter_built
+    from .runtime import UdfRuntime
+
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    interpreter_dir = Path(args.cache_dir) if args.cache_dir is not None else default_cache_dir()
+    if not interpreter_built(interpreter_dir):
+        err.print("building the shared UDF interpreter (once per release of quidditch-pipeline)…", markup=False)
+    started = time.monotonic()
+    try:
+        with UdfRuntime(interpreter_dir=interpreter_dir) as runtime:
+            compiled = runtime.prepare_interpreter()
+            stats = runtime.stats()
+    except UdfLoadError as exc:
+        _fail(err, f"error: {exc.message}")
+        return 1
+    what = "compiled" if stats.compiles else "already compiled"
+    Console(highlight=False, soft_wrap=True).print(
+        f"[green]ready[/] shared UDF interpreter {what}: {compiled} ({time.monotonic() - started:.1f} s)"
+    )
+    return 0
 
 
 def _fail(console: Console, message: str) -> None:

@@ -6,6 +6,10 @@ pre-build check allows without files in the sandbox. It is not shipped (~20 MB):
 once per content of what goes into it (the guest files, the WIT world, the preload list, componentize-py's
 version), and cached under the runtime's cache folder beside the compiled components; processes sharing
 that folder build it once (a file lock). The runtime then compiles it once, like any component.
+
+Inline sources (``_execute`` with ``source``, ``udf test``) are kept beside it, in ``sources/<sha256>.py``, so
+that a runtime can load one again after it unloaded it; that folder is bounded (:func:`keep_source`): the
+least recently used sources go first, by modification time, which every use renews.
 """
 
 from __future__ import annotations
@@ -24,7 +28,17 @@ from ..errors import UdfLoadError
 from .build import _UNAVAILABLE_MODULES, componentize
 from .guest_stdlib import GUEST_STDLIB
 
-__all__ = ["PRELOADED", "default_cache_dir", "interpreter_built", "interpreter_component"]
+__all__ = [
+    "CACHE_DIR_ENV",
+    "PRELOADED",
+    "SOURCES_MAX_BYTES",
+    "SOURCES_MAX_FILES",
+    "cache_root",
+    "default_cache_dir",
+    "interpreter_built",
+    "interpreter_component",
+    "keep_source",
+]
 
 _HERE = Path(__file__).resolve().parent
 _WIT_DIR = _HERE / "wit_source"
@@ -60,6 +74,10 @@ PRELOADED: tuple[str, ...] = tuple(
     )
 )
 _BUILD_TIMEOUT_S = 600.0
+#: Bounds of the inline sources kept under ``sources/`` (see :func:`keep_source`): an author saving a file
+#: every few seconds for a day stays within them, and a server fed sources by clients does not fill its disk.
+SOURCES_MAX_FILES = 1000
+SOURCES_MAX_BYTES = 64 << 20
 
 
 def _key() -> str:
@@ -73,10 +91,23 @@ def _key() -> str:
     return digest.hexdigest()
 
 
+#: Names the folder of quidditch-pipeline's user caches (default ``$XDG_CACHE_HOME/quidditch-pipeline``, else
+#: ``~/.cache/quidditch-pipeline``): the interpreter goes under it, and the test suite's caches too.
+CACHE_DIR_ENV = "QUIDDITCH_CACHE_DIR"
+
+
+def cache_root() -> Path:
+    """The folder of quidditch-pipeline's user caches (see :data:`CACHE_DIR_ENV`)."""
+    explicit = os.environ.get(CACHE_DIR_ENV)
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "quidditch-pipeline"
+
+
 def default_cache_dir() -> Path:
     """Where the interpreter is kept when the runtime has no cache folder of its own."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "quidditch-pipeline" / "interpreter"
+    return cache_root() / "interpreter"
 
 
 def interpreter_built(cache_dir: Path) -> bool:
@@ -97,6 +128,54 @@ def interpreter_component(cache_dir: Path) -> tuple[str, Path]:
             if not path.is_file():
                 write_atomically(path, _build())
     return hashlib.sha256(path.read_bytes()).hexdigest(), path
+
+
+def keep_source(
+    cache_dir: Path,
+    sha256: str,
+    data: bytes,
+    *,
+    max_files: int = SOURCES_MAX_FILES,
+    max_bytes: int = SOURCES_MAX_BYTES,
+) -> Path:
+    """``data`` (a source whose sha256 is ``sha256``) as ``cache_dir/sources/<sha256>.py``: marked used when
+    it is there already (its mtime set to now), else written, after which the least recently used other
+    sources are deleted until at most ``max_files`` files of at most ``max_bytes`` in all are left.
+
+    The one just kept is never deleted: a source larger than ``max_bytes`` stays alone. Processes sharing
+    the folder may delete the same file: a source already gone is skipped. Raises ``OSError``.
+    """
+    folder = cache_dir / "sources"
+    path = folder / f"{sha256}.py"
+    try:
+        os.utime(path)
+        return path
+    except FileNotFoundError:
+        pass
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, data)
+    _prune_sources(folder, path, max_files, max_bytes)
+    return path
+
+
+def _prune_sources(folder: Path, kept: Path, max_files: int, max_bytes: int) -> None:
+    entries: list[tuple[float, int, Path]] = []
+    for candidate in folder.glob("*.py"):
+        try:
+            stat = candidate.stat()
+        except FileNotFoundError:  # deleted by another process meanwhile
+            continue
+        entries.append((stat.st_mtime, stat.st_size, candidate))
+    files = len(entries)
+    total = sum(size for _, size, _ in entries)
+    for _, size, candidate in sorted(entries):  # least recently used first
+        if files <= max_files and total <= max_bytes:
+            break
+        if candidate == kept:
+            continue
+        candidate.unlink(missing_ok=True)
+        files -= 1
+        total -= size
 
 
 def _build() -> bytes:

@@ -47,7 +47,7 @@ from wasmtime.component import Component, ExportIndex, Func, Linker
 
 from .._files import file_lock, write_atomically
 from ..errors import InputError, UdfCallError, UdfLoadError, UdfMemoryError, UdfTimeoutError
-from .interpreter import default_cache_dir, interpreter_component
+from .interpreter import default_cache_dir, interpreter_component, keep_source
 
 __all__ = ["ABI", "PoolState", "UdfItemError", "UdfItemResult", "UdfRuntime", "UdfRuntimeStats"]
 
@@ -627,15 +627,16 @@ class UdfRuntime:
         return self._component(sha256, wasm_path, filename).arity
 
     def load_source(self, source: str, *, filename: str = "udf.py") -> tuple[str, Path]:
-        """Load ``source`` on the shared interpreter, stored nowhere but under the runtime's cache folder
-        (content-addressed); its sha256 and path, for :meth:`call_batch`. Raises :class:`UdfLoadError`."""
+        """Load ``source`` on the shared interpreter, stored nowhere but in the interpreter folder's bounded
+        cache of sources (content-addressed, see :func:`.interpreter.keep_source`); its sha256 and path, for
+        :meth:`call_batch`. Raises :class:`UdfLoadError`."""
         data = source.encode("utf-8")
         sha256 = hashlib.sha256(data).hexdigest()
-        path = self.interpreter_dir / "sources" / f"{sha256}.py"
+        try:
+            path = keep_source(self.interpreter_dir, sha256, data)
+        except OSError as exc:
+            raise UdfLoadError(f"cannot keep the inline source under {self.interpreter_dir}: {exc}") from exc
         if sha256 not in self._components:
-            if not path.is_file():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                write_atomically(path, data)
             self._component(sha256, path, filename)
         # An author editing makes a new source (and pool) per save: keep the last few loaded, not all.
         with self._lock:
@@ -706,10 +707,20 @@ class UdfRuntime:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise UdfLoadError(f"{path} is neither a component nor UTF-8 Python source") from exc
+        return _Component(self, sha256, self._interpreter_compiled(), _Source(text, filename or "udf.py"))
+
+    def prepare_interpreter(self) -> Path:
+        """Build the shared interpreter and compile it now, unless its folder holds both already (what
+        ``quidditch-pipeline udf prepare`` runs at install time); where its compiled form is kept."""
+        self._interpreter_compiled()
+        return self._interpreter_cache(self.interpreter()[0])
+
+    def _interpreter_compiled(self) -> Component:
         interpreter_sha, interpreter_path = self.interpreter()
-        cache = self.interpreter_dir / f"{interpreter_sha}-{_WASMTIME_VERSION}.cwasm"
-        compiled = self._compiled(interpreter_sha, interpreter_path, cache)
-        return _Component(self, sha256, compiled, _Source(text, filename or "udf.py"))
+        return self._compiled(interpreter_sha, interpreter_path, self._interpreter_cache(interpreter_sha))
+
+    def _interpreter_cache(self, interpreter_sha: str) -> Path:
+        return self.interpreter_dir / f"{interpreter_sha}-{_WASMTIME_VERSION}.cwasm"
 
     def unload(self, sha256: str, *, drop_compiled: bool = False) -> None:
         """Forget a component (say, its UDF version was deleted): close its idle instances now, busy ones

@@ -101,11 +101,12 @@ class ServiceCollector(Collector):
             yield from family.all()
 
     def _runtime(self) -> Iterator[Metric]:
+        """The UDF runtimes of the server process (``process="server"``) and of each worker process
+        (``worker-<slot>``, as of its last answer): pool gauges per process, load times and discards summed."""
         svc = self.service
-        runtime = svc.runtime
         names = self._udf_names()
         gauges = {
-            key: GaugeMetricFamily(f"quidditch_udf_pool_{key}", doc, labels=["sha256", "udf"])
+            key: GaugeMetricFamily(f"quidditch_udf_pool_{key}", doc, labels=["sha256", "udf", "process"])
             for key, doc in (
                 ("instances", "instances alive of a loaded UDF component"),
                 ("busy", "instances serving a call"),
@@ -113,30 +114,39 @@ class ServiceCollector(Collector):
                 ("size", "the most instances the component may have"),
             )
         }
-        pools = runtime.pools()
-        for pool in pools:
-            labels = [pool.sha256[:12], ", ".join(sorted(names.get(pool.sha256, ())))]
-            for key, value in (("instances", pool.live), ("busy", pool.busy), ("waiting", pool.waiting)):
-                gauges[key].add_metric(labels, value)
-            gauges["size"].add_metric(labels, pool.size)
+        loaded = GaugeMetricFamily("quidditch_udf_components_loaded", "UDF components loaded", labels=["process"])
+        runtimes = [("server", svc.runtime.snapshot())]
+        runtimes += [(f"worker-{worker['slot']}", worker["udf_runtime"]) for worker in svc.workers()]
+        timings: dict[str, tuple[int, float]] = {}
+        discarded = 0
+        for process, runtime in runtimes:
+            if not runtime:  # a worker that has not answered yet
+                continue
+            for sha256, _source, live, busy, waiting, size in runtime["pools"]:
+                labels = [sha256[:12], ", ".join(sorted(names.get(sha256, ()))), process]
+                for key, gauge_value in (("instances", live), ("busy", busy), ("waiting", waiting), ("size", size)):
+                    gauges[key].add_metric(labels, gauge_value)
+            loaded.add_metric([process], len(runtime["pools"]))
+            for key, (count, seconds) in runtime["timings"].items():
+                before = timings.get(key, (0, 0.0))
+                timings[key] = (before[0] + int(count), before[1] + float(seconds))
+            discarded += runtime["discarded"]
         yield from gauges.values()
-        yield GaugeMetricFamily("quidditch_udf_components_loaded", "UDF components loaded", value=len(pools))
-        stats = runtime.stats()
+        yield loaded
         yield CounterMetricFamily(
             "quidditch_udf_instances_discarded",
-            "instances thrown away (trapped, timed out, out of memory)",
-            value=stats.instances_discarded,
+            "instances thrown away (trapped, timed out, out of memory), all processes",
+            value=discarded,
         )
         count, seconds = svc.udfs.builds
         doc = "componentize-py builds of uploaded source"
         yield SummaryMetricFamily("quidditch_udf_build_seconds", doc, count_value=count, sum_value=seconds)
-        timings = runtime.timings()
         for key, name, doc in (
-            ("compiles", "compile", "wasmtime compiles of UDF components"),
-            ("cache_loads", "cache_load", "compiled components mapped back from the on-disk cache"),
-            ("instances_created", "instantiate", "new UDF instances"),
+            ("compiles", "compile", "wasmtime compiles of UDF components, all processes"),
+            ("cache_loads", "cache_load", "compiled components mapped back from the on-disk cache, all processes"),
+            ("instances_created", "instantiate", "new UDF instances, all processes"),
         ):
-            count, seconds = timings[key]
+            count, seconds = timings.get(key, (0, 0.0))
             yield SummaryMetricFamily(f"quidditch_udf_{name}_seconds", doc, count_value=count, sum_value=seconds)
 
     def _udf_names(self) -> dict[str, set[str]]:

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from quidditch_pipeline import PipelineService
 from quidditch_pipeline.prometheus import BUCKETS_S, service_registry
 from quidditch_pipeline.stats import Metric
+from quidditch_pipeline.udf.runtime import UdfRuntime
 
 from .server_harness import ServerProcess
 from .udf_fixtures import BuiltUdf
@@ -115,7 +116,7 @@ def test_pipeline_stage_and_udf_metrics_through_the_python_api(seeded_cache: Pat
             assert_agrees_with_stats(found, stage, "quidditch_stage", **labels)
         assert value(found, "quidditch_stage_skipped_total", pipeline="docs", type="document", stage="spam",
                      stage_type="native", tag="even") == 25  # fmt: skip
-        pool = {"sha256": hostile_udf.sha256[:12], "udf": "echo@1.0.0"}
+        pool = {"sha256": hostile_udf.sha256[:12], "udf": "echo@1.0.0", "process": "server"}
         assert value(found, "quidditch_udf_pool_instances", **pool) >= 1
         assert value(found, "quidditch_udf_pool_busy", **pool) == 0
         assert value(found, "quidditch_udf_pool_size", **pool) == svc.runtime.pool_size
@@ -125,6 +126,33 @@ def test_pipeline_stage_and_udf_metrics_through_the_python_api(seeded_cache: Pat
         assert value(found, "quidditch_udf_compile_seconds_count") == svc.runtime.stats().compiles == 0
         assert value(found, "quidditch_udf_instantiate_seconds_count") == svc.runtime.stats().instances_created
         assert value(found, "quidditch_udf_build_seconds_count") == 0  # uploaded as a component
+
+
+def test_the_udf_pools_and_load_times_of_worker_processes_are_exported_too(
+    tmp_path: Path, udf_runtime: UdfRuntime, hostile_udf: BuiltUdf
+) -> None:
+    with PipelineService.open(tmp_path / "data", workers=2, runtime=udf_runtime) as svc:
+        svc.put_udf("echo", "1.0.0", hostile_udf.wasm)
+        python = {"name": "udf", "type": "python", "config": {"udf_name": "echo", "parameters": {"do": "none"}}}
+        svc.put_pipeline({**PIPELINE, "name": "docs", "stages": [python]})
+        svc.associate("shop", "document", "docs")
+        # Enough documents that both workers get a chunk (and so load the component in their own runtime).
+        outcomes = svc.process_documents("shop", [(str(n), {"n": n}) for n in range(400)])
+        assert all(o.status == "success" for o in outcomes)
+        found = samples(generate_latest(service_registry(svc)).decode())
+        workers = svc.workers()
+        assert [w["batches"] > 0 for w in workers] == [True, True]
+        instantiated = 0
+        for worker in workers:
+            process = f"worker-{worker['slot']}"
+            pool = {"sha256": hostile_udf.sha256[:12], "udf": "echo@1.0.0", "process": process}
+            assert value(found, "quidditch_udf_pool_instances", **pool) >= 1
+            assert value(found, "quidditch_udf_pool_size", **pool) == svc.runtime.pool_size
+            assert value(found, "quidditch_udf_components_loaded", process=process) == 1
+            instantiated += worker["udf_runtime"]["timings"]["instances_created"][0]
+        # Load times sum every process's: the workers' instances are counted.
+        own = svc.runtime.stats().instances_created
+        assert value(found, "quidditch_udf_instantiate_seconds_count") == own + instantiated >= 2
 
 
 def test_scraped_under_bulk_load_on_a_real_server_with_workers(tmp_path: Path) -> None:

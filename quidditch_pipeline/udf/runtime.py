@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -605,6 +605,15 @@ class UdfRuntime:
         with self._lock:
             components = list(self._components.values())
         return [PoolState(c.sha256, c.source is not None, *c.pool.state(), self.pool_size) for c in components]
+
+    def snapshot(self) -> dict[str, Any]:
+        """:meth:`pools`, :meth:`timings` and the discarded instances as plain JSON values: what a worker process
+        sends its parent with each answer, so the parent's metrics show every process's pools."""
+        return {
+            "pools": [list(astuple(pool)) for pool in self.pools()],
+            "timings": {what: list(counted) for what, counted in self.timings().items()},
+            "discarded": self.stats().instances_discarded,
+        }
 
     def _count(self, counter: str, seconds: float | None = None) -> None:
         with self._lock:

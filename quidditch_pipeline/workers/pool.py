@@ -70,6 +70,8 @@ class _Slot:
     busy_s: float = 0.0
     restarts: int = 0
     last_exit: str | None = None
+    #: The worker's UDF runtime as of its last answer (``UdfRuntime.snapshot``): pools, load times.
+    runtime: dict[str, Any] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
 
 
@@ -169,6 +171,7 @@ class WorkerPool:
             process.wait()
         slot.last_exit = cause
         slot.restarts += 1
+        slot.runtime = {}  # its replacement starts with no UDF loaded
         with self._lock:
             if self._closed:
                 return
@@ -360,6 +363,7 @@ class WorkerPool:
         """Write a worker's answer for ``chunk`` into ``answers`` and merge its statistics."""
         header, body = _wire.decode(frame)
         self._merge_stats(header["stats"])
+        chunk.slot.runtime = header.get("runtime", {})
         if "error" in header:
             answers.fail(chunk.start, chunk.stop, _wire.error_from_wire(header["error"], pipeline))
             return
@@ -409,6 +413,7 @@ class WorkerPool:
                 "busy_ms": round(slot.busy_s * 1000, 1),
                 "restarts": slot.restarts,
                 "last_exit": slot.last_exit,
+                "udf_runtime": slot.runtime,
             }
             for slot in self._slots
         ]

@@ -112,12 +112,15 @@ class _Worker:
             self._sync(pins, header["udfs"])
             root = self._build(name, pins)
         except QuidditchError as exc:  # the batch cannot run at all: every item fails with this error
-            return _wire.encode({"error": _wire.error_to_wire(exc), "stats": self.stats.take()})
+            return _wire.encode(
+                {"error": _wire.error_to_wire(exc), "stats": self.stats.take(), "runtime": self.runtime.snapshot()}
+            )
         start = time.perf_counter()
         answer = self._run(root, pins, header, _wire.split(body, header["sizes"]))
         answer_header, parts = answer
         answer_header["busy_us"] = (time.perf_counter() - start) * 1e6
         answer_header["stats"] = self.stats.take()
+        answer_header["runtime"] = self.runtime.snapshot()
         return _wire.encode(answer_header, parts)
 
     def _run(

@@ -108,8 +108,8 @@ class _Worker:
         """Answer one batch. The cyclic collector does not run during it: a batch allocates tens of objects per
         document (the parsed JSON, items, results) that all live until its end, so the collections their
         allocations set off traverse them again and again, for nothing: JSON values hold no cycles, and what
-        the batch leaves is freed by reference counting when it ends (measured: 3.7 µs CPU per document of a
-        worker's ~19.5, batch 1000). The collector resumes after the batch, on what outlived it."""
+        the batch leaves is freed by reference counting when it ends (measured: 21.5 against 20.4 µs CPU per
+        document, batch 1000, same-run A/B). The collector resumes after the batch, on what outlived it."""
         was_enabled = gc.isenabled()
         gc.disable()
         try:

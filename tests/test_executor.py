@@ -15,13 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict
 
+from quidditch_pipeline import _paths
 from quidditch_pipeline._clock import SYSTEM_CLOCK
 from quidditch_pipeline.builder import BuildContext, build_pipeline
 from quidditch_pipeline.definitions import PipelineType, parse_definition
 from quidditch_pipeline.errors import InputError, NotFoundError, UdfCallError, UdfTimeoutError
 from quidditch_pipeline.executor import CompiledPipeline, validate_input
+from quidditch_pipeline.mapping import ResultMapping, UnmappableResult
 from quidditch_pipeline.processors import PROCESSORS, ProcessorError, register_processor
 from quidditch_pipeline.stages import Item, Run, Status, UdfRef
 from quidditch_pipeline.stats import StatsRegistry
@@ -429,6 +433,8 @@ def test_result_hit_failure_under_continue_leaves_that_hit_unchanged() -> None:
         ({"b": 2}, None, Status.SUCCESS, {"a": 1, "b": 2}),
         ('{"b": 3}', None, Status.SUCCESS, {"a": 1, "b": 3}),
         (7.5, "score.value", Status.SUCCESS, {"a": 1, "score": {"value": 7.5}}),
+        (7.5, "score", Status.SUCCESS, {"a": 1, "score": 7.5}),  # one top-level name: the short path
+        (3, "a", Status.SUCCESS, {"a": 3}),
         (7.5, None, Status.FAILED, None),
         ([1, 2], None, Status.FAILED, None),
         ("not json", None, Status.FAILED, None),
@@ -632,3 +638,23 @@ def test_stats_add_up_under_concurrent_batches() -> None:
     )
     assert snap["stages"][0]["failed"] == 200 and snap["stages"][1]["count"] == 400
     assert snap["duration_us"]["p50"] > 0 and snap["last_error"] is not None
+
+
+@settings(deadline=None)  # a loaded machine must not fail a property
+@given(
+    st.dictionaries(st.sampled_from(["a", "b", "score", "s"]), st.integers() | st.text(max_size=2) | st.none()),
+    st.sampled_from(["score", "a", "s.t", "score.value"]),
+    st.integers() | st.floats(allow_nan=False),
+)
+def test_a_number_lands_at_target_field_as_paths_set_puts_it(doc: dict[str, Any], target: str, number: float) -> None:
+    # A one-name target takes the mapping's short path; a dotted one the general walk: both as _paths.set_.
+    mapping = ResultMapping(PipelineType.DOCUMENT, hit_scope=False, target_field=target)
+    before = dict(doc)
+    try:
+        expected = _paths.set_(doc, _paths.split_path(target), number)
+    except ValueError:  # a path through a non-object
+        with pytest.raises(UnmappableResult):
+            mapping.apply(number, doc)
+    else:
+        assert mapping.apply(number, doc) == expected
+    assert doc == before  # the input is never changed

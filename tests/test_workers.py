@@ -7,6 +7,7 @@ indexes of its own. Faults are injected the way disruption tests do: a worker is
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import signal
@@ -29,6 +30,8 @@ from quidditch_pipeline import (
 )
 from quidditch_pipeline.storage import MemoryStorage
 from quidditch_pipeline.udf import UdfRuntime
+from quidditch_pipeline.workers import _wire
+from quidditch_pipeline.workers.worker import _Worker
 from tests.server_harness import ServerProcess
 from tests.udf_fixtures import BuiltUdf, UdfBuilds, UdfSources
 
@@ -385,3 +388,33 @@ def test_final_pipeline_runs_after_the_default_in_both_paths_and_none_cannot_ski
     raw = either.process_documents_json("fin-idx", [("1", b'{"ssn": "1"}'), ("2", b'"x"')], pipeline="_none")
     assert [o.status for o in raw] == ["success", "failed"]
     assert raw[0].source_json is not None and orjson.loads(raw[0].source_json) == {}
+
+
+def test_the_cyclic_collector_does_not_run_during_a_workers_batch(pooled: PipelineService) -> None:
+    # A worker's handle() run in this process on a real batch (the frame the parent would send): a batch's
+    # objects live until its end, so collections during it would traverse them again and again for nothing.
+    pooled.put_pipeline(pipeline("gc-batch", native("n", "set", field="n", value=1)))
+    pooled.associate("gc-idx", "document", "gc-batch")
+    assert pooled._pool is not None
+    worker = _Worker(pooled._pool._config)
+    root = pooled.compiled("gc-batch")
+    pins, udfs = pooled._worker_plan(root)
+    docs = [orjson.dumps({"i": i, "tags": ["a", {"b": i}]}) for i in range(5000)]
+    header = {"pipeline": root.name, "pins": pins, "udfs": udfs, "index": "gc-idx", "params": {}}
+    frame = _wire.encode({**header, "ids": [str(i) for i in range(len(docs))], "sizes": [len(d) for d in docs]}, docs)
+    collections: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    worker.handle(frame)  # builds the pipeline once, outside what is counted
+    gc.callbacks.append(count)
+    try:
+        answer_header, _ = _wire.decode(worker.handle(frame))
+    finally:
+        gc.callbacks.remove(count)
+        worker.close()
+    assert answer_header["codes"] == [_wire.CHANGED] * len(docs)
+    assert collections == []  # 5,000 documents of several objects each set off many collections before
+    assert gc.isenabled()  # and the collector runs again once the batch is answered

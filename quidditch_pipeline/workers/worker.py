@@ -105,6 +105,20 @@ class _Worker:
         self.registry.close()
 
     def handle(self, frame: bytes) -> bytes:
+        """Answer one batch. The cyclic collector does not run during it: a batch allocates tens of objects per
+        document (the parsed JSON, items, results) that all live until its end, so the collections their
+        allocations set off traverse them again and again, for nothing: JSON values hold no cycles, and what
+        the batch leaves is freed by reference counting when it ends (measured: 21.5 against 20.4 µs CPU per
+        document, batch 1000, same-run A/B). The collector resumes after the batch, on what outlived it."""
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._handle(frame)
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    def _handle(self, frame: bytes) -> bytes:
         header, body = _wire.decode(frame)
         name = header["pipeline"]
         try:

@@ -413,8 +413,9 @@ def test_failure_store_settings_stay_in_the_gateway_and_the_store_is_an_upstream
     assert failure_store_settings_sent(deployment.recorder) == []
     items = bulk_items(deployment.gateway.url, "orders", {"3": {"title": "no price either"}})
     assert items["3"]["status"] == 400 and items["3"]["error"]["failure_store"] == "not_enabled"
-    # Deleting the index forgets what the gateway kept for it: a new index of that name starts clean.
+    # Deleting the index deletes its store and forgets what the gateway kept: a new index of that name starts clean.
     client.indices.delete(index="orders")
+    assert upstream_get(deployment, "/quidditch-failures-orders").status_code == 404  # its store went with it
     client.indices.create(index="orders")
     assert "failure_store" not in client.indices.get_settings(index="orders")["orders"]["settings"]["index"]
     admin.close()

@@ -40,6 +40,7 @@ from .backend import (
     InvalidIndexNameError,
     StoredDoc,
     WriteResult,
+    failure_store_index,
     failure_store_owner,
     validate_index_name,
 )
@@ -285,8 +286,16 @@ class UpstreamBackend:
         return self.get_index(name)
 
     def delete_index(self, name: str) -> None:
+        """Delete ``name`` upstream, and an index's failure store with it (as the embedded host does: a new
+        index of the same name must neither show nor re-drive the old one's failures)."""
         self._forget(name)
         self._json("DELETE", _path(upstream_index_name(name)))
+        if failure_store_owner(name) is None:
+            store = failure_store_index(name)
+            self._forget(store)
+            answer = self.forward("DELETE", _path(upstream_index_name(store)))
+            if answer.status >= 400 and answer.status != 404:  # 404: the index had no failure store
+                raise self._error(answer.status, self._parse(answer).get("error"))
 
     def get_index(self, name: str) -> IndexInfo:
         concrete, settings = self._upstream_settings(name)

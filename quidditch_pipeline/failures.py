@@ -16,6 +16,11 @@ pipeline_trace|processor_type|processor_tag``) keep their names; ``failure_kind`
 Elasticsearch: a query pipeline that rejected or failed a search, a result pipeline that failed) are records
 of ``failure_kind`` ``query`` or ``result`` with the search body under ``search.body``.
 
+What failed (``document.source``, ``search.body``: :data:`OPAQUE_FIELDS`) is kept but not indexed: a value of
+any shape is stored, nothing in it matches a query about the failures by accident, and on a cluster (a
+gateway's failure store, :data:`FAILURE_STORE_MAPPINGS`) failed sources never conflict with one another's
+mapping, as Elasticsearch's failure store keeps them unmapped.
+
 :func:`redirectable` decides which failures a failure store takes: a pipeline that ran and failed for this
 input. Not a pipeline that is unavailable (that stays a refusal: fail closed), a worker that died (try again),
 a source that is not a JSON object, a version conflict or an overloaded server, as Elasticsearch keeps
@@ -32,6 +37,8 @@ from .errors import QueryRejectedError, QuidditchError, StageError
 
 __all__ = [
     "DOCUMENT",
+    "FAILURE_STORE_MAPPINGS",
+    "OPAQUE_FIELDS",
     "document_failure",
     "now_iso",
     "pipeline_trace",
@@ -41,6 +48,15 @@ __all__ = [
 
 #: ``failure_kind`` of a failed document (the others are ``query`` and ``result``).
 DOCUMENT: Final = "document"
+#: The (object, field) pairs of a record that hold what failed: kept, never indexed.
+OPAQUE_FIELDS: Final = (("document", "source"), ("search", "body"))
+#: The mappings a failure store is created with on an Elasticsearch or OpenSearch cluster: each opaque field
+#: an object that is not mapped (``"enabled": false``, kept in ``_source`` only).
+FAILURE_STORE_MAPPINGS: Final = {
+    "properties": {
+        parent: {"properties": {child: {"type": "object", "enabled": False}}} for parent, child in OPAQUE_FIELDS
+    }
+}
 
 
 def now_iso() -> str:

@@ -1,4 +1,5 @@
-"""The registry: pipelines with their revision history, index associations and UDF versions.
+"""The registry: pipelines with their revision history, index associations, UDF versions, and the index
+settings a gateway keeps for its indexes besides their pipelines (``index.failure_store.*``).
 
 Thread-safe: one lock orders every change, and each change is written to :mod:`storage` (one transaction)
 before it becomes visible in memory. On a store that other nodes write too (PostgreSQL), each change is
@@ -22,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +81,7 @@ class Registry:
         self._history: dict[str, list[Revision]] = state.revisions
         self._marks = state.revision_marks
         self._associations = state.associations
+        self._index_settings = state.index_settings
         self._udfs = state.udfs
         # name -> versions in semantic-version order, and name -> what `latest` means, replaced whole on every
         # UDF change: :meth:`udf` reads them (and ``_udfs``) per call without the lock, and a read then is the
@@ -164,6 +166,7 @@ class Registry:
             dict(self._history),
             dict(self._marks),
             dict(self._associations),
+            dict(self._index_settings),
             dict(self._udfs),
             dict(self._udf_versions),
             dict(self._udf_latest),
@@ -176,6 +179,7 @@ class Registry:
             self._history,
             self._marks,
             self._associations,
+            self._index_settings,
             self._udfs,
             self._udf_versions,
             self._udf_latest,
@@ -388,6 +392,27 @@ class Registry:
     def associations(self, index: str) -> dict[str, str]:
         with self._lock:
             return {kind: name for (i, kind), name in sorted(self._associations.items()) if i == index}
+
+    # --- index settings ------------------------------------------------------------------------------------
+
+    def set_index_settings(self, index: str, changes: Mapping[str, str | None]) -> None:
+        """Keep ``changes`` (flat keys; ``None`` removes) as ``index``'s settings, in one change: all or none."""
+        if not changes:
+            return
+        with self._changing():
+            for key, value in sorted(changes.items()):
+                if self._index_settings.get((index, key)) == value:
+                    continue
+                self._storage.set_index_setting(index, key, value)
+                if value is None:
+                    del self._index_settings[(index, key)]
+                else:
+                    self._index_settings[(index, key)] = value
+
+    def index_settings(self, index: str) -> dict[str, str]:
+        """The settings kept for ``index`` (flat keys), besides its pipelines (:meth:`associations`)."""
+        with self._lock:
+            return {key: value for (i, key), value in sorted(self._index_settings.items()) if i == index}
 
     # --- UDF versions ---------------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -268,6 +268,14 @@ class PipelineService:
 
     def associations(self, index: str) -> dict[str, str]:
         return self.registry.associations(index)
+
+    def set_index_settings(self, index: str, changes: Mapping[str, str | None]) -> None:
+        """Keep index settings besides the pipelines in the registry (flat keys; ``None`` removes), all or
+        none: what a gateway keeps of this project's settings instead of sending them to its cluster."""
+        self.registry.set_index_settings(index, changes)
+
+    def index_settings(self, index: str) -> dict[str, str]:
+        return self.registry.index_settings(index)
 
     def compiled(self, name: str) -> CompiledPipeline:
         """The runnable form of the latest revision of ``name`` (built once per revision)."""

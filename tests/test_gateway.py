@@ -23,6 +23,8 @@ import orjson
 import pytest
 from opensearchpy import OpenSearch, RequestError
 
+from quidditch_pipeline.failures import FAILURE_STORE_MAPPINGS
+
 from .server_harness import ServerProcess
 from .test_postgres_nodes import eventually
 from .test_server_e2e import set_up_pipelines
@@ -317,6 +319,154 @@ def test_gateway_nodes_on_one_postgresql_registry_form_one_pipeline_tier(
             assert put.status_code == 201, put.text
         for doc in ("from-a", "from-b"):
             assert upstream_get(deployment, f"/shared/_doc/{doc}").json()["_source"] == {"n": doc, "via": "tier"}
+
+
+def checkout_pipeline(*, price_required: bool) -> dict[str, Any]:
+    """A document pipeline that aborts on a document without a price (while ``price_required``)."""
+    convert = {"processor": "convert", "field": "price", "type": "float", "ignore_missing": not price_required}
+    return {"version": "1.0.0", "type": "document", "stages": [{"name": "price", "type": "native", "config": convert}]}
+
+
+def own_settings_upstream(upstream_url: str, index: str) -> list[str]:
+    """The ``index.failure_store.*`` and pipeline settings the upstream holds for ``index`` (none, ever)."""
+    answer = httpx.get(f"{upstream_url}/{index}/_settings", params={"flat_settings": "true"}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    flat = answer.json()[index]["settings"]
+    return [key for key in flat if key.startswith("index.failure_store.") or key.endswith(PIPELINE_KEYS)]
+
+
+def failure_store_settings_sent(recorder: Recorder) -> list[Forwarded]:
+    """Index creations and settings changes the upstream received that carried a failure store setting."""
+    return [r for r in recorder.forwarded if r.method == "PUT" and b"failure_store" in r.body]
+
+
+def bulk_items(url: str, index: str, docs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``docs`` (by id) indexed with one ``_bulk``; each one's answer by the id it was sent with (a failure
+    kept in the store answers with the record's own)."""
+    lines = b"".join(orjson.dumps({"index": {"_id": i}}) + b"\n" + orjson.dumps(doc) + b"\n" for i, doc in docs.items())
+    answer = httpx.post(f"{url}/{index}/_bulk?refresh=true", content=lines, timeout=120,
+                        headers={"content-type": "application/x-ndjson"})  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    return {doc_id: item["index"] for doc_id, item in zip(docs, answer.json()["items"], strict=True)}
+
+
+def test_failure_store_settings_stay_in_the_gateway_and_the_store_is_an_upstream_index(
+    deployment: Deployment,
+) -> None:
+    client = deployment.client()
+    admin = httpx.Client(base_url=deployment.gateway.url, headers=GATEWAY_ADMIN, timeout=120)
+    assert admin.put("/_pipeline/checkout", json=checkout_pipeline(price_required=True)).status_code == 200
+    settings = {"index": {"document": {"default_pipeline": "checkout"}, "failure_store": {"enabled": True},
+                          "number_of_replicas": 0}}  # fmt: skip
+    assert client.indices.create(index="orders", body={"settings": settings})["acknowledged"] is True
+    client.indices.put_settings(index="orders", body={"index.failure_store.max_search_failures": 50})
+    # Never sent upstream (a cluster refuses them as unknown settings), nor held there ...
+    (created,) = deployment.recorder.requests("PUT", "/orders")
+    assert orjson.loads(created.body) == {"settings": {"index.number_of_replicas": 0}}
+    assert deployment.recorder.requests("PUT", "/orders/_settings") == []
+    assert failure_store_settings_sent(deployment.recorder) == []
+    assert own_settings_upstream(deployment.upstream.url, "orders") == []
+    # ... but shown by the gateway, merged with the upstream's.
+    shown = client.indices.get_settings(index="orders")["orders"]["settings"]["index"]
+    assert shown["failure_store"] == {"enabled": "true", "max_search_failures": "50"}
+    assert shown["number_of_replicas"] == "0"
+    viewed = client.indices.get(index="orders")["orders"]["settings"]["index"]
+    assert viewed["failure_store"]["enabled"] == "true" and viewed["document"]["default_pipeline"] == "checkout"
+
+    # A document whose pipeline aborts is kept in the failure store, an ordinary upstream index.
+    items = bulk_items(deployment.gateway.url, "orders", {"1": {"title": "priced", "price": "3"},
+                                                          "2": {"title": "no price"}})  # fmt: skip
+    assert items["1"]["result"] == "created"
+    assert items["2"]["failure_store"] == "used" and items["2"]["_index"] == "orders::failures", items["2"]
+    (made,) = deployment.recorder.requests("PUT", "/quidditch-failures-orders")
+    assert orjson.loads(made.body) == {"mappings": FAILURE_STORE_MAPPINGS}  # what failed stays unmapped
+    stored = httpx.post(deployment.upstream.url + "/quidditch-failures-orders/_search", json={},
+                        timeout=60).json()["hits"]["hits"]  # fmt: skip
+    assert [hit["_source"]["document"] for hit in stored] == [
+        {"id": "2", "index": "orders", "op_type": "index", "source": {"title": "no price"}}
+    ]
+    assert stored[0]["_source"]["error"]["pipeline"] == "checkout"
+    # Searchable through the gateway with the ::failures selector.
+    found = client.search(index="orders::failures", body={"query": {"match_all": {}}})["hits"]["hits"]
+    assert [hit["_source"]["document"]["id"] for hit in found] == ["2"]
+
+    # A settings change the upstream refuses leaves the kept settings as they were.
+    refused = admin.put("/orders/_settings", json={"index.failure_store.enabled": False,
+                                                   "index.number_of_shards": 2})  # fmt: skip
+    assert refused.status_code == 400, refused.text
+    assert client.indices.get_settings(index="orders")["orders"]["settings"]["index"]["failure_store"]["enabled"] == (
+        "true"
+    )
+
+    # Fixed pipeline: the failure is re-driven through the gateway, written upstream, gone from the store.
+    assert admin.put("/_pipeline/checkout", json=checkout_pipeline(price_required=False)).status_code == 200
+    redriven = admin.post("/orders/_failure_store/_reprocess?refresh=true")
+    assert redriven.status_code == 200, redriven.text
+    assert redriven.json() == {"reprocessed": 1, "succeeded": 1, "failed": 0, "dropped": 0, "failures": []}
+    assert upstream_get(deployment, "/orders/_doc/2").json()["_source"] == {"title": "no price"}
+    httpx.post(deployment.upstream.url + "/quidditch-failures-orders/_refresh", timeout=60).raise_for_status()
+    assert upstream_get(deployment, "/quidditch-failures-orders/_count").json()["count"] == 0
+
+    # Disabled through the gateway: an abort is the item's error again, and nothing went upstream.
+    assert admin.put("/_pipeline/checkout", json=checkout_pipeline(price_required=True)).status_code == 200
+    client.indices.put_settings(index="orders", body={"index": {"failure_store": {"enabled": False}}})
+    assert failure_store_settings_sent(deployment.recorder) == []
+    items = bulk_items(deployment.gateway.url, "orders", {"3": {"title": "no price either"}})
+    assert items["3"]["status"] == 400 and items["3"]["error"]["failure_store"] == "not_enabled"
+    # Deleting the index deletes its store and forgets what the gateway kept: a new index of that name starts clean.
+    client.indices.delete(index="orders")
+    assert upstream_get(deployment, "/quidditch-failures-orders").status_code == 404  # its store went with it
+    client.indices.create(index="orders")
+    assert "failure_store" not in client.indices.get_settings(index="orders")["orders"]["settings"]["index"]
+    admin.close()
+
+
+def test_failure_store_settings_survive_a_gateway_restart(deployment: Deployment, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with gateway_process(data, deployment.recorder.url) as first:
+        admin = httpx.Client(base_url=first.url, headers=GATEWAY_ADMIN, timeout=60)
+        assert admin.put("/_pipeline/strict", json=checkout_pipeline(price_required=True)).status_code == 200
+        settings = {"settings": {"index.document.default_pipeline": "strict", "index.failure_store.enabled": True}}
+        assert admin.put("/kept", json=settings).status_code == 200
+        admin.close()
+        assert first.terminate() == 0
+    with gateway_process(data, deployment.recorder.url) as second:
+        shown = httpx.get(second.url + "/kept/_settings", params={"flat_settings": "true"}, timeout=60).json()
+        assert shown["kept"]["settings"]["index.failure_store.enabled"] == "true"
+        assert bulk_items(second.url, "kept", {"a": {"title": "no price"}})["a"]["failure_store"] == "used"
+    assert own_settings_upstream(deployment.upstream.url, "kept") == []
+    assert failure_store_settings_sent(deployment.recorder) == []
+    stored = httpx.post(deployment.upstream.url + "/quidditch-failures-kept/_search", json={},
+                        timeout=60).json()["hits"]["hits"]  # fmt: skip
+    assert [hit["_source"]["document"]["id"] for hit in stored] == ["a"]
+
+
+def test_gateway_nodes_on_one_postgresql_registry_share_the_failure_store_settings(
+    deployment: Deployment, tmp_path: Path, postgres_dsn: str
+) -> None:
+    for node in ("a", "b"):
+        (tmp_path / node).mkdir()
+    with (
+        gateway_process(tmp_path / "a" / "data", deployment.upstream.url, "--registry", postgres_dsn) as a,
+        gateway_process(tmp_path / "b" / "data", deployment.upstream.url, "--registry", postgres_dsn) as b,
+    ):
+        admin_a = httpx.Client(base_url=a.url, headers=GATEWAY_ADMIN, timeout=60)
+        assert admin_a.put("/_pipeline/priced", json=checkout_pipeline(price_required=True)).status_code == 200
+        created = admin_a.put("/tiered", json={"settings": {"index.document.default_pipeline": "priced"}})
+        assert created.status_code == 200, created.text
+        changed = admin_a.put("/tiered/_settings", json={"index": {"failure_store": {"enabled": True}}})
+        assert changed.status_code == 200, changed.text
+        admin_a.close()
+
+        def enabled_on_b() -> bool:
+            shown = httpx.get(b.url + "/tiered/_settings", params={"flat_settings": "true"}, timeout=10).json()
+            return bool(shown["tiered"]["settings"].get("index.failure_store.enabled") == "true")
+
+        eventually(enabled_on_b)
+        assert bulk_items(b.url, "tiered", {"x": {"title": "no price"}})["x"]["failure_store"] == "used"
+        found = httpx.post(a.url + "/tiered::failures/_search", json={}, timeout=60).json()["hits"]["hits"]
+        assert [hit["_source"]["document"]["id"] for hit in found] == ["x"]
+    assert own_settings_upstream(deployment.upstream.url, "tiered") == []
 
 
 def test_the_upstream_killed_in_the_middle_of_bulk_work_loses_nothing_acknowledged(tmp_path: Path) -> None:

@@ -445,10 +445,31 @@ def test_index_lifecycle_and_settings(stack: Stack) -> None:
     error(client.put(f"/{name}/_settings", json={"index.refresh_interval": "1s"}), 404, "index_not_found_exception")
 
 
+def test_objects_that_are_not_mapped_are_accepted_and_ignored(client: httpx.Client) -> None:
+    """As a gateway creates its failure stores upstream: a schemaless index maps nothing to conflict anyway."""
+    name = unique("unmapped")
+    mappings = {"properties": {"document": {"properties": {"source": {"type": "object", "enabled": False}}},
+                               "body": {"enabled": False}}}  # fmt: skip
+    assert client.put(f"/{name}", json={"mappings": mappings}).status_code == 200
+    put = client.put(f"/{name}/_doc/1?refresh=true", json={"document": {"source": {"a": [1, {"b": "x"}]}}})
+    assert put.status_code == 201
+    assert client.get(f"/{name}/_doc/1").json()["_source"] == {"document": {"source": {"a": [1, {"b": "x"}]}}}
+    for refused in (
+        {"properties": {"document": {"type": "object", "enabled": True}}},
+        {"properties": {"document": {"properties": {"source": {"type": "keyword"}}}}},
+        {"properties": {"body": {"type": "nested", "enabled": False}}},
+        {"dynamic": False, "properties": {"body": {"enabled": False}}},
+    ):
+        answer = client.put(f"/{unique('mapped')}", json={"mappings": refused})
+        assert "[mappings] is not supported" in error(answer, 400, "illegal_argument_exception")["reason"]
+
+
 def test_index_creation_errors(client: httpx.Client, stack: Stack) -> None:
     name = unique("twice")
     assert client.put(f"/{name}").status_code == 200
-    error(client.put(f"/{name}"), 400, "resource_already_exists_exception")
+    # Named as Elasticsearch names them: a gateway in front of this server maps them back by the index.
+    assert error(client.put(f"/{name}"), 400, "resource_already_exists_exception")["index"] == name
+    assert error(client.get(f"/{name}x/_settings"), 404, "index_not_found_exception")["index"] == f"{name}x"
     assert "lowercase" in error(client.put("/Upper"), 400, "invalid_index_name_exception")["reason"]
     error(client.put("/_underscore"), 400, "invalid_index_name_exception")
     error(

@@ -32,6 +32,8 @@ from quidditch_pipeline.storage import (
     UdfRecord,
 )
 
+from .test_postgres_nodes import eventually
+
 DOC = PipelineType.DOCUMENT
 QUERY = PipelineType.QUERY
 
@@ -75,6 +77,11 @@ def apply_changes(storage: Storage) -> None:
     storage.put_udf(UdfRecord("f", "1.10.0", "b" * 64, 200, 21.0, None))
     storage.put_udf(UdfRecord("g", "0.1.0", "c" * 64, 300, 22.0))
     storage.delete_udf("g", "0.1.0")
+    storage.set_index_setting("products", "index.failure_store.enabled", "true")
+    storage.set_index_setting("products", "index.failure_store.enabled", "false")  # replaces
+    storage.set_index_setting("products", "index.failure_store.max_search_failures", "10")
+    storage.set_index_setting("old", "index.failure_store.enabled", "true")
+    storage.set_index_setting("old", "index.failure_store.enabled", None)  # removes
 
 
 EXPECTED = StoredState(
@@ -92,6 +99,10 @@ EXPECTED = StoredState(
     },
     # A deleted pipeline's mark stays: its name's next revision continues from there.
     revision_marks={"a": 2, "b": 1, "gone": 1},
+    index_settings={
+        ("products", "index.failure_store.enabled"): "false",
+        ("products", "index.failure_store.max_search_failures"): "10",
+    },
 )
 
 
@@ -111,6 +122,7 @@ def test_memory_storage_load_is_a_copy() -> None:
     state.revisions["a"].clear()
     state.associations.clear()
     state.udfs.clear()
+    state.index_settings.clear()
     assert storage.load() == EXPECTED
 
 
@@ -143,7 +155,7 @@ def test_postgres_counts_every_change_and_a_failed_one_leaves_no_trace(postgres_
     try:
         apply_changes(storage)
         state = storage.load()
-        assert state.change == 14  # one id per committed change
+        assert state.change == 19  # one id per committed change
         with pytest.raises(StorageError, match="duplicate key"), storage.transaction():
             storage.set_association("new", "document", "a")
             storage.add_revision(Revision("a", 1, {"name": "a", "again": True}, 99.0))  # (a, 1) exists
@@ -167,6 +179,9 @@ def test_a_registry_view_keeps_nothing_the_database_did_not_commit(postgres_dsn:
         with pytest.raises(StorageError):
             reg.put(definition("p"))
         assert not reg.exists("p")
+        with pytest.raises(StorageError):
+            reg.set_index_settings("logs", {"index.failure_store.enabled": "true"})
+        assert reg.index_settings("logs") == {}
         assert reg.status()["change"] == 0  # the view's change id is the last one the database committed
         assert reg.status()["change"] == 0
     finally:
@@ -174,6 +189,7 @@ def test_a_registry_view_keeps_nothing_the_database_did_not_commit(postgres_dsn:
     fresh = PostgresStorage(postgres_dsn)
     try:
         assert fresh.load().revisions == {}
+        assert fresh.load().index_settings == {}
     finally:
         fresh.close()
 
@@ -253,6 +269,10 @@ def fill(reg: Registry) -> None:
     reg.associate("products", DOC, "main")
     reg.associate("products", QUERY, "q")
     reg.associate("articles", DOC, "shared")
+    reg.set_index_settings(
+        "products", {"index.failure_store.enabled": "true", "index.failure_store.max_search_failures": "10"}
+    )
+    reg.set_index_settings("articles", {"index.failure_store.enabled": "false"})
 
 
 def snapshot(reg: Registry) -> dict[str, Any]:
@@ -261,6 +281,7 @@ def snapshot(reg: Registry) -> dict[str, Any]:
         "history": {n: reg.history(n) for n in reg.names()},
         "definitions": {n: [reg.get(n, r.revision) for r in reg.history(n)] for n in reg.names()},
         "associations": {i: reg.associations(i) for i in ("products", "articles", "none")},
+        "index_settings": {i: reg.index_settings(i) for i in ("products", "articles", "none")},
         "udfs": {n: [reg.udf(n, v) for v in reg.udf_versions(n)] for n in reg.udf_names()},
     }
 
@@ -299,6 +320,8 @@ def test_registry_deletes_survive_a_reopen(reopen: Callable[[], Storage]) -> Non
     reg.delete("q")
     reg.put(definition("main"))  # no longer calls shared nor pins boost 1.9.0
     reg.delete_udf("boost", "1.9.0")
+    reg.set_index_settings("articles", {"index.failure_store.enabled": None})
+    reg.set_index_settings("products", {"index.failure_store.enabled": "false"})
     before = snapshot(reg)
     reg.close()
 
@@ -309,9 +332,33 @@ def test_registry_deletes_survive_a_reopen(reopen: Callable[[], Storage]) -> Non
         assert again.associations("articles") == {}
         assert again.associations("products") == {"document": "main"}
         assert again.udf_versions("boost") == ["1.10.0"]
+        assert again.index_settings("articles") == {}
+        assert again.index_settings("products") == {
+            "index.failure_store.enabled": "false",
+            "index.failure_store.max_search_failures": "10",
+        }
         again.delete("shared")
     finally:
         again.close()
+
+
+def test_index_settings_change_together_and_reach_every_node(postgres_dsn: str) -> None:
+    a, b = Registry(PostgresStorage(postgres_dsn)), Registry(PostgresStorage(postgres_dsn))
+    try:
+        both = {"index.failure_store.enabled": "true", "index.failure_store.max_search_failures": "5"}
+        start = a.status()["change"]
+        a.set_index_settings("logs", both)
+        assert a.status()["change"] == start + 1  # both keys in one change
+        eventually(lambda: b.index_settings("logs") == both)  # through LISTEN/NOTIFY
+        b.set_index_settings("logs", {"index.failure_store.enabled": None})
+        eventually(lambda: a.index_settings("logs") == {"index.failure_store.max_search_failures": "5"})
+        changed = a.status()["change"]
+        a.set_index_settings("logs", {"index.failure_store.max_search_failures": "5"})  # what it is already
+        assert a.status()["change"] == changed
+        assert a.index_settings("other") == {}
+    finally:
+        a.close()
+        b.close()
 
 
 def test_a_null_processor_value_survives_a_reopen(reopen: Callable[[], Storage]) -> None:

@@ -131,7 +131,7 @@ def svc(tmp_path: Path) -> Iterator[PipelineService]:
 
 
 def backend_for(url: str, svc: PipelineService, **options: Any) -> UpstreamBackend:
-    return UpstreamBackend(UpstreamConfig((url,), **options), svc.associations)
+    return UpstreamBackend(UpstreamConfig((url,), **options), svc)
 
 
 @contextlib.contextmanager

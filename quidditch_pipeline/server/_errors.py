@@ -25,6 +25,7 @@ from ..errors import (
     UpstreamError,
 )
 from ._responses import JsonResponse
+from .engine.backend import IndexExistsError, IndexNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,11 @@ def error_details(exc: QuidditchError) -> dict[str, Any]:
         }
     if isinstance(exc, QueryRejectedError):
         return {"pipeline": exc.pipeline, "stage": exc.stage}
+    # Elasticsearch names the index of these two, and a gateway in front of this server maps them back by it.
+    if isinstance(exc, IndexNotFoundError):
+        return {"resource.type": exc.kind, "resource.id": exc.name, "index": exc.name}
+    if isinstance(exc, IndexExistsError):
+        return {"index": exc.name}
     if isinstance(exc, NotFoundError):
         return {"resource.type": exc.kind, "resource.id": exc.name}
     if isinstance(exc, UdfBuildError):

@@ -191,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             upstream = upstream_config(args)
             backend: TantivyBackend | UpstreamBackend = (
-                TantivyBackend(data_dir) if upstream is None else UpstreamBackend(upstream, service.associations)
+                TantivyBackend(data_dir) if upstream is None else UpstreamBackend(upstream, service)
             )
         except QuidditchError as exc:
             console.print(f"[bold red]error:[/] {exc.message}", highlight=False)

@@ -58,6 +58,9 @@ class StoredState:
     udfs: dict[tuple[str, str], UdfRecord] = field(default_factory=dict)
     #: The highest revision each pipeline name has ever had, deleted pipelines included.
     revision_marks: dict[str, int] = field(default_factory=dict)
+    #: (index, flat key) -> value: the index settings this project owns besides its pipelines, for a
+    #: gateway, whose upstream cluster must not see them (``index.failure_store.*``).
+    index_settings: dict[tuple[str, str], str] = field(default_factory=dict)
     #: The id of the last change this state includes (None: a store only this process writes).
     change: int | None = None
 
@@ -80,7 +83,8 @@ class Change:
 class Storage(Protocol):
     """What the registry needs of a durable store.
 
-    ``add_revision`` also raises the name's revision mark; ``delete_pipeline`` keeps it. Writes made inside
+    ``add_revision`` also raises the name's revision mark; ``delete_pipeline`` keeps it. ``set_association``
+    and ``set_index_setting`` remove with ``None``. Writes made inside
     :meth:`transaction` commit together when it exits without an error; outside one, each write is atomic
     on its own.
     """
@@ -90,6 +94,7 @@ class Storage(Protocol):
     def add_revision(self, revision: Revision) -> None: ...
     def delete_pipeline(self, name: str) -> None: ...
     def set_association(self, index: str, pipeline_type: str, name: str | None) -> None: ...
+    def set_index_setting(self, index: str, key: str, value: str | None) -> None: ...
     def put_udf(self, record: UdfRecord) -> None: ...
     def delete_udf(self, name: str, version: str) -> None: ...
     def close(self) -> None: ...

@@ -22,6 +22,7 @@ class MemoryStorage:
             dict(self._state.associations),
             dict(self._state.udfs),
             dict(self._state.revision_marks),
+            dict(self._state.index_settings),
         )
 
     def transaction(self) -> AbstractContextManager[Change]:
@@ -41,6 +42,12 @@ class MemoryStorage:
             self._state.associations.pop((index, pipeline_type), None)
         else:
             self._state.associations[(index, pipeline_type)] = name
+
+    def set_index_setting(self, index: str, key: str, value: str | None) -> None:
+        if value is None:
+            self._state.index_settings.pop((index, key), None)
+        else:
+            self._state.index_settings[(index, key)] = value
 
     def put_udf(self, record: UdfRecord) -> None:
         self._state.udfs[(record.name, record.version)] = record

@@ -74,6 +74,11 @@ _SCHEMA = (
         created_at DOUBLE PRECISION NOT NULL,
         source_sha256 TEXT,
         PRIMARY KEY (name, version))""",
+    """CREATE TABLE IF NOT EXISTS index_settings (
+        index_name TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (index_name, key))""",
     """CREATE TABLE IF NOT EXISTS revision_marks (
         name TEXT PRIMARY KEY,
         revision INTEGER NOT NULL)""",
@@ -224,6 +229,18 @@ class PostgresStorage:
                 )
             )
 
+    def set_index_setting(self, index: str, key: str, value: str | None) -> None:
+        if value is None:
+            self._write(("DELETE FROM index_settings WHERE index_name = %s AND key = %s", (index, key)))
+        else:
+            self._write(
+                (
+                    "INSERT INTO index_settings (index_name, key, value) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (index_name, key) DO UPDATE SET value = excluded.value",
+                    (index, key, value),
+                )
+            )
+
     def put_udf(self, record: UdfRecord) -> None:
         self._write(
             (
@@ -339,5 +356,9 @@ def _read_state(conn: psycopg.Connection[Any]) -> StoredState:
         for row in conn.execute("SELECT name, version, sha256, size, created_at, source_sha256 FROM udfs")
     }
     state.revision_marks = dict(conn.execute("SELECT name, revision FROM revision_marks").fetchall())
+    state.index_settings = {
+        (index, key): value
+        for index, key, value in conn.execute("SELECT index_name, key, value FROM index_settings")
+    }
     return state
 

@@ -49,6 +49,12 @@ CREATE TABLE IF NOT EXISTS udfs (
     source_sha256 TEXT,
     PRIMARY KEY (name, version)
 );
+CREATE TABLE IF NOT EXISTS index_settings (
+    index_name TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (index_name, key)
+);
 CREATE TABLE IF NOT EXISTS revision_marks (
     name TEXT PRIMARY KEY,
     revision INTEGER NOT NULL
@@ -117,6 +123,7 @@ class SqliteStorage:
                     "SELECT name, version, sha256, size, created_at, source_sha256 FROM udfs"
                 ).fetchall()
                 marks = self._db.execute("SELECT name, revision FROM revision_marks").fetchall()
+                settings = self._db.execute("SELECT index_name, key, value FROM index_settings").fetchall()
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot read the registry database: {exc}") from exc
         for name, revision, definition, created_at in rows:
@@ -124,6 +131,7 @@ class SqliteStorage:
         state.associations = {(index, kind): name for index, kind, name in assoc}
         state.udfs = {(row[0], row[1]): UdfRecord(*row) for row in udfs}
         state.revision_marks = dict(marks)
+        state.index_settings = {(index, key): value for index, key, value in settings}
         return state
 
     def transaction(self) -> AbstractContextManager[Change]:
@@ -156,6 +164,17 @@ class SqliteStorage:
                 (
                     "INSERT OR REPLACE INTO associations (index_name, pipeline_type, pipeline) VALUES (?, ?, ?)",
                     (index, pipeline_type, name),
+                )
+            )
+
+    def set_index_setting(self, index: str, key: str, value: str | None) -> None:
+        if value is None:
+            self._write(("DELETE FROM index_settings WHERE index_name = ? AND key = ?", (index, key)))
+        else:
+            self._write(
+                (
+                    "INSERT OR REPLACE INTO index_settings (index_name, key, value) VALUES (?, ?, ?)",
+                    (index, key, value),
                 )
             )
 

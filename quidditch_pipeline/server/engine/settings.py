@@ -16,11 +16,12 @@ __all__ = [
     "DEFAULT_REFRESH_INTERVAL",
     "FAILURE_STORE_ENABLED",
     "FAILURE_STORE_MAX_SEARCH_FAILURES",
+    "OWN_SETTINGS",
     "PIPELINE_SETTINGS",
     "nest_settings",
     "normalize_settings",
     "parse_interval",
-    "split_pipeline_settings",
+    "split_own_settings",
 ]
 
 #: The settings an index accepts, flat, with their defaults (``None``: unset).
@@ -35,7 +36,11 @@ PIPELINE_SETTINGS: Final = {
 FAILURE_STORE_ENABLED: Final = "index.failure_store.enabled"
 #: How many failed searches (query or result pipeline) the failure store keeps, newest first (0: none).
 FAILURE_STORE_MAX_SEARCH_FAILURES: Final = "index.failure_store.max_search_failures"
-_PIPELINE_KEYS: Final = frozenset(PIPELINE_SETTINGS.values())
+#: The settings this project owns, which an Elasticsearch or OpenSearch cluster would refuse as unknown: a
+#: gateway keeps them in its registry and never sends them upstream.
+OWN_SETTINGS: Final = frozenset(
+    {*PIPELINE_SETTINGS.values(), FAILURE_STORE_ENABLED, FAILURE_STORE_MAX_SEARCH_FAILURES}
+)
 _KNOWN_SETTINGS: Final = frozenset(
     {
         *PIPELINE_SETTINGS.values(),
@@ -77,21 +82,22 @@ def normalize_settings(body: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def split_pipeline_settings(settings: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Settings (nested or flat, optionally under ``"settings"``) split into the pipeline settings, flat,
-    validated, and everything else, untouched: what a gateway keeps and what it sends its upstream.
+def split_own_settings(settings: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Settings (nested or flat, optionally under ``"settings"``) split into this project's own settings
+    (:data:`OWN_SETTINGS`), flat, validated, and everything else, untouched: what a gateway keeps and what it
+    sends its upstream.
 
-    Without pipeline settings the rest is ``settings`` itself; with them it is the other keys, flat (which
+    Without own settings the rest is ``settings`` itself; with them it is the other keys, flat (which
     Elasticsearch and OpenSearch read alike)."""
     if set(settings) == {"settings"} and isinstance(settings["settings"], Mapping):
         settings = settings["settings"]
     flat: dict[str, Any] = {}
     _flatten("", settings, flat)
-    pipelines = {key for key in flat if (key if key.startswith("index.") else f"index.{key}") in _PIPELINE_KEYS}
-    if not pipelines:
+    own = {key for key in flat if (key if key.startswith("index.") else f"index.{key}") in OWN_SETTINGS}
+    if not own:
         return {}, dict(settings)
-    kept = normalize_settings({key: flat[key] for key in pipelines})
-    return kept, {key: value for key, value in flat.items() if key not in pipelines}
+    kept = normalize_settings({key: flat[key] for key in own})
+    return kept, {key: value for key, value in flat.items() if key not in own}
 
 
 def _check_setting(key: str, value: Any) -> Any:

@@ -33,6 +33,7 @@ import tantivy
 
 from ..._files import fsync_dir, write_atomically
 from ...errors import InputError, QuidditchError, StorageError
+from ...failures import OPAQUE_FIELDS
 from .backend import (
     DeleteOp,
     DocumentExistsError,
@@ -65,8 +66,6 @@ _SEARCH_KEYS: Final = frozenset({"query", "size", "from", "_source", "track_tota
 _COUNT_KEYS: Final = frozenset({"query"})
 #: Where an index keeps its failure store, inside its own directory.
 _FAILURES_DIR: Final = "failures"
-#: The fields of a failure record that a failure store keeps unindexed (Elasticsearch: "unmapped").
-_OPAQUE_FIELDS: Final = (("document", "source"), ("search", "body"))
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
@@ -117,7 +116,7 @@ class _Index:
         if not self.opaque:
             return make_document(doc_id, version, source, raw)
         indexed = dict(source)
-        for parent, child in _OPAQUE_FIELDS:
+        for parent, child in OPAQUE_FIELDS:
             value = indexed.get(parent)
             if isinstance(value, dict) and child in value:
                 indexed[parent] = {k: v for k, v in value.items() if k != child}

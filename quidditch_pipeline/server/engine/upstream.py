@@ -7,10 +7,12 @@ answers and of refused connections (with backoff across nodes), TLS and its cert
 and out (serialised here with orjson), so a search body and its extra URL parameters reach the cluster as they
 came: aggregations, sort and highlighting work although the embedded host lacks them.
 
-What the gateway keeps and the cluster never sees: the index settings that name pipelines. They are the
-registry's index associations (``associations``), so they persist with the registry, and gateway nodes sharing
-one PostgreSQL registry share them. An index's failure store ``X::failures`` is the ordinary upstream index
-``quidditch-failures-X`` (``:`` is illegal there); user index names with that prefix are refused.
+What the gateway keeps and the cluster never sees: the index settings this project owns (``OWN_SETTINGS``:
+those that name pipelines, and ``index.failure_store.*``), which a cluster would refuse as unknown. They live in
+the registry (pipelines as its index associations, the others as its index settings), so they persist with it,
+and gateway nodes sharing one PostgreSQL registry share them. An index's failure store ``X::failures`` is the
+ordinary upstream index ``quidditch-failures-X`` (``:`` is illegal there), created with mappings that keep what
+failed unmapped (``FAILURE_STORE_MAPPINGS``); user index names with that prefix are refused.
 """
 
 from __future__ import annotations
@@ -18,15 +20,16 @@ from __future__ import annotations
 import base64
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, Literal
+from typing import Any, ClassVar, Final, Literal, Protocol
 from urllib.parse import quote, urlencode, urlsplit
 
 import orjson
 from elastic_transport import ConnectionTimeout, NodeConfig, Serializer, Transport, TransportError
 
 from ...errors import InputError, QuidditchError, UpstreamError, UpstreamTimeoutError, UpstreamUnavailableError
+from ...failures import FAILURE_STORE_MAPPINGS
 from .backend import (
     FAILURE_STORE_SUFFIX,
     DeleteOp,
@@ -37,13 +40,16 @@ from .backend import (
     InvalidIndexNameError,
     StoredDoc,
     WriteResult,
+    failure_store_index,
+    failure_store_owner,
     validate_index_name,
 )
-from .settings import PIPELINE_SETTINGS
+from .settings import OWN_SETTINGS, PIPELINE_SETTINGS
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "FAILURE_STORE_PREFIX",
+    "KeptSettings",
     "UpstreamBackend",
     "UpstreamConfig",
     "UpstreamResponse",
@@ -92,7 +98,7 @@ class UpstreamConfig:
     #: Retries of a refused connection or a 429/502/503/504 answer.
     max_retries: int = 3
     #: Seconds an index's existence and upstream settings are reused before they are read again (the
-    #: pipeline settings are the registry's, always current).
+    #: settings the gateway keeps are the registry's, always current).
     index_cache_s: float = 1.0
 
     def __post_init__(self) -> None:
@@ -167,18 +173,30 @@ _SERIALIZERS: Final = {
 }  # fmt: skip
 
 
+class KeptSettings(Protocol):
+    """Where a gateway keeps its indexes' own settings (``PipelineService``, over its registry)."""
+
+    def associations(self, index: str) -> dict[str, str]:
+        """The index's pipelines by kind (``document``, ``query_final``, …)."""
+        ...
+
+    def index_settings(self, index: str) -> dict[str, str]:
+        """The index's other own settings, flat (``index.failure_store.enabled``, …)."""
+        ...
+
+
 class UpstreamBackend:
     """A ``SearchBackend`` whose indexes live in an Elasticsearch or OpenSearch cluster.
 
-    ``associations`` answers an index's pipeline associations (``PipelineService.associations``): they are
-    the pipeline settings the gateway keeps for the index instead of sending them upstream.
+    ``kept`` holds the settings the gateway keeps for each index instead of sending them upstream
+    (:meth:`kept_settings`).
     """
 
-    def __init__(self, config: UpstreamConfig, associations: Callable[[str], Mapping[str, str]]) -> None:
+    def __init__(self, config: UpstreamConfig, kept: KeptSettings) -> None:
         self.config = config
         #: How errors name the upstream: its URLs, without credentials.
         self.name = ",".join(f"{n.scheme}://{n.host}:{n.port}{n.path_prefix}" for n in config.nodes())
-        self._associations = associations
+        self._kept = kept
         self._transport = Transport(
             config.nodes(),
             serializers=_SERIALIZERS,
@@ -248,9 +266,13 @@ class UpstreamBackend:
     # ----------------------------------------------------------------------------------------- indexes
 
     def create_index(self, name: str, settings: Mapping[str, Any] | None = None) -> IndexInfo:
-        """Create ``name`` upstream with ``settings`` less the pipeline ones (the caller associates those)."""
-        upstream = {key: value for key, value in (settings or {}).items() if key not in _PIPELINE_KEYS}
-        return self.create_index_from_body(name, {"settings": upstream} if upstream else {})
+        """Create ``name`` upstream with ``settings`` less this project's own (the caller keeps those); a
+        failure store with the mappings that keep what failed unmapped."""
+        upstream = {key: value for key, value in (settings or {}).items() if key not in OWN_SETTINGS}
+        body: dict[str, Any] = {"settings": upstream} if upstream else {}
+        if failure_store_owner(name) is not None:
+            body["mappings"] = FAILURE_STORE_MAPPINGS
+        return self.create_index_from_body(name, body)
 
     def create_index_from_body(self, name: str, body: Mapping[str, Any]) -> IndexInfo:
         """Create ``name`` upstream with an index creation body as Elasticsearch takes it (mappings, aliases,
@@ -264,23 +286,36 @@ class UpstreamBackend:
         return self.get_index(name)
 
     def delete_index(self, name: str) -> None:
+        """Delete ``name`` upstream, and an index's failure store with it (as the embedded host does: a new
+        index of the same name must neither show nor re-drive the old one's failures)."""
         self._forget(name)
         self._json("DELETE", _path(upstream_index_name(name)))
+        if failure_store_owner(name) is None:
+            store = failure_store_index(name)
+            self._forget(store)
+            answer = self.forward("DELETE", _path(upstream_index_name(store)))
+            if answer.status >= 400 and answer.status != 404:  # 404: the index had no failure store
+                raise self._error(answer.status, self._parse(answer).get("error"))
 
     def get_index(self, name: str) -> IndexInfo:
         concrete, settings = self._upstream_settings(name)
         backend_name = _backend_index_name(concrete)
-        pipelines = {
-            PIPELINE_SETTINGS[kind]: pipeline
-            for kind, pipeline in self._associations(backend_name).items()
-            if kind in PIPELINE_SETTINGS
-        }
         return IndexInfo(
             backend_name,
             str(settings.get("index.uuid", "")),
             int(settings.get("index.creation_date", 0)),
-            {**settings, **pipelines},
+            {**settings, **self.kept_settings(backend_name)},
         )
+
+    def kept_settings(self, name: str) -> dict[str, Any]:
+        """The settings the gateway keeps for index ``name`` (flat keys): its pipelines and its other own
+        settings, read from the registry on every call (always current)."""
+        pipelines = {
+            PIPELINE_SETTINGS[kind]: pipeline
+            for kind, pipeline in self._kept.associations(name).items()
+            if kind in PIPELINE_SETTINGS
+        }
+        return {**self._kept.index_settings(name), **pipelines}
 
     def list_indexes(self) -> list[IndexInfo]:
         """The cluster's open, visible indexes (``_cat/indices``, which Elasticsearch, OpenSearch and the
@@ -300,8 +335,8 @@ class UpstreamBackend:
         return found
 
     def update_settings(self, name: str, changes: Mapping[str, Any]) -> IndexInfo:
-        """Send ``changes`` less the pipeline settings (the caller associates those) to the index upstream."""
-        upstream = {key: value for key, value in changes.items() if key not in _PIPELINE_KEYS}
+        """Send ``changes`` less this project's own settings (the caller keeps those) to the index upstream."""
+        upstream = {key: value for key, value in changes.items() if key not in OWN_SETTINGS}
         if upstream:
             self._forget(name)
             self._json("PUT", _path(upstream_index_name(name), "_settings"), upstream)
@@ -398,9 +433,6 @@ class UpstreamBackend:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-_PIPELINE_KEYS: Final = frozenset(PIPELINE_SETTINGS.values())
 
 
 def _path(*parts: str) -> str:

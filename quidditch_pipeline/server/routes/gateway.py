@@ -2,10 +2,12 @@
 
 * ``/_ingest/pipeline*`` and ``/_search/pipeline*`` are the cluster's: forwarded verbatim (method, path, query
   string, body) and answered as the cluster answered (:mod:`.ingest` serves them in embedded mode instead).
-* Index creation, ``PUT /{index}/_settings`` and ``GET /{index}``: the settings that name pipelines are kept by
-  the gateway (the registry's index associations) and never sent upstream; everything else of the body —
-  mappings, aliases, analysis, shards — goes to the cluster unchanged, and ``GET`` shows the cluster's answer
-  with the kept settings merged in.
+* Index creation, ``PUT /{index}/_settings`` and ``GET /{index}``: this project's own settings (those that
+  name pipelines, kept as the registry's index associations, and ``index.failure_store.*``, kept as its index
+  settings) are kept by the gateway and never sent upstream, where a cluster would refuse them as unknown;
+  everything else of the body — mappings, aliases, analysis, shards — goes to the cluster unchanged, and
+  ``GET`` shows the cluster's answer with the kept settings merged in. A change of kept settings follows the
+  upstream's outcome: made before the request goes upstream, put back when the cluster refuses it.
 
 The other routes (documents, ``_bulk``, ``_search``, ``_count``) are the embedded ones, over
 :class:`~quidditch_pipeline.server.engine.upstream.UpstreamBackend`.
@@ -13,7 +15,8 @@ The other routes (documents, ``_bulk``, ``_search``, ``_count``) are the embedde
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
@@ -24,11 +27,28 @@ from .._body import json_object, read_body
 from .._responses import OBJECT, Acknowledged, OpenBody, json_body_doc, responses
 from .._routing import AppContext, route
 from ..engine import PIPELINE_SETTINGS, nest_settings
-from ..engine.settings import split_pipeline_settings
+from ..engine.settings import split_own_settings
 from ..engine.upstream import UpstreamBackend, upstream_index_name
 from .indexes import push_pipelines
 
+if TYPE_CHECKING:
+    from ...service import PipelineService
+
 _PASSED_THROUGH = ("/_ingest/pipeline", "/_search/pipeline")
+_PIPELINE_KEYS = frozenset(PIPELINE_SETTINGS.values())
+
+
+def push_kept(svc: PipelineService, index: str, changes: Mapping[str, Any], before: Mapping[str, Any]) -> None:
+    """Make the registry follow the own settings in ``changes`` (``None`` removes): those that name pipelines
+    as associations, the others as index settings (one change). On a failure, put back what ``before`` held."""
+    pipelines = {key: value for key, value in changes.items() if key in _PIPELINE_KEYS}
+    others = {key: value for key, value in changes.items() if key not in _PIPELINE_KEYS}
+    push_pipelines(svc, index, pipelines, before)
+    try:
+        svc.set_index_settings(index, others)
+    except QuidditchError:
+        push_pipelines(svc, index, {key: before.get(key) for key in pipelines}, {**before, **pipelines})
+        raise
 
 
 def passthrough_router(ctx: AppContext, upstream: UpstreamBackend) -> APIRouter:
@@ -73,12 +93,14 @@ def index_router(ctx: AppContext, upstream: UpstreamBackend) -> APIRouter:
         settings = body.get("settings") or {}
         if not isinstance(settings, dict):
             raise InputError("[settings] must be an object")
-        kept, rest = split_pipeline_settings(settings)
+        kept, rest = split_own_settings(settings)
         upstream_body = {**body, "settings": rest} if rest else {k: v for k, v in body.items() if k != "settings"}
         with ctx.index_admin:
             upstream.create_index_from_body(index, upstream_body)
             try:
-                push_pipelines(svc, index, kept, {})
+                # What an index of this name had kept before (deleted upstream behind the gateway's back) goes.
+                stale = svc.index_settings(index)
+                push_kept(svc, index, {**dict.fromkeys(stale), **kept}, stale)
             except QuidditchError:
                 upstream.delete_index(index)
                 raise
@@ -89,34 +111,33 @@ def index_router(ctx: AppContext, upstream: UpstreamBackend) -> APIRouter:
         responses=responses(Acknowledged, 400, 401, 404, 409, 413), openapi_extra=json_body_doc(OBJECT),
     )  # fmt: skip
     async def put_upstream_settings(index: str, request: Request) -> dict[str, Any]:
-        """Pipeline settings are kept by the gateway; the others go to the index upstream unchanged."""
+        """This project's own settings are kept by the gateway; the others go to the index upstream unchanged."""
         body = await json_object(request, ctx.limits.max_body_bytes, required=True)
         return await run_in_threadpool(update_settings, index, body)
 
     def update_settings(index: str, body: dict[str, Any]) -> dict[str, Any]:
-        kept, rest = split_pipeline_settings(body)
+        kept, rest = split_own_settings(body)
         with ctx.index_admin:
             before = upstream.get_index(index).settings
-            push_pipelines(svc, index, kept, before)
+            push_kept(svc, index, kept, before)
             try:
                 if rest:
                     upstream.update_settings(index, rest)
             except QuidditchError:
-                push_pipelines(svc, index, {key: before.get(key) for key in kept}, {**before, **kept})
+                push_kept(svc, index, {key: before.get(key) for key in kept}, {**before, **kept})
                 raise
         return {"acknowledged": True}
 
     @route(router, ["GET"], "/{index}", responses=responses(OpenBody, 400, 404))
     def get_upstream_index(index: str) -> Response:
-        """The cluster's answer (mappings, aliases, settings) with the pipeline settings the gateway keeps."""
+        """The cluster's answer (mappings, aliases, settings) with the settings the gateway keeps."""
         answer = upstream.forward("GET", f"/{upstream_index_name(index)}")
         if answer.status != 200:
             return Response(answer.body, status_code=answer.status, media_type=answer.content_type or None)
         found = orjson.loads(answer.body)
         for name, view in found.items():
-            kept = {PIPELINE_SETTINGS[kind]: pipeline for kind, pipeline in svc.associations(name).items()}
-            settings = view.setdefault("settings", {})
-            settings.setdefault("index", {}).update(nest_settings(kept).get("index", {}))
+            kept = nest_settings(upstream.kept_settings(name)).get("index", {})
+            view.setdefault("settings", {}).setdefault("index", {}).update(kept)
         return Response(orjson.dumps(found), media_type="application/json")
 
     return router

@@ -40,6 +40,25 @@ def _index_view(info: IndexInfo, *, flat: bool = False) -> dict[str, Any]:
     return settings if flat else nest_settings(settings)
 
 
+def _unmapped_objects_only(mappings: Any) -> bool:
+    """Whether ``mappings`` declares nothing but objects that are not mapped (``"enabled": false``), at any
+    depth of ``properties``, as a gateway creates its failure stores upstream. A schemaless index accepts these
+    and ignores them: the mapping conflicts they prevent on a cluster cannot arise in a JSON field (the fields
+    stay searchable here)."""
+    properties = mappings.get("properties") if isinstance(mappings, dict) and set(mappings) == {"properties"} else None
+    if not isinstance(properties, dict):
+        return False
+    for field in properties.values():
+        if not isinstance(field, dict) or field.get("type", "object") != "object":
+            return False
+        rest = set(field) - {"type"}
+        if rest == {"enabled"} and field["enabled"] is False:
+            continue
+        if rest != {"properties"} or not _unmapped_objects_only({"properties": field["properties"]}):
+            return False
+    return True
+
+
 def _associate(svc: PipelineService, index: str, kind: str, name: str | None) -> None:
     if name is None:
         svc.disassociate(index, kind)
@@ -113,9 +132,13 @@ def router(ctx: AppContext) -> APIRouter:
         unknown = sorted(set(body) - {"settings", "mappings", "aliases"})
         if unknown:
             raise InputError(f"unknown key [{unknown[0]}] in the index creation body; supported: settings")
-        for key in ("mappings", "aliases"):
-            if body.get(key):
-                raise InputError(f"[{key}] is not supported: documents are schemaless JSON (every field is searchable)")
+        if body.get("aliases"):
+            raise InputError("[aliases] is not supported: documents are schemaless JSON (every field is searchable)")
+        if body.get("mappings") and not _unmapped_objects_only(body["mappings"]):
+            raise InputError(
+                "[mappings] is not supported: documents are schemaless JSON (every field is searchable); only "
+                'objects that are not mapped ({"type": "object", "enabled": false}) are accepted, and ignored'
+            )
         settings = body.get("settings") or {}
         if not isinstance(settings, dict):
             raise InputError("[settings] must be an object")
@@ -152,6 +175,9 @@ def router(ctx: AppContext) -> APIRouter:
                 if info.pipeline(kind) is not None:
                     svc.disassociate(index, kind)
             backend.delete_index(index)
+            # The settings a gateway keeps for the index besides its pipelines (none in embedded mode, where
+            # the index keeps all of its settings itself) go with it.
+            svc.set_index_settings(index, dict.fromkeys(svc.index_settings(index)))
         return {"acknowledged": True}
 
     @route(router, ["GET"], "/{index}/_settings", responses=responses(OpenBody, 400, 404))

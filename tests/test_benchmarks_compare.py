@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CONTENDERS = ("a", "b", "c", "d", "e", "d0", "w")
+CONTENDERS = ("a", "b", "c", "d", "e", "d0", "w", "w2")
 BATCH_SIZES = ("1", "100", "1000")
 
 
@@ -43,7 +43,7 @@ def test_compare_quick_json_reports_every_contender_and_figure() -> None:
         assert set(rates) == set(BATCH_SIZES), key
         assert all(_positive(rate) for rate in rates.values()), (key, rates)
     for size in BATCH_SIZES:
-        assert set(report["ratios"][size]) == {"d/a", "e/a", "e/b", "w/a", "w/b", "w/d"}
+        assert set(report["ratios"][size]) == {"d/a", "e/a", "e/b", "w/a", "w/b", "w/d", "w2/a", "w2/b", "w2/e"}
         assert all(_positive(ratio) for ratio in report["ratios"][size].values())
 
     query = report["query"]

@@ -10,10 +10,9 @@ the search parameters unchanged). Checks of what the upstream stored go to the u
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -25,7 +24,7 @@ from opensearchpy import OpenSearch, RequestError
 
 from quidditch_pipeline.failures import FAILURE_STORE_MAPPINGS
 
-from .server_harness import ServerProcess
+from .server_harness import ServerProcess, loopback_http
 from .test_postgres_nodes import eventually
 from .test_server_e2e import set_up_pipelines
 
@@ -91,17 +90,11 @@ def recording_proxy(target: str) -> Iterator[Recorder]:
         def log_message(self, format: str, *args: Any) -> None:
             """Quiet: the tests read ``forwarded``."""
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    recorder.url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        yield recorder
+        with loopback_http(Handler) as url:
+            recorder.url = url
+            yield recorder
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
         client.close()
 
 
@@ -111,6 +104,20 @@ def gateway_process(data_dir: Path, upstream_url: str, *extra: str) -> ServerPro
         token=GATEWAY_TOKEN,
         extra=("--workers", "0", "--upstream", upstream_url, "--upstream-bearer", UPSTREAM_TOKEN, *extra),
     )
+
+
+@contextlib.contextmanager
+def two_gateway_nodes(
+    deployment: Deployment, tmp_path: Path, postgres_dsn: str
+) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """Two gateway nodes in front of the deployment's upstream, sharing one PostgreSQL registry."""
+    for node in ("a", "b"):
+        (tmp_path / node).mkdir()
+    with (
+        gateway_process(tmp_path / "a" / "data", deployment.upstream.url, "--registry", postgres_dsn) as a,
+        gateway_process(tmp_path / "b" / "data", deployment.upstream.url, "--registry", postgres_dsn) as b,
+    ):
+        yield a, b
 
 
 @dataclass
@@ -294,12 +301,7 @@ def test_pipeline_settings_survive_a_gateway_restart(deployment: Deployment, tmp
 def test_gateway_nodes_on_one_postgresql_registry_form_one_pipeline_tier(
     deployment: Deployment, tmp_path: Path, postgres_dsn: str
 ) -> None:
-    for node in ("a", "b"):
-        (tmp_path / node).mkdir()
-    with (
-        gateway_process(tmp_path / "a" / "data", deployment.upstream.url, "--registry", postgres_dsn) as a,
-        gateway_process(tmp_path / "b" / "data", deployment.upstream.url, "--registry", postgres_dsn) as b,
-    ):
+    with two_gateway_nodes(deployment, tmp_path, postgres_dsn) as (a, b):
         admin_a = httpx.Client(base_url=a.url, headers=GATEWAY_ADMIN, timeout=60)
         pipeline = {"version": "1.0.0", "type": "document",
                     "stages": [{"name": "mark", "type": "native", "config": {"processor": "set", "field": "via",
@@ -444,12 +446,7 @@ def test_failure_store_settings_survive_a_gateway_restart(deployment: Deployment
 def test_gateway_nodes_on_one_postgresql_registry_share_the_failure_store_settings(
     deployment: Deployment, tmp_path: Path, postgres_dsn: str
 ) -> None:
-    for node in ("a", "b"):
-        (tmp_path / node).mkdir()
-    with (
-        gateway_process(tmp_path / "a" / "data", deployment.upstream.url, "--registry", postgres_dsn) as a,
-        gateway_process(tmp_path / "b" / "data", deployment.upstream.url, "--registry", postgres_dsn) as b,
-    ):
+    with two_gateway_nodes(deployment, tmp_path, postgres_dsn) as (a, b):
         admin_a = httpx.Client(base_url=a.url, headers=GATEWAY_ADMIN, timeout=60)
         assert admin_a.put("/_pipeline/priced", json=checkout_pipeline(price_required=True)).status_code == 200
         created = admin_a.put("/tiered", json={"settings": {"index.document.default_pipeline": "priced"}})

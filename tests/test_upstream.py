@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -34,7 +33,7 @@ from quidditch_pipeline.server.engine.backend import DeleteOp, IndexNotFoundErro
 from quidditch_pipeline.server.engine.upstream import UpstreamBackend, UpstreamConfig, upstream_index_name
 from quidditch_pipeline.server.serve import UPSTREAM_API_KEY_ENV, UPSTREAM_ENV, add_arguments, upstream_config
 
-from .server_harness import free_port, serve_app
+from .server_harness import free_port, loopback_http, serve_app
 
 INDEX_SETTINGS = {
     "test": {
@@ -105,17 +104,9 @@ def scripted_upstream() -> Iterator[ScriptedUpstream]:
         def log_message(self, format: str, *args: Any) -> None:
             """Quiet: the test asserts on ``received``."""
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    stub.url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with loopback_http(Handler) as url:
+        stub.url = url
         yield stub
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final
+from collections.abc import Callable
+from typing import Annotated, Any, Final, TypeVar
 
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
@@ -19,6 +20,8 @@ from ..engine import IndexNotFoundError
 from ..engine.backend import failure_store_index
 from ..engine.settings import MAX_SEARCH_FAILURES_LIMIT
 from ..failure_store import failure_store_enabled
+
+_T = TypeVar("_T")
 
 _SIMULATE: Final = {
     "type": "object",
@@ -43,14 +46,20 @@ def router(ctx: AppContext) -> APIRouter:
 
     # --- X::failures (Elasticsearch 9's selector): no pipeline runs on a failure store's searches -----------
 
-    def search_store(index: str, body: dict[str, Any]) -> dict[str, Any]:
+    def read_store(index: str, read: Callable[[str], _T], empty: _T) -> _T:
+        """``read`` of the failure store of ``index`` (which must exist), or ``empty`` while there is no store:
+        it is made on the first failure."""
         backend.get_index(index)
+        store = failure_store_index(index)
         try:
-            return backend.search(failure_store_index(index), body)
+            return read(store)
         except IndexNotFoundError as exc:
-            if exc.name != failure_store_index(index):
+            if exc.name != store:
                 raise
-            return _empty_search()  # no failure yet: the store is made on the first one
+            return empty
+
+    def search_store(index: str, body: dict[str, Any]) -> dict[str, Any]:
+        return read_store(index, lambda store: backend.search(store, body), _empty_search())
 
     async def search_failures(index: str, request: Request) -> dict[str, Any]:
         """Search the failure store of ``index`` with the query DSL."""
@@ -62,13 +71,7 @@ def router(ctx: AppContext) -> APIRouter:
     route(router, ["POST"], "/{index}::failures/_search", responses=search_responses)(search_failures)
 
     def count_store(index: str, body: dict[str, Any]) -> dict[str, Any]:
-        backend.get_index(index)
-        try:
-            total = backend.count(failure_store_index(index), body)
-        except IndexNotFoundError as exc:
-            if exc.name != failure_store_index(index):
-                raise
-            total = 0
+        total = read_store(index, lambda store: backend.count(store, body), 0)
         return {"count": total, "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0}}
 
     async def count_failures(index: str, request: Request) -> dict[str, Any]:

@@ -4,7 +4,7 @@ run; the same condition in a form only CEL evaluates (the package compiles a con
 literals to Python too); and a plain Python lambda doing the same comparisons, to read the figures on a loaded
 machine.
 
-Run: ``pytest benchmarks/bench_conditions.py --benchmark-only`` (target: < 2 us per evaluation for
+Run: ``pytest -n 0 benchmarks/bench_conditions.py --benchmark-only`` (target: < 2 us per evaluation for
 :class:`~quidditch_pipeline.conditions.Condition` on an idle machine of this class).
 """
 

@@ -1,6 +1,6 @@
 """Executor overhead (issue 2): per native stage, per pipeline of 1 and of 10 stages, and recording stats.
 
-Run: ``pytest benchmarks/bench_executor.py --benchmark-only`` (targets: <= 3 us per native stage,
+Run: ``pytest -n 0 benchmarks/bench_executor.py --benchmark-only`` (targets: <= 3 us per native stage,
 <= 15 us for a one-stage pipeline at p50). Per-stage cost is (10-stage - 1-stage) / 9. The conditioned
 variants put a two-clause CEL ``if`` on every stage (issue 13).
 """

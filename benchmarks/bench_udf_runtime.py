@@ -1,6 +1,6 @@
 """Where a UDF call's time goes: per-call overhead, and the per-item cost of batches of 1, 100 and 1000.
 
-Run: ``pytest benchmarks/bench_udf_runtime.py --benchmark-only``. The components come from the test
+Run: ``pytest -n 0 benchmarks/bench_udf_runtime.py --benchmark-only``. The components come from the test
 fixtures' cache (tests/udf_fixtures.py), so the first run builds and compiles them.
 
 * ``test_call_overhead`` — one call of the identity behaviour on a one-item batch: the floor every stage

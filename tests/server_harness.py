@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,9 @@ def process(value, params, meta):
 
 
 PYTHON = {"content-type": "text/x-python"}
+
+
+_NDJSON = {"content-type": "application/x-ndjson"}
 
 
 def put_probe(client: httpx.Client, path: str = "/_udf/probe/1.0.0", **kwargs: Any) -> httpx.Response:
@@ -156,3 +159,35 @@ def loopback_http(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+def kill_during_bulks(
+    server: ServerProcess,
+    client: httpx.Client,
+    first: int,
+    body: Callable[[int, int], bytes],
+    answered: Callable[[int, list[dict[str, Any]]], None],
+    pause_s: float,
+    batch: int = 50,
+) -> None:
+    """Send ``_bulk`` requests back to back from a thread (``body(first_id, batch)``: the NDJSON of ids
+    ``first_id …``), SIGKILL ``server`` after ``pause_s`` (no shutdown, no commit), and hand each bulk that was
+    answered, and so acknowledged, to ``answered(first_id, items)``."""
+    stop = threading.Event()
+
+    def writer() -> None:
+        at = first
+        while not stop.is_set():
+            try:
+                response = client.post("/_bulk", content=body(at, batch), headers=_NDJSON)
+            except httpx.TransportError:
+                return
+            answered(at, response.json()["items"])
+            at += batch
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    time.sleep(pause_s)
+    server.kill()
+    stop.set()
+    thread.join(timeout=30)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import random
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +27,7 @@ from quidditch_pipeline.server import TantivyBackend, create_app
 from quidditch_pipeline.server.engine import IndexNotFoundError, InvalidIndexNameError
 from quidditch_pipeline.server.failure_store import FailedDocument, FailureStore
 
-from .server_harness import ServerProcess, serve_app
+from .server_harness import ServerProcess, kill_during_bulks, serve_app
 
 NDJSON = {"content-type": "application/x-ndjson"}
 _names = itertools.count()
@@ -530,28 +529,17 @@ def test_sigkill_loses_no_failure_of_an_acknowledged_bulk(tmp_path: Path) -> Non
                 checking_pipeline(http, "check")
                 settings = {"index.document.default_pipeline": "check", "index.failure_store.enabled": True}
                 make_index(http, "log", **settings)
-            stop = threading.Event()
 
-            def writer(first: int, http: httpx.Client = http, stop: threading.Event = stop) -> None:
-                at = first
-                while not stop.is_set():
-                    try:
-                        response = http.post("/_bulk", content=_mixed_bulk("log", at, 50), headers=NDJSON)
-                    except httpx.TransportError:
-                        return
-                    # An answer came back: the whole bulk is acknowledged (the ``_id`` of a kept item is its record's).
-                    answers = [item["index"] for item in response.json()["items"]]
-                    for i, answer in zip(range(at, at + 50), answers, strict=True):
-                        assert answer["status"] == 201, answer
-                        (kept if answer.get("failure_store") == "used" else written).add(i)
-                    at += 50
+            def answered(at: int, items: list[dict[str, Any]]) -> None:
+                # An answer came back: the whole bulk is acknowledged (the ``_id`` of a kept item is its record's).
+                answers = [item["index"] for item in items]
+                for i, answer in zip(range(at, at + 50), answers, strict=True):
+                    assert answer["status"] == 201, answer
+                    (kept if answer.get("failure_store") == "used" else written).add(i)
 
-            thread = threading.Thread(target=writer, args=(next_id,))
-            thread.start()
-            time.sleep(rng.uniform(0.5, 2.0))
-            server.kill()  # SIGKILL: no shutdown, no commit
-            stop.set()
-            thread.join(timeout=30)
+            kill_during_bulks(
+                server, http, next_id, lambda at, n: _mixed_bulk("log", at, n), answered, rng.uniform(0.5, 2.0)
+            )
             next_id += 100_000
     assert kept and written, "no bulk was acknowledged before the kills"
     assert all(i % 5 == 0 for i in kept) and not any(i % 5 == 0 for i in written)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import os
 import random
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from quidditch_pipeline.errors import InputError, StorageError
 from quidditch_pipeline.server import TantivyBackend, create_app
 from quidditch_pipeline.server.engine import IndexOp, WriteResult, translog
 
-from .server_harness import ServerProcess, serve_app
+from .server_harness import ServerProcess, kill_during_bulks, serve_app
 
 NDJSON = {"content-type": "application/x-ndjson"}
 
@@ -159,8 +158,7 @@ def test_over_http_a_disk_full_write_is_an_es_error_and_is_never_visible(
             body = response.json()
             assert body["error"]["type"] == "storage_exception" and "No space left" in body["error"]["reason"]
             lines = (
-                b'{"index": {"_index": "docs", "_id": "b1"}}\n{"n": 3}\n'
-                b'{"delete": {"_index": "docs", "_id": "ok"}}\n'
+                b'{"index": {"_index": "docs", "_id": "b1"}}\n{"n": 3}\n{"delete": {"_index": "docs", "_id": "ok"}}\n'
             )
             result = client.post("/_bulk", content=lines, headers=NDJSON).json()
             assert result["errors"] is True
@@ -205,27 +203,17 @@ def test_sigkill_during_bulk_keeps_every_acknowledged_item_and_tears_none(tmp_pa
         with ServerProcess(data) as server, httpx.Client(base_url=server.url, timeout=30) as client:
             if rounds == 1:
                 assert client.put("/log", json={"settings": {"index.refresh_interval": "200ms"}}).status_code == 200
-            stop = threading.Event()
 
-            def writer(first: int, client: httpx.Client = client, stop: threading.Event = stop) -> None:
-                at = first
-                while not stop.is_set():
-                    sent.update(range(at, at + 50))
-                    try:
-                        response = client.post("/_bulk", content=_bulk_body(at, 50), headers=NDJSON)
-                    except httpx.TransportError:
-                        return
-                    for item in response.json()["items"]:
-                        if item["index"]["status"] in {200, 201}:
-                            acknowledged.add(int(item["index"]["_id"]))
-                    at += 50
+            def body(at: int, count: int) -> bytes:
+                sent.update(range(at, at + count))
+                return _bulk_body(at, count)
 
-            thread = threading.Thread(target=writer, args=(next_id,))
-            thread.start()
-            time.sleep(rng.uniform(0.3, 2.0))
-            server.kill()  # SIGKILL: no shutdown, no commit
-            stop.set()
-            thread.join(timeout=30)
+            def answered(at: int, items: list[dict[str, Any]]) -> None:
+                for item in items:
+                    if item["index"]["status"] in {200, 201}:
+                        acknowledged.add(int(item["index"]["_id"]))
+
+            kill_during_bulks(server, client, next_id, body, answered, rng.uniform(0.3, 2.0))
             next_id = max(sent) + 1
     assert acknowledged, "no bulk was acknowledged before the kills"
     with ServerProcess(data) as server, httpx.Client(base_url=server.url, timeout=30) as client:

@@ -41,16 +41,7 @@ FAILURE_STORE_MAX_SEARCH_FAILURES: Final = "index.failure_store.max_search_failu
 OWN_SETTINGS: Final = frozenset(
     {*PIPELINE_SETTINGS.values(), FAILURE_STORE_ENABLED, FAILURE_STORE_MAX_SEARCH_FAILURES}
 )
-_KNOWN_SETTINGS: Final = frozenset(
-    {
-        *PIPELINE_SETTINGS.values(),
-        "index.refresh_interval",
-        "index.number_of_shards",
-        "index.number_of_replicas",
-        FAILURE_STORE_ENABLED,
-        FAILURE_STORE_MAX_SEARCH_FAILURES,
-    }
-)
+_KNOWN_SETTINGS: Final = OWN_SETTINGS | {"index.refresh_interval", "index.number_of_shards", "index.number_of_replicas"}
 #: At most one search window (``index.max_result_window``): the kept failures are read back in one search.
 MAX_SEARCH_FAILURES_LIMIT: Final = 10_000
 DEFAULT_REFRESH_INTERVAL: Final = 1.0

@@ -545,6 +545,9 @@ class UdfRuntime:
         self._counters = {"compiles": 0, "cache_loads": 0, "instances_created": 0, "instances_discarded": 0}
         #: Seconds spent compiling, mapping compiled components back from the cache, and instantiating.
         self._seconds = {"compiles": 0.0, "cache_loads": 0.0, "instances_created": 0.0}
+        #: Bumped by every change a snapshot shows while no call runs: a component loaded or unloaded, a load
+        #: timed, an instance made or thrown away (see :attr:`changes`).
+        self._changes = 0
         self._closed = False
         self._stop = threading.Event()
         self._tick_start = time.monotonic()
@@ -606,9 +609,15 @@ class UdfRuntime:
             components = list(self._components.values())
         return [PoolState(c.sha256, c.source is not None, *c.pool.state(), self.pool_size) for c in components]
 
+    @property
+    def changes(self) -> int:
+        """A number that differs whenever :meth:`snapshot` taken between calls would (a worker sends its parent
+        a snapshot only then: taking one costs microseconds, on every batch)."""
+        return self._changes
+
     def snapshot(self) -> dict[str, Any]:
         """:meth:`pools`, :meth:`timings` and the discarded instances as plain JSON values: what a worker process
-        sends its parent with each answer, so the parent's metrics show every process's pools."""
+        sends its parent when they changed, so the parent's metrics show every process's pools."""
         return {
             "pools": [list(astuple(pool)) for pool in self.pools()],
             "timings": {what: list(counted) for what, counted in self.timings().items()},
@@ -618,6 +627,7 @@ class UdfRuntime:
     def _count(self, counter: str, seconds: float | None = None) -> None:
         with self._lock:
             self._counters[counter] += 1
+            self._changes += 1
             if seconds is not None:
                 self._seconds[counter] += seconds
 
@@ -693,6 +703,7 @@ class UdfRuntime:
             closed = self._closed
             if not closed:
                 self._components[sha256] = component
+                self._changes += 1
         if closed:  # closed while this thread was loading: nobody would close this pool later
             component.pool.close()
             future.set_exception(UdfLoadError("the UDF runtime is closed"))
@@ -737,6 +748,7 @@ class UdfRuntime:
         component that failed to load, or that nothing will use again)."""
         with self._lock:
             component = self._components.pop(sha256, None)
+            self._changes += 1
         if component is not None:
             component.pool.close()
         cache = self.compiled_path(sha256) if drop_compiled else None

@@ -70,7 +70,7 @@ class _Slot:
     busy_s: float = 0.0
     restarts: int = 0
     last_exit: str | None = None
-    #: The worker's UDF runtime as of its last answer (``UdfRuntime.snapshot``): pools, load times.
+    #: The worker's UDF runtime as of its last change (``UdfRuntime.snapshot``): pools, load times.
     runtime: dict[str, Any] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
 
@@ -349,9 +349,15 @@ class WorkerPool:
             frame = slot.conn.recv_bytes()
         except (EOFError, OSError):
             cause = self._death(slot)
-            answers.fail(chunk.start, chunk.stop, WorkerError(
-                f"pipeline worker {slot.pid} died ({cause}) while running this batch", pid=slot.pid, pipeline=pipeline
-            ))
+            answers.fail(
+                chunk.start,
+                chunk.stop,
+                WorkerError(
+                    f"pipeline worker {slot.pid} died ({cause}) while running this batch",
+                    pid=slot.pid,
+                    pipeline=pipeline,
+                ),
+            )
             self._retire(slot, cause)
             return None
         slot.batches += 1
@@ -363,7 +369,8 @@ class WorkerPool:
         """Write a worker's answer for ``chunk`` into ``answers`` and merge its statistics."""
         header, body = _wire.decode(frame)
         self._merge_stats(header["stats"])
-        chunk.slot.runtime = header.get("runtime", {})
+        if "runtime" in header:  # sent when it changed
+            chunk.slot.runtime = header["runtime"]
         if "error" in header:
             answers.fail(chunk.start, chunk.stop, _wire.error_from_wire(header["error"], pipeline))
             return
@@ -383,12 +390,16 @@ class WorkerPool:
         slot = chunk.slot
         waited = time.monotonic() - chunk.sent
         cause = f"no answer within {waited:.1f} s, killed"
-        answers.fail(chunk.start, chunk.stop, WorkerError(
-            f"pipeline worker {slot.pid} did not answer within the batch's deadline plus {self.grace_s:g} s "
-            f"({waited:.1f} s) and was killed; this batch was not processed",
-            pid=slot.pid,
-            pipeline=pipeline,
-        ))
+        answers.fail(
+            chunk.start,
+            chunk.stop,
+            WorkerError(
+                f"pipeline worker {slot.pid} did not answer within the batch's deadline plus {self.grace_s:g} s "
+                f"({waited:.1f} s) and was killed; this batch was not processed",
+                pid=slot.pid,
+                pipeline=pipeline,
+            ),
+        )
         self._retire(slot, cause)
 
     @staticmethod

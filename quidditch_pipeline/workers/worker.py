@@ -99,6 +99,7 @@ class _Worker:
         self._ctx = BuildContext(self.udfs, self.runtime, config.default_udf_timeout_ms)
         # (name, revision, created_at) -> built; the time tells apart a revision 1 of a re-created pipeline.
         self._built: dict[tuple[str, int, float], CompiledPipeline] = {}
+        self._runtime_sent = -1  # the runtime's ``changes`` when its snapshot was last sent: never yet
 
     def close(self) -> None:
         self.runtime.close()
@@ -126,16 +127,21 @@ class _Worker:
             self._sync(pins, header["udfs"])
             root = self._build(name, pins)
         except QuidditchError as exc:  # the batch cannot run at all: every item fails with this error
-            return _wire.encode(
-                {"error": _wire.error_to_wire(exc), "stats": self.stats.take(), "runtime": self.runtime.snapshot()}
-            )
+            return _wire.encode(self._with_runtime({"error": _wire.error_to_wire(exc), "stats": self.stats.take()}))
         start = time.perf_counter()
         answer = self._run(root, pins, header, _wire.split(body, header["sizes"]))
         answer_header, parts = answer
         answer_header["busy_us"] = (time.perf_counter() - start) * 1e6
         answer_header["stats"] = self.stats.take()
-        answer_header["runtime"] = self.runtime.snapshot()
-        return _wire.encode(answer_header, parts)
+        return _wire.encode(self._with_runtime(answer_header), parts)
+
+    def _with_runtime(self, header: dict[str, Any]) -> dict[str, Any]:
+        """``header`` with the runtime's snapshot (pools, load times) when it changed since the last one sent."""
+        changes = self.runtime.changes
+        if changes != self._runtime_sent:
+            header["runtime"] = self.runtime.snapshot()
+            self._runtime_sent = changes
+        return header
 
     def _run(
         self,

@@ -1,9 +1,9 @@
 """Shared fixtures. UDF builds (slow: componentize-py + wasmtime compile) are session-scoped in udf_fixtures.
 
-The suite runs on two pytest-xdist workers (``-n 2 --dist loadgroup`` in pyproject's addopts; ``-n 0`` or
-``-p no:xdist`` runs it in one process): each module's tests go to one worker, as if the module ran alone, so
-its module-scoped servers and databases are set up once; every test that touches the machine's PostgreSQL
-goes to one worker, because one of them stops and restarts it.
+The suite runs on pytest-xdist workers (``-n auto --maxprocesses=4`` in pyproject's addopts; ``-n 0`` or
+``-p no:xdist`` runs it in one process), test by test: a module-scoped server or database is set up on each
+worker that runs one of the module's tests. Tests share the machine's PostgreSQL (one database per module);
+the one that stops and restarts a server does so on a private cluster (``postgres_fixtures.private_postgres``).
 """
 
 from __future__ import annotations
@@ -24,16 +24,6 @@ pytest_plugins = ["tests.udf_fixtures", "tests.postgres_fixtures"]
 IN_PROCESS_AND_WORKERS = pytest.mark.parametrize(
     "options", [{}, {"workers": 2, "search_in_workers": True}], ids=["in-process", "workers"]
 )
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        touches_postgres = "postgres" in item.nodeid.lower() or any(
-            name.startswith("postgres") for name in getattr(item, "fixturenames", ())
-        )
-        item.add_marker(pytest.mark.xdist_group("postgres" if touches_postgres else item.nodeid.split("::")[0]))
 
 
 @pytest.fixture

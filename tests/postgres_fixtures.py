@@ -7,18 +7,26 @@ create a login role ``quidditch`` (password ``quidditch``) once, and connect ove
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
+import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
 
 CLUSTER = ("15", "main")
+BINARIES = Path("/usr/lib/postgresql/15/bin")
+#: Test processes (pytest-xdist workers) take this lock to start the shared cluster one at a time.
+START_LOCK = Path(tempfile.gettempdir()) / "quidditch-test-postgres.lock"
 ROLE = "quidditch"
 ADMIN_ENV = "QUIDDITCH_TEST_POSTGRES"
 
@@ -43,11 +51,17 @@ def _run_as_postgres(*args: str) -> None:
 
 
 def start() -> None:
-    """Start the cluster (and create the test role) unless it answers already."""
+    """Start the cluster (and create the test role) unless it answers already; safe from several processes."""
     if os.environ.get(ADMIN_ENV):
         return
     if shutil.which("pg_ctlcluster") is None:
         raise RuntimeError("PostgreSQL is not installed: apt-get install -y postgresql (.ci/run does)")
+    with START_LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _start_locked()
+
+
+def _start_locked() -> None:
     status = subprocess.run(["pg_ctlcluster", *CLUSTER, "status"], capture_output=True, timeout=30)
     if status.returncode != 0:
         subprocess.run(["pg_ctlcluster", *CLUSTER, "start"], check=True, capture_output=True, timeout=60)
@@ -68,9 +82,57 @@ def start() -> None:
     )
 
 
-def stop() -> None:
-    """Stop the cluster at once (``-m fast``: open connections are cut, as when a database host goes away)."""
-    subprocess.run(["pg_ctlcluster", *CLUSTER, "stop", "-m", "fast"], check=True, capture_output=True, timeout=60)
+class PrivateCluster:
+    """A PostgreSQL server of its own (fresh data directory, free port) for a test that stops and restarts it.
+
+    The machine's shared cluster serves the other tests, which may run at the same time on other pytest-xdist
+    workers; stopping it would cut them too.
+    """
+
+    def __init__(self) -> None:
+        if not (BINARIES / "initdb").exists():
+            raise RuntimeError(f"PostgreSQL 15 binaries not found in {BINARIES}: apt-get install -y postgresql")
+        self.home = Path(tempfile.mkdtemp(prefix="qp-pg-"))
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str) -> None:
+        command = [str(BINARIES / args[0]), *args[1:]]
+        if os.geteuid() == 0:  # the server refuses to run as root
+            command = ["runuser", "-u", "postgres", "--", *command]
+        subprocess.run(command, check=True, capture_output=True, timeout=60)
+
+    def create(self) -> None:
+        if os.geteuid() == 0:
+            shutil.chown(self.home, "postgres")
+        self._run("initdb", "-D", str(self.home / "data"), "-A", "trust", "-U", "postgres", "-N")
+        self.start()
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.home} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.home / "data"), "-o", options, "-l", str(self.home / "log"), "-w", "start")
+
+    def stop(self) -> None:
+        """Stop at once (``-m fast``: open connections are cut, as when a database host goes away)."""
+        self._run("pg_ctl", "-D", str(self.home / "data"), "-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
+            self.stop()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivateCluster]:
+    """A PostgreSQL server this test alone uses, so it may stop and restart it."""
+    cluster = PrivateCluster()
+    try:
+        cluster.create()
+        yield cluster
+    finally:
+        cluster.remove()
 
 
 def create_database() -> str:

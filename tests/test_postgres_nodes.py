@@ -47,8 +47,10 @@ def registry_status(url: str) -> dict[str, Any]:
     return status
 
 
-def test_nodes_share_pipelines_and_survive_a_database_restart(tmp_path: Path, postgres_dsn: str) -> None:
-    extra = ("--registry", postgres_dsn, "--workers", "0")
+def test_nodes_share_pipelines_and_survive_a_database_restart(
+    tmp_path: Path, private_postgres: postgres_fixtures.PrivateCluster
+) -> None:
+    extra = ("--registry", private_postgres.dsn, "--workers", "0")
     for node in ("a", "b"):
         (tmp_path / node).mkdir()
     with (
@@ -66,7 +68,7 @@ def test_nodes_share_pipelines_and_survive_a_database_restart(tmp_path: Path, po
         assert bulk(b.url, "1")["by"] == "one"
         assert registry_status(b.url)["connected"] is True
 
-        postgres_fixtures.stop()
+        private_postgres.stop()
         try:
             eventually(lambda: registry_status(a.url)["connected"] is False)
             assert httpx.get(f"{a.url}/_cluster/health", timeout=10).json()["status"] == "yellow"
@@ -75,7 +77,7 @@ def test_nodes_share_pipelines_and_survive_a_database_restart(tmp_path: Path, po
             assert refused.status_code == 503, refused.text
             assert refused.json()["error"]["type"] == "storage_unavailable_exception"
         finally:
-            postgres_fixtures.start()
+            private_postgres.start()
         eventually(lambda: registry_status(a.url)["connected"] and registry_status(b.url)["connected"], 30)
         eventually(
             lambda: httpx.put(f"{a.url}/_pipeline/p", json=pipeline("two"), timeout=30).status_code == 200, 15

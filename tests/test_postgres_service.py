@@ -48,7 +48,7 @@ def test_a_listener_that_lost_its_connection_catches_up_on_what_it_missed(postgr
             # Cut node b's listener, then change the registry while it reconnects: the NOTIFY is lost to it.
             admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = 'LISTEN quidditch_registry' "
-                "AND pid <> pg_backend_pid()"
+                "AND datname = current_database() AND pid <> pg_backend_pid()"
             )
         missed = a.put(definition("meanwhile"))
         assert missed.change is not None

@@ -1,7 +1,8 @@
 """Smoke test of ``python -m benchmarks.floors``: it runs end to end and reports every figure, both ways.
 
 It checks that the benchmark works, not how fast anything is. Components come from the suite's on-disk
-caches (``$QP_TEST_CACHE``); the two engines' compiled forms go under the benchmark cache beside them.
+caches (``$QP_TEST_CACHE``); the epochs-on compiled forms go to the runtime's compiled cache there (shared with
+the suite and the compare benchmark), the epochs-off ones under the benchmark cache beside it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from quidditch_pipeline.udf import UdfRuntime
+from tests.udf_fixtures import _cache_root
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,3 +45,10 @@ def test_floors_quick_json_reports_every_figure_with_and_without_epochs() -> Non
     sizes = report["request_bytes"]
     assert sizes["query: trivial UDF, the query body"] > sizes["query: trivial UDF, value None"]
     assert sizes["documents: trivial UDF, per item of 1000"] > 1000 * 20
+    # The epochs-on engine is the runtime's: its compiled forms are the runtime's cache entries, which the rest
+    # of the suite (and benchmarks.compare) map back instead of compiling the same components again.
+    assert set(report["components"]) == {"trivial", "probe", "query_synonyms", "recency_boost"}
+    with UdfRuntime(_cache_root() / "compiled") as runtime:
+        for name, sha256 in report["components"].items():
+            compiled = runtime.compiled_path(sha256)
+            assert compiled is not None and compiled.is_file(), name

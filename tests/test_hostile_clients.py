@@ -29,7 +29,9 @@ P99_BOUND_S = 2.0
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     data = tmp_path_factory.mktemp("hostile") / "data"
-    extra = ("--max-in-flight-bytes", str(IN_FLIGHT_LIMIT), "--body-timeout", str(BODY_TIMEOUT_S))
+    # No worker processes: the attacks are on the HTTP layer and the builds, which run in the server process,
+    # and two idle workers would only take memory and CPU from the builds.
+    extra = ("--max-in-flight-bytes", str(IN_FLIGHT_LIMIT), "--body-timeout", str(BODY_TIMEOUT_S), "--workers", "0")
     with ServerProcess(data, extra=extra) as server:
         yield server
 

@@ -4,6 +4,7 @@ every route's success and error paths, including 401, 404, 405, 409 and 413."""
 from __future__ import annotations
 
 import itertools
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import pytest
 
 from quidditch_pipeline import PipelineService
 from quidditch_pipeline.server import ServerLimits, TantivyBackend, create_app
+from quidditch_pipeline.udf import UdfRuntime
 
 from .server_harness import PYTHON, TEST_UDF_SOURCE, put_probe, serve_app
 from .udf_fixtures import BuiltUdf
@@ -312,8 +314,18 @@ def test_stats_and_reset(client: httpx.Client) -> None:
 # --------------------------------------------------------------------------------------------- UDFs
 
 
-def test_udf_upload_list_versions_delete(client: httpx.Client, hostile_udf: BuiltUdf) -> None:
+def test_udf_upload_list_versions_delete(
+    client: httpx.Client, stack: Stack, hostile_udf: BuiltUdf, udf_runtime: UdfRuntime
+) -> None:
     wasm = hostile_udf.wasm  # a component from the session's cache
+    # ... and its compiled form too (this test is about the routes, not compiling): the server's runtime maps
+    # it back from its cache instead of compiling the component again.
+    udf_runtime.load(hostile_udf.sha256, hostile_udf.path)
+    compiled = udf_runtime.compiled_path(hostile_udf.sha256)
+    target = stack.service.runtime.compiled_path(hostile_udf.sha256)
+    assert compiled is not None and target is not None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(compiled, target)
     created = client.put("/_udf/copy/1.0.0", content=wasm, headers=WASM)
     assert created.status_code == 201
     assert created.json()["size"] == len(wasm) and len(created.json()["sha256"]) == 64

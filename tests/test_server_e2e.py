@@ -17,6 +17,9 @@ from opensearchpy import NotFoundError, OpenSearch, RequestError, helpers
 from .server_harness import TEST_UDF_SOURCE, ServerProcess, put_probe
 
 TOKEN = "e2e-admin-token"
+#: Worker processes are not what these tests are about (tests/test_workers.py is); the demo's first start keeps
+#: them, as the README runs it.
+NO_WORKERS = ("--workers", "0")
 ADMIN = {"authorization": f"Bearer {TOKEN}"}
 
 
@@ -54,7 +57,7 @@ def data_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def server(data_dir: Path) -> Iterator[ServerProcess]:
-    with ServerProcess(data_dir, token=TOKEN) as server:
+    with ServerProcess(data_dir, token=TOKEN, extra=NO_WORKERS) as server:
         yield server
 
 
@@ -110,7 +113,7 @@ def test_admin_routes_refuse_a_client_without_the_token(server: ServerProcess) -
 
 
 def test_restart_after_sigterm_keeps_everything_and_finishes_in_flight_requests(data_dir: Path) -> None:
-    server = ServerProcess(data_dir, token=TOKEN)
+    server = ServerProcess(data_dir, token=TOKEN, extra=NO_WORKERS)
     with server, httpx.Client(base_url=server.url, headers=ADMIN, timeout=300) as client:
         set_up_pipelines(client)
         client.put("/products", json={"settings": {"index.document.default_pipeline": "enrich",
@@ -131,7 +134,8 @@ def test_restart_after_sigterm_keeps_everything_and_finishes_in_flight_requests(
         assert outcome["put"].status_code == 201, outcome["put"].text
     assert "bye" in server.output()
 
-    with ServerProcess(data_dir, token=TOKEN) as again, httpx.Client(base_url=again.url, timeout=60) as client:
+    again = ServerProcess(data_dir, token=TOKEN, extra=NO_WORKERS)
+    with again, httpx.Client(base_url=again.url, timeout=60) as client:
         assert client.get("/products/_doc/1").json()["_source"] == {"title": "kept", "rank": 1}
         assert client.get("/products/_count").json()["count"] == 1
         settings = client.get("/products/_settings").json()["products"]["settings"]["index"]
@@ -147,7 +151,7 @@ def test_restart_after_sigterm_keeps_everything_and_finishes_in_flight_requests(
 
 
 def test_restart_after_sigkill_keeps_acknowledged_writes(data_dir: Path) -> None:
-    server = ServerProcess(data_dir)
+    server = ServerProcess(data_dir, extra=NO_WORKERS)
     with server, httpx.Client(base_url=server.url, timeout=60) as client:
         assert client.put("/logs", json={"settings": {"index": {"refresh_interval": "-1"}}}).status_code == 200
         lines = b"".join(b'{"index":{"_id":"%d"}}\n{"n":%d}\n' % (i, i) for i in range(500))
@@ -157,7 +161,7 @@ def test_restart_after_sigkill_keeps_acknowledged_writes(data_dir: Path) -> None
         # Nothing was refreshed: every write above lives only in the translog when the process dies.
         assert client.get("/logs/_count").json()["count"] == 0
         server.kill()
-    with ServerProcess(data_dir) as again, httpx.Client(base_url=again.url, timeout=60) as client:
+    with ServerProcess(data_dir, extra=NO_WORKERS) as again, httpx.Client(base_url=again.url, timeout=60) as client:
         assert client.get("/logs/_count").json()["count"] == 500
         assert client.get("/logs/_doc/last").json()["_source"] == {"n": "last"}
         assert client.get("/logs/_doc/7").status_code == 404
@@ -208,7 +212,7 @@ def test_serve_demo_sets_everything_up_and_a_restart_skips_it(data_dir: Path) ->
             simulated = client.post("/products/_simulate", json={"docs": [{"_source": {"title": "hub", "price": 9}}]})
             assert simulated.json()["docs"][0]["doc"]["_source"]["bargain"] is True
         assert server.terminate() == 0
-    with ServerProcess(data_dir, extra=("--demo",), entry=entry) as again:
+    with ServerProcess(data_dir, extra=("--demo", *NO_WORKERS), entry=entry) as again:
         deadline = time.monotonic() + 60
         while "demo ready" not in again.output():
             assert time.monotonic() < deadline, again.output()

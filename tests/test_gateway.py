@@ -457,11 +457,13 @@ def test_gateway_nodes_on_one_postgresql_registry_share_the_failure_store_settin
         assert changed.status_code == 200, changed.text
         admin_a.close()
 
-        def enabled_on_b() -> bool:
-            shown = httpx.get(b.url + "/tiered/_settings", params={"flat_settings": "true"}, timeout=10).json()
-            return bool(shown["tiered"]["settings"].get("index.failure_store.enabled") == "true")
+        with httpx.Client(base_url=b.url, timeout=10) as on_b:  # one client for every poll (no SSL setup each)
 
-        eventually(enabled_on_b)
+            def enabled_on_b() -> bool:
+                shown = on_b.get("/tiered/_settings", params={"flat_settings": "true"}).json()
+                return bool(shown["tiered"]["settings"].get("index.failure_store.enabled") == "true")
+
+            eventually(enabled_on_b)
         assert bulk_items(b.url, "tiered", {"x": {"title": "no price"}})["x"]["failure_store"] == "used"
         found = httpx.post(a.url + "/tiered::failures/_search", json={}, timeout=60).json()["hits"]["hits"]
         assert [hit["_source"]["document"]["id"] for hit in found] == ["x"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -116,13 +117,16 @@ class ServerProcess:
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.output()}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(self.url + "/", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.05)
+        # One client for every poll: ``httpx.get`` makes a client, and with it an SSL context, each time (~40 ms
+        # of CPU), which every 50 ms took half a core from the server starting beside it on a 2-core machine.
+        with httpx.Client(timeout=1) as probe:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.output()}")
+                with contextlib.suppress(httpx.TransportError):
+                    if probe.get(self.url + "/").status_code == 200:
+                        return
+                time.sleep(0.05)
         raise RuntimeError(f"the server did not answer within {timeout} s:\n{self.output()}")
 
     def terminate(self, timeout: float = 60) -> int:
@@ -147,6 +151,16 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
+def started(server: ServerProcess) -> Iterator[ServerProcess]:
+    """``server`` while it starts, not waited for (``wait_ready`` it later), so that the servers a test needs
+    start in parallel instead of one after the other; killed on the way out if it still runs."""
+    try:
+        yield server
+    finally:
+        server.__exit__()
+
+
+@contextlib.contextmanager
 def loopback_http(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     """A threaded HTTP server on a free loopback port answering with ``handler``; yields its URL."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -167,27 +181,45 @@ def kill_during_bulks(
     first: int,
     body: Callable[[int, int], bytes],
     answered: Callable[[int, list[dict[str, Any]]], None],
-    pause_s: float,
+    rng: random.Random,
     batch: int = 50,
-) -> None:
+) -> bool:
     """Send ``_bulk`` requests back to back from a thread (``body(first_id, batch)``: the NDJSON of ids
-    ``first_id …``), SIGKILL ``server`` after ``pause_s`` (no shutdown, no commit), and hand each bulk that was
-    answered, and so acknowledged, to ``answered(first_id, items)``."""
-    stop = threading.Event()
+    ``first_id …``), hand each bulk that was answered, and so acknowledged, to ``answered(first_id, items)``, and
+    SIGKILL ``server`` (no shutdown, no commit) once 1 to 3 of them were, part-way through the next one (a random
+    fraction of the last answered bulk's duration into it). True when the kill cut a bulk off in flight: it
+    had reached the server and got no answer (not merely the next one refused a connection)."""
+    stop, enough = threading.Event(), threading.Event()
+    wanted = rng.randint(1, 3)
+    state: dict[str, Any] = {"answered": 0, "last_s": 0.0, "cut": False}
 
     def writer() -> None:
         at = first
         while not stop.is_set():
+            sent = time.monotonic()
             try:
                 response = client.post("/_bulk", content=body(at, batch), headers=_NDJSON)
+            except httpx.ConnectError:
+                return
             except httpx.TransportError:
+                state["cut"] = True
                 return
             answered(at, response.json()["items"])
+            state["last_s"] = time.monotonic() - sent
+            state["answered"] += 1
+            if state["answered"] >= wanted:
+                enough.set()
             at += batch
 
     thread = threading.Thread(target=writer)
     thread.start()
-    time.sleep(pause_s)
+    if not enough.wait(timeout=120):
+        server.kill()
+        stop.set()
+        thread.join(timeout=30)
+        raise AssertionError(f"fewer than {wanted} bulks were answered in 120 s:\n{server.output()}")
+    time.sleep(rng.uniform(0.2, 0.8) * state["last_s"])
     server.kill()
     stop.set()
     thread.join(timeout=30)
+    return bool(state["cut"])

@@ -67,10 +67,12 @@ class Registry:
 
 
 @pytest.fixture
-def registry(tmp_path: Path, udf_runtime: UdfRuntime, hostile_udf: BuiltUdf) -> Iterator[Registry]:
+def registry(tmp_path: Path, udf_runtime: UdfRuntime, hostile_source_udf: BuiltUdf) -> Iterator[Registry]:
+    # In source mode on the shared interpreter: what fails closed is the registry's lookup of a UDF, whatever
+    # its mode, so no component is built for it (building one cost this fixture ~36 s on a cold cache).
     reg = Registry(tmp_path, udf_runtime)
     with reg.open() as svc:
-        svc.put_udf("hostile", "1.0.0", hostile_udf.wasm)
+        svc.put_udf("hostile", "1.0.0", hostile_source_udf.source, mode="source")
     yield reg
 
 

@@ -24,7 +24,7 @@ from opensearchpy import OpenSearch, RequestError
 
 from quidditch_pipeline.failures import FAILURE_STORE_MAPPINGS
 
-from .server_harness import ServerProcess, loopback_http
+from .server_harness import ServerProcess, loopback_http, started
 from .test_postgres_nodes import eventually
 from .test_server_e2e import set_up_pipelines
 
@@ -113,10 +113,11 @@ def two_gateway_nodes(
     """Two gateway nodes in front of the deployment's upstream, sharing one PostgreSQL registry."""
     for node in ("a", "b"):
         (tmp_path / node).mkdir()
-    with (
-        gateway_process(tmp_path / "a" / "data", deployment.upstream.url, "--registry", postgres_dsn) as a,
+    with (  # started together: b starts while a does
+        started(gateway_process(tmp_path / "a" / "data", deployment.upstream.url, "--registry", postgres_dsn)) as a,
         gateway_process(tmp_path / "b" / "data", deployment.upstream.url, "--registry", postgres_dsn) as b,
     ):
+        a.wait_ready()
         yield a, b
 
 
@@ -135,11 +136,12 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     root = tmp_path_factory.mktemp("gateway")
     (root / "upstream").mkdir()
     (root / "gateway").mkdir()
-    with (
-        ServerProcess(root / "upstream" / "data", token=UPSTREAM_TOKEN, extra=("--workers", "0")) as upstream,
+    with (  # the gateway starts while the upstream does (it asks nothing of the upstream until a request)
+        started(ServerProcess(root / "upstream" / "data", token=UPSTREAM_TOKEN, extra=("--workers", "0"))) as upstream,
         recording_proxy(upstream.url) as recorder,
         gateway_process(root / "gateway" / "data", recorder.url) as gateway,
     ):
+        upstream.wait_ready()
         with httpx.Client(base_url=gateway.url, headers=GATEWAY_ADMIN, timeout=120) as admin:
             set_up_pipelines(admin)  # enrich (document), guard (query), rerank (result), in the gateway
             stages = [
@@ -455,11 +457,13 @@ def test_gateway_nodes_on_one_postgresql_registry_share_the_failure_store_settin
         assert changed.status_code == 200, changed.text
         admin_a.close()
 
-        def enabled_on_b() -> bool:
-            shown = httpx.get(b.url + "/tiered/_settings", params={"flat_settings": "true"}, timeout=10).json()
-            return bool(shown["tiered"]["settings"].get("index.failure_store.enabled") == "true")
+        with httpx.Client(base_url=b.url, timeout=10) as on_b:  # one client for every poll (no SSL setup each)
 
-        eventually(enabled_on_b)
+            def enabled_on_b() -> bool:
+                shown = on_b.get("/tiered/_settings", params={"flat_settings": "true"}).json()
+                return bool(shown["tiered"]["settings"].get("index.failure_store.enabled") == "true")
+
+            eventually(enabled_on_b)
         assert bulk_items(b.url, "tiered", {"x": {"title": "no price"}})["x"]["failure_store"] == "used"
         found = httpx.post(a.url + "/tiered::failures/_search", json={}, timeout=60).json()["hits"]["hits"]
         assert [hit["_source"]["document"]["id"] for hit in found] == ["x"]
@@ -474,9 +478,9 @@ def test_the_upstream_killed_in_the_middle_of_bulk_work_loses_nothing_acknowledg
         (tmp_path / part).mkdir()
     upstream_dir = tmp_path / "upstream" / "data"
     upstream = ServerProcess(upstream_dir, token=UPSTREAM_TOKEN, extra=("--workers", "0"))
-    upstream.wait_ready()
     try:
         with recording_proxy(upstream.url) as proxy, gateway_process(tmp_path / "gateway" / "data", proxy.url) as gw:
+            upstream.wait_ready()  # started together: the gateway started while the upstream did
             assert httpx.put(gw.url + "/flow", headers=GATEWAY_ADMIN, timeout=60).status_code == 200
             acknowledged: set[str] = set()
             outcomes: list[str] = []
@@ -497,22 +501,22 @@ def test_the_upstream_killed_in_the_middle_of_bulk_work_loses_nothing_acknowledg
                     assert error["type"] == "connect_transport_exception", error
                     assert proxy.url.removeprefix("http://") in error["reason"] and error["upstream"] == proxy.url
 
-            for batch in range(5):
+            for batch in range(2):
                 send(batch)
             upstream.kill()
-            for batch in range(5, 8):
+            for batch in range(2, 4):
                 send(batch)  # the upstream is down: 502 each, nothing acknowledged
             upstream = ServerProcess(upstream_dir, token=UPSTREAM_TOKEN, extra=("--workers", "0"))
             upstream.wait_ready()
             proxy.target = upstream.url
-            for batch in range(8, 12):
+            for batch in range(4, 6):
                 send(batch)
-        assert outcomes == ["written"] * 5 + ["refused"] * 3 + ["written"] * 4
+        assert outcomes == ["written"] * 2 + ["refused"] * 2 + ["written"] * 2
         httpx.post(upstream.url + "/flow/_refresh", timeout=60).raise_for_status()
         stored = httpx.post(upstream.url + "/flow/_search", json={"size": 10_000, "_source": False},
                             timeout=60).json()["hits"]["hits"]  # fmt: skip
         ids = [hit["_id"] for hit in stored]
-        assert len(ids) == len(set(ids)) == len(acknowledged) == 9 * 200
+        assert len(ids) == len(set(ids)) == len(acknowledged) == 4 * 200
         assert set(ids) == acknowledged
     finally:
         if upstream.process.poll() is None:

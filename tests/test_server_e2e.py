@@ -4,6 +4,8 @@ SIGKILL keeps indexes, settings, pipelines, UDFs and every acknowledged write.""
 
 from __future__ import annotations
 
+import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -14,9 +16,12 @@ import httpx
 import pytest
 from opensearchpy import NotFoundError, OpenSearch, RequestError, helpers
 
-from .server_harness import TEST_UDF_SOURCE, ServerProcess, put_probe
+from .server_harness import ServerProcess, put_probe
 
 TOKEN = "e2e-admin-token"
+#: Worker processes are not what these tests are about (tests/test_workers.py is); the demo's first start keeps
+#: them, as the README runs it.
+NO_WORKERS = ("--workers", "0")
 ADMIN = {"authorization": f"Bearer {TOKEN}"}
 
 
@@ -47,6 +52,12 @@ def set_up_pipelines(client: httpx.Client) -> None:
         assert client.put(f"/_pipeline/{name}", json=body).status_code == 200
 
 
+def listening(server: ServerProcess) -> bool:
+    """Whether ``server`` still accepts connections."""
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", server.port)) == 0
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
@@ -54,7 +65,7 @@ def data_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def server(data_dir: Path) -> Iterator[ServerProcess]:
-    with ServerProcess(data_dir, token=TOKEN) as server:
+    with ServerProcess(data_dir, token=TOKEN, extra=NO_WORKERS) as server:
         yield server
 
 
@@ -110,34 +121,50 @@ def test_admin_routes_refuse_a_client_without_the_token(server: ServerProcess) -
 
 
 def test_restart_after_sigterm_keeps_everything_and_finishes_in_flight_requests(data_dir: Path) -> None:
-    server = ServerProcess(data_dir, token=TOKEN)
+    server = ServerProcess(data_dir, token=TOKEN, extra=NO_WORKERS)
     with server, httpx.Client(base_url=server.url, headers=ADMIN, timeout=300) as client:
         set_up_pipelines(client)
         client.put("/products", json={"settings": {"index.document.default_pipeline": "enrich",
                                                    "index.refresh_interval": "-1"}})  # fmt: skip
         client.put("/products/_doc/1", json={"title": "KEPT", "rank": 1})
-        # A UDF build takes seconds: SIGTERM arrives while it is in flight, and it still completes.
+        # A request in flight when SIGTERM arrives: its head is in, its body still arriving. The server stops
+        # listening (a new connection is refused: the shutdown has begun), and it still completes.
         outcome: dict[str, httpx.Response] = {}
+        head_in, go_on = threading.Event(), threading.Event()
 
-        def upload() -> None:
-            outcome["put"] = client.put("/_udf/late/1.0.0", content=TEST_UDF_SOURCE,
-                                        headers={"content-type": "text/x-python"})  # fmt: skip
+        def body() -> Iterator[bytes]:
+            yield b'{"title": "LATE", '
+            head_in.set()  # httpx asks for the next part once it has sent this one
+            go_on.wait(60)
+            yield b'"rank": 2}'
 
-        thread = threading.Thread(target=upload)
+        def put_late() -> None:
+            outcome["put"] = client.put("/products/_doc/late", content=body(),
+                                        headers={"content-type": "application/json"})  # fmt: skip
+
+        thread = threading.Thread(target=put_late)
         thread.start()
-        time.sleep(1.0)
-        assert server.terminate(timeout=120) == 0, server.output()
+        assert head_in.wait(60)
+        server.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while listening(server):
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.02)
+        go_on.set()
+        assert server.process.wait(timeout=120) == 0, server.output()
         thread.join(timeout=120)
         assert outcome["put"].status_code == 201, outcome["put"].text
     assert "bye" in server.output()
 
-    with ServerProcess(data_dir, token=TOKEN) as again, httpx.Client(base_url=again.url, timeout=60) as client:
+    again = ServerProcess(data_dir, token=TOKEN, extra=NO_WORKERS)
+    with again, httpx.Client(base_url=again.url, timeout=60) as client:
         assert client.get("/products/_doc/1").json()["_source"] == {"title": "kept", "rank": 1}
-        assert client.get("/products/_count").json()["count"] == 1
+        assert client.get("/products/_doc/late").json()["_source"] == {"title": "late", "rank": 2}
+        assert client.get("/products/_count").json()["count"] == 2
         settings = client.get("/products/_settings").json()["products"]["settings"]["index"]
         assert settings["document"]["default_pipeline"] == "enrich" and settings["refresh_interval"] == "-1"
         assert {p["name"] for p in client.get("/_pipeline").json()["pipelines"]} == {"enrich", "guard", "rerank"}
-        assert client.get("/_udf/late").json()["versions"][0]["version"] == "1.0.0"
+        assert client.get("/_udf/probe").json()["versions"][0]["version"] == "1.0.0"
         # The pipeline (and its WASM stage) still runs on the documents written after the restart.
         started = time.monotonic()
         dropped = client.put("/products/_doc/2", json={"title": "x", "spam": True})
@@ -147,7 +174,7 @@ def test_restart_after_sigterm_keeps_everything_and_finishes_in_flight_requests(
 
 
 def test_restart_after_sigkill_keeps_acknowledged_writes(data_dir: Path) -> None:
-    server = ServerProcess(data_dir)
+    server = ServerProcess(data_dir, extra=NO_WORKERS)
     with server, httpx.Client(base_url=server.url, timeout=60) as client:
         assert client.put("/logs", json={"settings": {"index": {"refresh_interval": "-1"}}}).status_code == 200
         lines = b"".join(b'{"index":{"_id":"%d"}}\n{"n":%d}\n' % (i, i) for i in range(500))
@@ -157,7 +184,7 @@ def test_restart_after_sigkill_keeps_acknowledged_writes(data_dir: Path) -> None
         # Nothing was refreshed: every write above lives only in the translog when the process dies.
         assert client.get("/logs/_count").json()["count"] == 0
         server.kill()
-    with ServerProcess(data_dir) as again, httpx.Client(base_url=again.url, timeout=60) as client:
+    with ServerProcess(data_dir, extra=NO_WORKERS) as again, httpx.Client(base_url=again.url, timeout=60) as client:
         assert client.get("/logs/_count").json()["count"] == 500
         assert client.get("/logs/_doc/last").json()["_source"] == {"n": "last"}
         assert client.get("/logs/_doc/7").status_code == 404
@@ -208,7 +235,7 @@ def test_serve_demo_sets_everything_up_and_a_restart_skips_it(data_dir: Path) ->
             simulated = client.post("/products/_simulate", json={"docs": [{"_source": {"title": "hub", "price": 9}}]})
             assert simulated.json()["docs"][0]["doc"]["_source"]["bargain"] is True
         assert server.terminate() == 0
-    with ServerProcess(data_dir, extra=("--demo",), entry=entry) as again:
+    with ServerProcess(data_dir, extra=("--demo", *NO_WORKERS), entry=entry) as again:
         deadline = time.monotonic() + 60
         while "demo ready" not in again.output():
             assert time.monotonic() < deadline, again.output()

@@ -28,6 +28,7 @@ from quidditch_pipeline.server import ServerLimits, TantivyBackend, create_app
 from .server_harness import ServerProcess, serve_app
 
 NDJSON = {"content-type": "application/x-ndjson"}
+NO_WORKERS = ("--workers", "0")
 UPPER = {
     "version": "1.0.0",
     "type": "document",
@@ -141,7 +142,8 @@ def test_a_search_on_an_index_whose_query_or_result_pipeline_is_gone_is_refused(
 
 def test_after_a_restart_an_index_whose_pipeline_was_removed_out_of_band_refuses_writes(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    with ServerProcess(data) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+    # The server process checks the pipeline; worker processes are not what this is about.
+    with ServerProcess(data, extra=NO_WORKERS) as server, httpx.Client(base_url=server.url, timeout=60) as client:
         assert client.put("/_pipeline/upper", json=UPPER).status_code == 200
         settings = {"index.document.default_pipeline": "upper"}
         assert client.put("/products", json={"settings": settings}).status_code == 200
@@ -150,7 +152,7 @@ def test_after_a_restart_an_index_whose_pipeline_was_removed_out_of_band_refuses
     with sqlite3.connect(data / "registry.sqlite") as db:
         db.execute("DELETE FROM pipeline_revisions WHERE name = 'upper'")
         db.execute("DELETE FROM associations WHERE pipeline = 'upper'")
-    with ServerProcess(data) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+    with ServerProcess(data, extra=NO_WORKERS) as server, httpx.Client(base_url=server.url, timeout=60) as client:
         response = client.put("/products/_doc/2", json={"title": "b"})
         assert 400 <= response.status_code < 500, response.text
         reason = response.json()["error"]["reason"]

@@ -12,7 +12,6 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import Case, GenerationMode
-from schemathesis.core.control import SkipTest
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
@@ -20,6 +19,7 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from schemathesis.core.control import SkipTest
 
 from quidditch_pipeline import PipelineService
 from quidditch_pipeline.server import TantivyBackend, create_app

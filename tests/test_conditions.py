@@ -195,7 +195,7 @@ CONDITIONS = [
 ]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=75, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     doc=st.dictionaries(st.sampled_from(["category", "price", "a", "b", "c"]), JSON, max_size=5),
     expr=st.sampled_from(CONDITIONS),
@@ -227,7 +227,7 @@ EQUIVALENT = [
 ]
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     doc=st.dictionaries(st.sampled_from(["category", "price", "a", "b", "c"]), JSON, max_size=5),
     expr=st.sampled_from(EQUIVALENT),

@@ -93,7 +93,7 @@ def cel_answer(source: str, doc: dict[str, Any]) -> bool | type[Exception]:
     return bool(result)
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(cases())
 def test_the_python_form_answers_what_cel_answers(case: tuple[str, dict[str, Any]]) -> None:
     source, doc = case

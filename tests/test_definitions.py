@@ -913,7 +913,7 @@ definitions = merged(
 )
 
 
-@PROPERTY_SETTINGS
+@settings(PROPERTY_SETTINGS, max_examples=50)  # each example dumps and parses YAML twice: ~50 ms
 @given(definitions)
 def test_property_valid_definitions_round_trip(data: dict[str, Any]) -> None:
     parsed = parse_definition(data)
@@ -994,7 +994,7 @@ definition_like = st.fixed_dictionaries(
 )
 
 
-@PROPERTY_SETTINGS
+@settings(PROPERTY_SETTINGS, max_examples=100)
 @given(any_json | almost_definitions | definition_like)
 def test_property_arbitrary_json_parses_or_raises_definition_error(data: Any) -> None:
     try:

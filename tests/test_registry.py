@@ -465,18 +465,25 @@ def test_udf_lookups_without_the_lock_see_whole_versions_while_others_put_and_de
                 return
 
     readers = [threading.Thread(target=read) for _ in range(2)]
-    for thread in readers:
-        thread.start()
-    for minor in range(1, 200):
-        version = f"1.{minor}.0"
-        reg.put_udf(udf("f", version, f"{minor:064x}"))
-        reg.delete_udf("f", version)
-    stop.set()
-    for thread in readers:
-        thread.join()
+    interval = sys.getswitchinterval()
+    # Switch threads often: the window is a few bytecodes of a put or delete. (And with the default 5 ms, the
+    # writer waits up to a switch interval for the GIL after each of its database round trips.)
+    sys.setswitchinterval(1e-5)
+    try:
+        for thread in readers:
+            thread.start()
+        for minor in range(1, 40):
+            version = f"1.{minor}.0"
+            reg.put_udf(udf("f", version, f"{minor:064x}"))
+            reg.delete_udf("f", version)
+    finally:
+        stop.set()
+        for thread in readers:
+            thread.join()
+        sys.setswitchinterval(interval)
     assert errors == []
     assert "1.0.0" in seen
-    assert seen <= {"1.0.0", *(f"1.{m}.0" for m in range(1, 200))}
+    assert seen <= {"1.0.0", *(f"1.{m}.0" for m in range(1, 40))}
     assert reg.udf("f", None).version == "1.0.0"
 
 
@@ -626,7 +633,7 @@ def test_latest_survives_a_restart(tmp_path: Path) -> None:
 def test_udf_lookups_without_the_lock_never_miss_while_the_view_is_refreshed(reg: Registry) -> None:
     # A node re-reads its whole view whenever another node changes the registry; a python stage resolving its
     # UDF at that moment must still find it (the version maps are never seen half-filled).
-    for i in range(300):
+    for i in range(100):
         reg.put_udf(udf(f"f{i}", "1.0.0", f"{i:064x}"))
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -634,7 +641,7 @@ def test_udf_lookups_without_the_lock_never_miss_while_the_view_is_refreshed(reg
     def read() -> None:
         while not stop.is_set():
             try:
-                for i in (0, 150, 299):
+                for i in (0, 50, 99):
                     assert reg.udf(f"f{i}", None).sha256 == f"{i:064x}"
             except BaseException as exc:  # any failure at all is the finding
                 errors.append(exc)

@@ -103,7 +103,7 @@ def stage_snapshots(p: CompiledPipeline) -> dict[str, dict[str, Any]]:
     return {s["name"]: s for s in p.metrics.snapshot()["stages"]}
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_count_is_succeeded_failed_dropped_skipped_for_every_stage_and_the_pipeline(
     scenario: tuple[dict[str, Any], list[dict[str, Any]], bool],

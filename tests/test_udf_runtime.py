@@ -336,7 +336,7 @@ def test_one_item_longer_than_the_maximum_fails_alone_with_a_clear_error(
 def test_waiting_for_an_instance_without_a_deadline_is_bounded(seeded_cache: Path, hostile_udf: BuiltUdf) -> None:
     with UdfRuntime(seeded_cache, interpreter_dir=interpreter_dir(), pool_size=1, max_wait_ms=200) as runtime:
         runtime.load(hostile_udf.sha256, hostile_udf.path)
-        busy = threading.Thread(target=call, args=(runtime, hostile_udf, [0]), kwargs={"do": "spin", "seconds": 1.0})
+        busy = threading.Thread(target=call, args=(runtime, hostile_udf, [0]), kwargs={"do": "spin", "seconds": 0.6})
         busy.start()
         time.sleep(0.1)
         began = time.monotonic()

@@ -29,8 +29,6 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-import cel
-
 __all__ = ["VARIABLES", "Condition"]
 
 #: The variables a condition may name.
@@ -65,6 +63,9 @@ class Condition:
     def __init__(self, source: str) -> None:
         if not source.strip():
             raise ValueError("an empty condition")
+        import cel  # here, not at the top: the package's __init__ also imports its REPL (typer, prompt_toolkit,
+        # pygments), ~0.2 s of every process's start-up, and a server or worker may compile no condition at all
+
         try:
             self._program = cel.compile(source)
         except Exception as exc:  # the bindings raise ValueError for syntax errors; anything else alike
@@ -173,6 +174,8 @@ def _flatten(
             for var in flat:
                 text = _USE[var].sub(lambda m, v=var: rename(m, v), text)  # type: ignore[misc]
         rewritten.append(text)
+    import cel  # see Condition.__init__
+
     try:
         program = cel.compile("".join(rewritten))
     except Exception:

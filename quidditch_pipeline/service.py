@@ -39,7 +39,7 @@ from .mapping import UnmappableResult, map_udf_result
 from .registry import Registry, StoredPipeline
 from .stages import Item, Run, Status
 from .stats import PipelineMetrics, StatsRegistry
-from .storage import MemoryStorage, PostgresStorage, SqliteStorage, Storage, open_storage
+from .storage import MemoryStorage, SqliteStorage, Storage, open_storage
 from .storage.artifacts import artifact_store
 from .udf.build import BuildLimits
 from .udf.runtime import UdfRuntime
@@ -123,11 +123,11 @@ class PipelineService:
         self._search_in_workers = search_in_workers
         self._pool: WorkerPool | None = None
         if workers:
-            if not isinstance(storage, (SqliteStorage, PostgresStorage)):
+            if storage.locator is None:
                 self.close()
                 raise ValueError("workers need a registry they can read: open the service on a data directory")
             config = WorkerConfig(
-                registry=str(storage.path) if isinstance(storage, SqliteStorage) else storage.dsn,
+                registry=storage.locator,
                 artifacts_dir=str(artifacts_dir),
                 compiled_cache_dir=None if self.runtime.cache_dir is None else str(self.runtime.cache_dir),
                 pool_size=self.runtime.pool_size,

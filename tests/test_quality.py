@@ -33,3 +33,16 @@ def test_public_names_match_all() -> None:
     assert set(quidditch_pipeline.__all__) == public - modules
     for name in quidditch_pipeline.__all__:
         assert getattr(quidditch_pipeline, name) is not None
+
+
+def test_starting_the_server_or_a_worker_imports_no_optional_back_end() -> None:
+    """psycopg (a PostgreSQL registry) and cel (a condition) load when first used, not at every process start."""
+    probe = (
+        "import sys, quidditch_pipeline.server.serve, quidditch_pipeline.workers.worker; "
+        "print(sorted(m for m in ('psycopg', 'psycopg_pool', 'cel') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+    from quidditch_pipeline.storage import PostgresStorage  # the documented import path still works
+
+    assert PostgresStorage.__module__ == "quidditch_pipeline.storage.postgres"

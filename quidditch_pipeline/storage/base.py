@@ -86,8 +86,11 @@ class Storage(Protocol):
     ``add_revision`` also raises the name's revision mark; ``delete_pipeline`` keeps it. ``set_association``
     and ``set_index_setting`` remove with ``None``. Writes made inside
     :meth:`transaction` commit together when it exits without an error; outside one, each write is atomic
-    on its own.
+    on its own. ``locator`` is what another process hands :func:`~quidditch_pipeline.storage.open_storage` to
+    open the same registry (a worker process does), ``None`` for a store no other process can read.
     """
+
+    locator: str | None
 
     def load(self) -> StoredState: ...
     def transaction(self) -> AbstractContextManager[Change]: ...

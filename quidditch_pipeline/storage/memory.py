@@ -14,6 +14,7 @@ class MemoryStorage:
     """Keeps nothing past the process; for unit tests and throw-away services."""
 
     def __init__(self) -> None:
+        self.locator: str | None = None  # nothing another process could open
         self._state = StoredState()
 
     def load(self) -> StoredState:

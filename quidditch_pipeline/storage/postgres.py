@@ -107,6 +107,7 @@ class PostgresStorage:
 
     def __init__(self, dsn: str, *, pool_size: int = 4) -> None:
         self.dsn = dsn
+        self.locator: str | None = dsn
         self.where = describe(dsn)
         self._local = threading.local()
         self._closing = threading.Event()

@@ -78,6 +78,7 @@ class SqliteStorage:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.locator: str | None = str(self.path)
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

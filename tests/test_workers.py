@@ -411,10 +411,11 @@ def test_the_cyclic_collector_does_not_run_during_a_workers_batch(pooled: Pipeli
     worker.handle(frame)  # builds the pipeline once, outside what is counted
     gc.callbacks.append(count)
     try:
-        answer_header, _ = _wire.decode(worker.handle(frame))
-    finally:
+        answer = worker.handle(frame)
+    finally:  # before the answer is decoded: that runs with the collector on again, and may set one off
         gc.callbacks.remove(count)
         worker.close()
+    answer_header, _ = _wire.decode(answer)
     assert answer_header["codes"] == [_wire.CHANGED] * len(docs)
     assert collections == []  # 5,000 documents of several objects each set off many collections before
     assert gc.isenabled()  # and the collector runs again once the batch is answered

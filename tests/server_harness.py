@@ -21,6 +21,9 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
+from quidditch_pipeline import PipelineService
+from quidditch_pipeline.server import ServerLimits, TantivyBackend, create_app
+
 ROOT = Path(__file__).resolve().parents[1]
 
 #: One UDF whose behaviour the stage parameters choose, so one build serves every pipeline the tests need.
@@ -87,6 +90,20 @@ def serve_app(app: FastAPI) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+@contextlib.contextmanager
+def served_data_dir(
+    data: Path, *, limits: ServerLimits | None = None, **options: Any
+) -> Iterator[tuple[PipelineService, TantivyBackend, str]]:
+    """A service (``PipelineService.open(data, **options)``) and a tantivy backend on ``data`` that refreshes
+    every 50 ms, served in a thread (:func:`serve_app`); yields both and the base URL."""
+    with (
+        PipelineService.open(data, **options) as service,
+        TantivyBackend(data, refresh_tick=0.05) as backend,
+        serve_app(create_app(service, backend, limits=limits)) as url,
+    ):
+        yield service, backend, url
 
 
 class ServerProcess:

@@ -12,9 +12,8 @@ from opensearchpy import ConflictError, NotFoundError, OpenSearch, RequestError
 from quidditch_pipeline import PipelineService
 from quidditch_pipeline.compat import from_opensearch, stored_definition, to_opensearch
 from quidditch_pipeline.errors import DefinitionError
-from quidditch_pipeline.server import TantivyBackend, create_app
 
-from .server_harness import serve_app
+from .server_harness import served_data_dir
 
 SEARCH_PIPELINE: dict[str, Any] = {
     "description": "public products, tidy hits",
@@ -96,12 +95,7 @@ def test_filter_query_merges_the_filter_into_the_query(service: PipelineService)
 
 @pytest.fixture
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenSearch]:
-    data = tmp_path_factory.mktemp("opensearch")
-    with (
-        PipelineService.open(data) as service,
-        TantivyBackend(data, refresh_tick=0.05) as backend,
-        serve_app(create_app(service, backend)) as url,
-    ):
+    with served_data_dir(tmp_path_factory.mktemp("opensearch")) as (_, _, url):
         yield OpenSearch(hosts=[url], timeout=60)
 
 

@@ -26,7 +26,7 @@ from quidditch_pipeline.server import TantivyBackend, create_app
 from quidditch_pipeline.server.engine import IndexNotFoundError, InvalidIndexNameError
 from quidditch_pipeline.server.failure_store import FailedDocument, FailureStore
 
-from .server_harness import ServerProcess, kill_during_bulks, serve_app
+from .server_harness import ServerProcess, kill_during_bulks, serve_app, served_data_dir
 
 NDJSON = {"content-type": "application/x-ndjson"}
 _names = itertools.count()
@@ -34,12 +34,7 @@ _names = itertools.count()
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    data = tmp_path_factory.mktemp("failure-store")
-    with (
-        PipelineService.open(data) as service,
-        TantivyBackend(data, refresh_tick=0.05) as backend,
-        serve_app(create_app(service, backend)) as url,
-    ):
+    with served_data_dir(tmp_path_factory.mktemp("failure-store")) as (_, _, url):
         yield url
 
 
@@ -590,9 +585,7 @@ def test_with_worker_processes_failures_are_kept_alike(tmp_path: Path) -> None:
     """DESIGN §10: the pipelines run in worker processes; what fails is kept exactly as in-process."""
     data = tmp_path / "data"
     with (
-        PipelineService.open(data, workers=1) as service,
-        TantivyBackend(data, refresh_tick=0.05) as backend,
-        serve_app(create_app(service, backend)) as url,
+        served_data_dir(data, workers=1) as (service, _, url),
         httpx.Client(base_url=url, timeout=60) as client,
     ):
         checking_pipeline(client, "check")

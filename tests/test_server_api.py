@@ -20,7 +20,7 @@ from quidditch_pipeline import PipelineService
 from quidditch_pipeline.server import ServerLimits, TantivyBackend, create_app
 from quidditch_pipeline.udf import UdfRuntime
 
-from .server_harness import PYTHON, TEST_UDF_SOURCE, put_probe, serve_app
+from .server_harness import PYTHON, TEST_UDF_SOURCE, put_probe, serve_app, served_data_dir
 from .udf_fixtures import BuiltUdf
 
 WASM = {"content-type": "application/wasm"}
@@ -39,9 +39,7 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     data = tmp_path_factory.mktemp("api")
     with (
-        PipelineService.open(data) as service,
-        TantivyBackend(data, refresh_tick=0.05) as backend,
-        serve_app(create_app(service, backend)) as url,
+        served_data_dir(data) as (service, backend, url),
         httpx.Client(base_url=url, timeout=120) as client,
     ):
         response = put_probe(client)

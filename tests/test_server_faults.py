@@ -18,12 +18,11 @@ import httpx
 import orjson
 import pytest
 
-from quidditch_pipeline import PipelineService
 from quidditch_pipeline.errors import InputError, StorageError
-from quidditch_pipeline.server import TantivyBackend, create_app
+from quidditch_pipeline.server import TantivyBackend
 from quidditch_pipeline.server.engine import IndexOp, WriteResult, translog
 
-from .server_harness import ServerProcess, kill_during_bulks, serve_app
+from .server_harness import ServerProcess, kill_during_bulks, served_data_dir
 
 NDJSON = {"content-type": "application/x-ndjson"}
 NO_WORKERS = ("--workers", "0")
@@ -144,9 +143,7 @@ def test_over_http_a_disk_full_write_is_an_es_error_and_is_never_visible(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with (
-        PipelineService.open(tmp_path) as service,
-        TantivyBackend(tmp_path, refresh_tick=0.05) as backend,
-        serve_app(create_app(service, backend)) as url,
+        served_data_dir(tmp_path) as (_, _, url),
         httpx.Client(base_url=url, timeout=60) as client,
     ):
         assert client.put("/docs", json={}).status_code == 200

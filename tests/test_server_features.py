@@ -10,10 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from quidditch_pipeline import PipelineService
-from quidditch_pipeline.server import TantivyBackend, create_app
-
-from .server_harness import serve_app
+from .server_harness import served_data_dir
 
 NDJSON = {"content-type": "application/x-ndjson"}
 _names = itertools.count()
@@ -22,12 +19,7 @@ _names = itertools.count()
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     data = tmp_path_factory.mktemp("features")
-    with (
-        PipelineService.open(data) as service,
-        TantivyBackend(data, refresh_tick=0.05) as backend,
-        serve_app(create_app(service, backend)) as url,
-        httpx.Client(base_url=url, timeout=60) as http,
-    ):
+    with served_data_dir(data) as (_, _, url), httpx.Client(base_url=url, timeout=60) as http:
         yield http
 
 

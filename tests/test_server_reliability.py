@@ -25,7 +25,7 @@ from quidditch_pipeline import PipelineService
 from quidditch_pipeline.errors import RejectedExecutionError
 from quidditch_pipeline.server import ServerLimits, TantivyBackend, create_app
 
-from .server_harness import ServerProcess, serve_app
+from .server_harness import ServerProcess, served_data_dir
 
 NDJSON = {"content-type": "application/x-ndjson"}
 NO_WORKERS = ("--workers", "0")
@@ -55,9 +55,7 @@ class Stack:
 def stack(tmp_path: Path) -> Iterator[Stack]:
     limits = ServerLimits(max_in_flight_bytes=64_000)
     with (
-        PipelineService.open(tmp_path) as service,
-        TantivyBackend(tmp_path, refresh_tick=0.05) as backend,
-        serve_app(create_app(service, backend, limits=limits)) as url,
+        served_data_dir(tmp_path, limits=limits) as (service, backend, url),
         httpx.Client(base_url=url, timeout=60) as client,
     ):
         yield Stack(service, backend, client)

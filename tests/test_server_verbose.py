@@ -11,11 +11,9 @@ from typing import Any
 import pytest
 from opensearchpy import OpenSearch, RequestError
 
-from quidditch_pipeline import PipelineService
-from quidditch_pipeline.server import TantivyBackend, create_app
 from quidditch_pipeline.server._verbose import processor_results
 
-from .server_harness import serve_app
+from .server_harness import served_data_dir
 
 VERBOSE = {"verbose_pipeline": "true"}
 #: The keys OpenSearch's ProcessorExecutionDetail writes (``tag`` when set, ``error`` when failed).
@@ -34,11 +32,7 @@ def put(client: OpenSearch, name: str, kind: str, *stages: dict[str, Any]) -> No
 @pytest.fixture(params=[0, 2], ids=["in-process", "workers"])
 def client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenSearch]:
     options: dict[str, Any] = {"workers": request.param, "search_in_workers": bool(request.param)}
-    with (
-        PipelineService.open(tmp_path / "data", **options) as service,
-        TantivyBackend(tmp_path / "data", refresh_tick=0.05) as backend,
-        serve_app(create_app(service, backend)) as url,
-    ):
+    with served_data_dir(tmp_path / "data", **options) as (_, _, url):
         yield OpenSearch(hosts=[url], timeout=60)
 
 

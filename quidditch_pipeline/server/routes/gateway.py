@@ -29,7 +29,7 @@ from .._routing import AppContext, route
 from ..engine import PIPELINE_SETTINGS, nest_settings
 from ..engine.settings import split_own_settings
 from ..engine.upstream import UpstreamBackend, upstream_index_name
-from .indexes import push_pipelines
+from .indexes import push_pipelines, pushed
 
 if TYPE_CHECKING:
     from ...service import PipelineService
@@ -43,12 +43,8 @@ def push_kept(svc: PipelineService, index: str, changes: Mapping[str, Any], befo
     as associations, the others as index settings (one change). On a failure, put back what ``before`` held."""
     pipelines = {key: value for key, value in changes.items() if key in _PIPELINE_KEYS}
     others = {key: value for key, value in changes.items() if key not in _PIPELINE_KEYS}
-    push_pipelines(svc, index, pipelines, before)
-    try:
+    with pushed(push_pipelines, svc, index, pipelines, before):
         svc.set_index_settings(index, others)
-    except QuidditchError:
-        push_pipelines(svc, index, {key: before.get(key) for key in pipelines}, {**before, **pipelines})
-        raise
 
 
 def passthrough_router(ctx: AppContext, upstream: UpstreamBackend) -> APIRouter:
@@ -119,13 +115,9 @@ def index_router(ctx: AppContext, upstream: UpstreamBackend) -> APIRouter:
         kept, rest = split_own_settings(body)
         with ctx.index_admin:
             before = upstream.get_index(index).settings
-            push_kept(svc, index, kept, before)
-            try:
+            with pushed(push_kept, svc, index, kept, before):
                 if rest:
                     upstream.update_settings(index, rest)
-            except QuidditchError:
-                push_kept(svc, index, {key: before.get(key) for key in kept}, {**before, **kept})
-                raise
         return {"acknowledged": True}
 
     @route(router, ["GET"], "/{index}", responses=responses(OpenBody, 400, 404))

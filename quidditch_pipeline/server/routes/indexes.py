@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
@@ -78,6 +79,24 @@ def push_pipelines(svc: PipelineService, index: str, changes: Mapping[str, Any],
     except QuidditchError:
         for kind in done:
             _associate(svc, index, kind, before.get(PIPELINE_SETTINGS[kind]))
+        raise
+
+
+#: How a route makes the registry follow setting changes: ``push(svc, index, changes, before)``.
+Push = Callable[["PipelineService", str, Mapping[str, Any], Mapping[str, Any]], None]
+
+
+@contextlib.contextmanager
+def pushed(
+    push: Push, svc: PipelineService, index: str, changes: Mapping[str, Any], before: Mapping[str, Any]
+) -> Iterator[None]:
+    """``push`` the ``changes`` to the registry, and push back what ``before`` held for them when the step
+    that follows (the backend's own write) raises a ``QuidditchError``; the error goes on."""
+    push(svc, index, changes, before)
+    try:
+        yield
+    except QuidditchError:
+        push(svc, index, {key: before.get(key) for key in changes}, {**before, **changes})
         raise
 
 
@@ -207,12 +226,8 @@ def router(ctx: AppContext) -> APIRouter:
         changes = normalize_settings(body)
         with ctx.index_admin:
             before = backend.get_index(index).settings
-            push_pipelines(svc, index, changes, before)
-            try:
+            with pushed(push_pipelines, svc, index, changes, before):
                 backend.update_settings(index, changes)
-            except QuidditchError:
-                push_pipelines(svc, index, {key: before.get(key) for key in changes}, {**before, **changes})
-                raise
         return {"acknowledged": True}
 
     @route(router, ["POST", "GET"], "/{index}/_refresh", responses=responses(OpenBody, 400, 404))

@@ -246,6 +246,18 @@ class WorkerPool:
         bounds = [(n * i // chunks, n * (i + 1) // chunks) for i in range(chunks)]
         inflight: dict[Connection, _Chunk] = {}
         waited_since = time.monotonic()
+
+        def dispatch(slot: _Slot) -> None:
+            """Send the next chunk to ``slot``; when its pipe broke (the process had died: the slot is being
+            replaced) the chunk goes back to the front of the line."""
+            start, stop = bounds.pop(0)
+            chunk = self._send(slot, header, ids, payloads, start, stop, budget_s)
+            if chunk is None:
+                bounds.insert(0, (start, stop))
+                return
+            assert slot.conn is not None
+            inflight[slot.conn] = chunk
+
         while bounds or inflight:
             while bounds:
                 slot = self._acquire(block=not inflight, since=waited_since)
@@ -257,15 +269,9 @@ class WorkerPool:
                     )
                     for start, stop in bounds:
                         answers.fail(start, stop, error)
-                    bounds = []
+                    bounds.clear()
                     break
-                start, stop = bounds.pop(0)
-                chunk = self._send(slot, header, ids, payloads, start, stop, budget_s)
-                if chunk is None:  # its pipe broke as it was sent: the process had died while idle
-                    bounds.insert(0, (start, stop))
-                    continue
-                assert slot.conn is not None
-                inflight[slot.conn] = chunk
+                dispatch(slot)
             if not inflight:
                 break
             now = time.monotonic()
@@ -278,17 +284,10 @@ class WorkerPool:
                     continue
                 # Keep the worker fed: its next chunk goes out before this answer is decoded, so that the
                 # decoding here overlaps the worker's work instead of leaving it idle.
-                slot = chunk.slot
                 if bounds:
-                    start, stop = bounds.pop(0)
-                    sent = self._send(slot, header, ids, payloads, start, stop, budget_s)
-                    if sent is None:  # its process died meanwhile: the slot is being replaced
-                        bounds.insert(0, (start, stop))
-                    else:
-                        assert slot.conn is not None
-                        inflight[slot.conn] = sent
+                    dispatch(chunk.slot)
                 else:
-                    self._release(slot)
+                    self._release(chunk.slot)
                 self._decode(chunk, frame, pipeline, answers)
             now = time.monotonic()
             for conn, chunk in list(inflight.items()):

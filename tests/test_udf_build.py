@@ -7,6 +7,8 @@ so those are few: one that succeeds twice at once (and runs), and the failures o
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -15,6 +17,8 @@ import pytest
 from quidditch_pipeline.cli import main as cli_main
 from quidditch_pipeline.errors import UdfBuildError
 from quidditch_pipeline.udf import BuildLimits, UdfRuntime, build_component, check_source, is_wasm
+
+from .udf_fixtures import HOSTILE_SOURCE
 
 # -- the source check (no build) ------------------------------------------------------------------------
 
@@ -123,6 +127,48 @@ def test_imports_inside_functions_are_preloaded_and_guarded_ones_are_optional() 
     assert dict(checked.preload) == {"textwrap": False, "tomllib": True, "os": False, "os.path": True}
     assert checked.import_lines["re"] == 1
     assert checked.import_lines["textwrap"] == 3
+
+
+# Four threads checking sources while the collector runs finalizers mid-parse: on CPython 3.11 two
+# unserialized parses fail with "AST constructor recursion depth mismatch" within the first few hundred.
+_PARALLEL_CHECKS = """
+import gc, sys, threading, time
+from quidditch_pipeline.udf import check_source
+sys.setswitchinterval(1e-6)
+gc.set_threshold(20, 1, 1)
+SOURCE = sys.stdin.read()
+
+class Finalized:
+    def __del__(self):
+        time.sleep(0)
+
+failures = []
+
+def check():
+    for _ in range(100):
+        for _ in range(5):
+            a, b = Finalized(), Finalized()
+            a.other, b.other = b, a
+        try:
+            check_source(SOURCE, filename="hostile.py")
+        except SystemError as exc:
+            failures.append(repr(exc))
+
+threads = [threading.Thread(target=check) for _ in range(4)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(failures)
+"""
+
+
+def test_sources_checked_on_many_threads_at_once_never_fail_in_the_parser() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _PARALLEL_CHECKS], input=HOSTILE_SOURCE, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
 
 
 def test_is_wasm() -> None:

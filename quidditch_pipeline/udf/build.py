@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,11 @@ _GUEST_SHIM = _HERE / "guest" / "udf_guest.py"
 # The module names the shim imports the UDF's file and its import list under (see guest/udf_guest.py).
 _SOURCE_MODULE = "udf_source"
 _PRELOAD_FILE = "udf_preload.json"
+# CPython 3.11 counts the AST constructor's recursion depth in state shared by every thread: two threads
+# turning parse trees into objects at once, one of them switched out by a finalizer that the collector ran
+# mid-conversion, fail with "SystemError: AST constructor recursion depth mismatch" (cpython gh-106905).
+# Builds and checks run on several threads (HTTP handlers, build slots), so their parses take turns.
+_PARSE_LOCK = threading.Lock()
 
 # Modules a UDF may not import: the sandbox withholds what they exist for. Refusing them at build time gives
 # the author a clear message instead of an error on the first document.
@@ -147,7 +153,8 @@ def check_source(source: str, *, filename: str = "udf.py") -> CheckedSource:
 
 def _check(source: str, filename: str) -> CheckedSource:
     try:
-        tree = ast.parse(source, filename=filename)
+        with _PARSE_LOCK:
+            tree = ast.parse(source, filename=filename)
     except SyntaxError as exc:
         raise UdfBuildError(f"syntax error: {exc.msg}", file=filename, line=exc.lineno) from exc
     arity = _process_arity(tree, filename)

@@ -41,7 +41,8 @@ memory per warm instance (RSS delta, measured in a fresh process).
 Components are built once and cached on disk: the project's UDFs through the test suite's cache
 (``tests/udf_fixtures.py``: ``$QP_TEST_CACHE``, default ``~/.cache/quidditch-pipeline/test-udfs``, compiled
 forms beside them), the naive component under ``$QP_BENCH_CACHE`` (default ``$QP_TEST_CACHE/bench`` when
-that is set, else ``~/.cache/quidditch-pipeline/bench``), keyed by a hash of its sources and toolchain.
+that is set, else ``bench`` in the package's cache folder: ``$QUIDDITCH_CACHE_DIR``, default
+``~/.cache/quidditch-pipeline``), keyed by a hash of its sources and toolchain.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ from quidditch_pipeline.definitions import PipelineType
 from quidditch_pipeline.mapping import map_udf_result
 from quidditch_pipeline.udf import UdfRuntime
 from quidditch_pipeline.udf.build import componentize
+from quidditch_pipeline.udf.interpreter import cache_root
 from tests.udf_fixtures import UdfBuilds, _cache_root
 
 REPO = Path(__file__).resolve().parents[1]
@@ -490,7 +492,7 @@ def bench_cache_dir() -> Path:
     test_cache = os.environ.get("QP_TEST_CACHE")
     if test_cache:
         return Path(test_cache) / "bench"
-    return Path.home() / ".cache" / "quidditch-pipeline" / "bench"
+    return cache_root() / "bench"
 
 
 def build_naive(udf_source: str, cache: Path) -> Path:

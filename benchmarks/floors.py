@@ -11,11 +11,16 @@ interruption checks cost.
 
 * **query:** a one-item call, the value the compare benchmark's query body; for a UDF that returns
   ``None`` at once (``trivial``), and for ``udfs/query_synonyms.py``. Also the trivial UDF with the value
-  ``None``: the least a call can carry.
+  ``None``: the least a call can carry. The trivial UDF is the probe's component (below) called without
+  ``params["n"]``: its ``process`` returns ``None`` on its first line, so one build and one compile serve both.
 * **documents:** per item of a 1000-item batch of the compare benchmark's hits, projected onto the fields
   ``recency_boost`` reads (``input_fields``); trivial and ``udfs/recency_boost.py``.
 * **inside the guest:** nanoseconds per operation measured by a probe UDF with the guest's own clock:
   ``dict.get``, ``marshal.loads`` of a one-item query request, ``json.dumps`` of the query body.
+
+``--quick`` (the test suite's smoke run) times few iterations and runs the engine without epoch interruption
+on the probe's component alone: the other two figures show only the runtime's engine then, since each would
+cost one more compile (seconds) to tell nothing the smoke run needs.
 
 The project's targets these bound (``python -m benchmarks.compare``): at most 25 us of overhead on a one-stage
 query call, and documents at 0.8x native Python. The trivial UDF's one-item call is the least any query stage
@@ -52,10 +57,9 @@ from quidditch_pipeline.udf import UdfRuntime
 from quidditch_pipeline.udf import runtime as udf_runtime
 from tests.udf_fixtures import UdfBuilds, _cache_root
 
-TRIVIAL_SOURCE = "def process(value, params):\n    return None\n"
-
 PROBE_SOURCE = '''\
-"""Times a few operations with the guest's own clock; params["request"] is a marshalled request, latin-1."""
+"""Times a few operations with the guest's own clock; params["request"] is a marshalled request, latin-1.
+Without params["n"] it is the trivial UDF: it returns None at once."""
 import json
 import marshal
 import time
@@ -74,6 +78,8 @@ def _per_op(fn, n):
 
 
 def process(value, params):
+    if "n" not in params:
+        return None
     n = params["n"]
     request = params["request"].encode("latin-1")
     body = marshal.loads(request)[1][0]
@@ -96,12 +102,14 @@ class Settings:
     calls: int  # one-item calls per round
     batches: int  # 1000-item batches per round
     probe_ops: int
+    #: The components also timed on the engine without epoch interruption (None: all).
+    epochs_off: tuple[str, ...] | None
 
 
 def settings(quick: bool) -> Settings:
     if quick:
-        return Settings(True, 1, 200, 2, 200)
-    return Settings(False, 5, 2000, 10, 5000)
+        return Settings(True, 1, 200, 2, 200, ("probe",))
+    return Settings(False, 5, 2000, 10, 5000, None)
 
 
 # --- components on two engines --------------------------------------------------------------------------------
@@ -115,11 +123,10 @@ class Udf:
 
 
 def build_udfs() -> dict[str, Udf]:
-    """The four components, built two at a time (a build is one componentize-py process, mostly on one core)."""
+    """The three components, built two at a time (a build is one componentize-py process, mostly on one core)."""
     builds = UdfBuilds(_cache_root() / "components")
     try:
         sources = {
-            "trivial": TRIVIAL_SOURCE,
             "probe": PROBE_SOURCE,
             "query_synonyms": (UDFS_DIR / "query_synonyms.py").read_text(),
             "recency_boost": (UDFS_DIR / "recency_boost.py").read_text(),
@@ -224,13 +231,15 @@ def per_item_us(call: Callable[[], object], batches: int) -> float:
 
 
 @contextmanager
-def sandboxes(udfs: dict[str, Udf]) -> Iterator[dict[str, Sandbox]]:
+def sandboxes(udfs: dict[str, Udf], epochs_off: tuple[str, ...] | None) -> Iterator[dict[str, Sandbox]]:
     # The two engines' compiles are independent (and release the GIL): side by side, one compile's serial
     # phases (parsing, validating, linking) run while the other's code generation keeps the other core busy.
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {
             "on": pool.submit(lambda: Sandbox(udfs, epochs=True, compiled=compiled_for_runtime(udfs))),
-            "off": pool.submit(Sandbox, udfs, epochs=False),
+            "off": pool.submit(
+                Sandbox, {n: u for n, u in udfs.items() if epochs_off is None or n in epochs_off}, epochs=False
+            ),
         }
     opened = {flavour: future.result() for flavour, future in futures.items() if future.exception() is None}
     try:
@@ -250,19 +259,21 @@ def run(cfg: Settings, log: Console) -> dict[str, Any]:
     hits = [_paths.project(orjson.loads(doc), projection) for doc in make_docs(BATCH)]
     query_params = {"synonyms": SYNONYMS}
     calls: dict[str, tuple[str, tuple[bytes, bytes]]] = {
-        "query: trivial UDF, value None": ("trivial", request({}, [None])),
-        "query: trivial UDF, the query body": ("trivial", request({}, [QUERY_BODY])),
+        "query: trivial UDF, value None": ("probe", request({}, [None])),
+        "query: trivial UDF, the query body": ("probe", request({}, [QUERY_BODY])),
         "query: query_synonyms, the query body": ("query_synonyms", request(query_params, [QUERY_BODY])),
     }
     batches: dict[str, tuple[str, tuple[bytes, bytes]]] = {
-        "documents: trivial UDF, per item of 1000": ("trivial", request({}, hits)),
+        "documents: trivial UDF, per item of 1000": ("probe", request({}, hits)),
         "documents: recency_boost, per item of 1000": ("recency_boost", request(PARAMS, hits)),
     }
     probe_request = request({}, [QUERY_BODY])[1].decode("utf-8")
     samples: dict[str, dict[str, list[float]]] = {}
-    with sandboxes(udfs) as boxes:
+    with sandboxes(udfs, cfg.epochs_off) as boxes:
         for name, (udf, req) in {**calls, **batches}.items():  # every answer checked once, outside the timing
             for box in boxes.values():
+                if udf not in box.instances:
+                    continue
                 answer = orjson.loads(box.call(udf, req))
                 if not isinstance(answer, list) or answer[1]:
                     raise RuntimeError(f"{name}: the UDF failed: {answer!r}")
@@ -270,9 +281,13 @@ def run(cfg: Settings, log: Console) -> dict[str, Any]:
         for _ in range(cfg.rounds):
             for flavour, box in boxes.items():
                 for name, (udf, req) in calls.items():
+                    if udf not in box.instances:
+                        continue
                     figure = p50_us(functools.partial(box.call, udf, req), cfg.calls)
                     samples.setdefault(name, {}).setdefault(flavour, []).append(figure)
                 for name, (udf, req) in batches.items():
+                    if udf not in box.instances:
+                        continue
                     figure = per_item_us(functools.partial(box.call, udf, req), cfg.batches)
                     samples.setdefault(name, {}).setdefault(flavour, []).append(figure)
                 probe = request({"n": cfg.probe_ops, "request": probe_request}, [None])
@@ -281,7 +296,13 @@ def run(cfg: Settings, log: Console) -> dict[str, Any]:
                     samples.setdefault(f"guest: {op}", {}).setdefault(flavour, []).append(ns)
     figures = {name: _figure(name, by) for name, by in samples.items()}
     return {
-        "settings": {"quick": cfg.quick, "rounds": cfg.rounds, "calls": cfg.calls, "batches": cfg.batches},
+        "settings": {
+            "quick": cfg.quick,
+            "rounds": cfg.rounds,
+            "calls": cfg.calls,
+            "batches": cfg.batches,
+            "epochs_off": list(cfg.epochs_off or udfs),
+        },
         "components": {name: udf.sha256 for name, udf in udfs.items()},
         "request_bytes": {name: len(req[0]) + len(req[1]) for name, (_, req) in {**calls, **batches}.items()},
         "figures": figures,
@@ -290,9 +311,11 @@ def run(cfg: Settings, log: Console) -> dict[str, Any]:
 
 
 def _figure(name: str, by_flavour: dict[str, list[float]]) -> dict[str, Any]:
-    on, off = statistics.median(by_flavour["on"]), statistics.median(by_flavour["off"])
+    """The medians on each engine; ``epochs_off`` and ``on_over_off`` are None where only the runtime's ran."""
+    on = statistics.median(by_flavour["on"])
+    off = statistics.median(by_flavour["off"]) if "off" in by_flavour else None
     unit = "ns" if name.startswith("guest:") else "us"
-    return {"epochs_on": on, "epochs_off": off, "on_over_off": on / off, "unit": unit}
+    return {"epochs_on": on, "epochs_off": off, "on_over_off": None if off is None else on / off, "unit": unit}
 
 
 def print_report(report: dict[str, Any], console: Console) -> None:
@@ -303,8 +326,11 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     table.add_column("on / off", justify="right")
     for name, figure in report["figures"].items():
         unit = figure["unit"]
-        on, off = f"{figure['epochs_on']:,.1f} {unit}", f"{figure['epochs_off']:,.1f} {unit}"
-        table.add_row(name, on, off, f"{figure['on_over_off']:.2f}x")
+        on = f"{figure['epochs_on']:,.1f} {unit}"
+        if figure["epochs_off"] is None:
+            table.add_row(name, on, "-", "-")
+            continue
+        table.add_row(name, on, f"{figure['epochs_off']:,.1f} {unit}", f"{figure['on_over_off']:.2f}x")
     console.print(table)
     console.print(f"took {report['took_s']:.0f} s; settings {report['settings']}")
 

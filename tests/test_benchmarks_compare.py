@@ -65,3 +65,14 @@ def test_compare_quick_json_reports_every_contender_and_figure() -> None:
 
 def _positive(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def test_the_benchmark_cache_moves_with_the_package_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from benchmarks.compare import bench_cache_dir
+
+    monkeypatch.delenv("QP_BENCH_CACHE", raising=False)
+    monkeypatch.delenv("QP_TEST_CACHE", raising=False)
+    monkeypatch.setenv("QUIDDITCH_CACHE_DIR", str(tmp_path))
+    assert bench_cache_dir() == tmp_path / "bench"
+    monkeypatch.setenv("QP_TEST_CACHE", str(tmp_path / "suite"))
+    assert bench_cache_dir() == tmp_path / "suite" / "bench"

@@ -30,8 +30,10 @@ P99_BOUND_S = 2.0
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     data = tmp_path_factory.mktemp("hostile") / "data"
     # No worker processes: the attacks are on the HTTP layer and the builds, which run in the server process,
-    # and two idle workers would only take memory and CPU from the builds.
-    extra = ("--max-in-flight-bytes", str(IN_FLIGHT_LIMIT), "--body-timeout", str(BODY_TIMEOUT_S), "--workers", "0")
+    # and two idle workers would only take memory and CPU from the builds. One build slot, and a short wait
+    # for it: a flood of three builds is one build and two refusals.
+    extra = ("--max-in-flight-bytes", str(IN_FLIGHT_LIMIT), "--body-timeout", str(BODY_TIMEOUT_S), "--workers", "0",
+             "--max-concurrent-builds", "1", "--build-queue-timeout", "2")  # fmt: skip
     with ServerProcess(data, extra=extra) as server:
         yield server
 
@@ -126,14 +128,16 @@ def node_stats(server: ServerProcess) -> dict[str, object]:
 # --------------------------------------------------------------------------------------------- attacks
 
 
+def flood_source(i: int) -> str:
+    return f"def process(value, params, meta):\n    return {{'flood': {i}}}\n"
+
+
 def test_a_flood_of_udf_builds_leaves_the_server_responsive(server: ServerProcess) -> None:
-    answers: list[int] = []
+    answers: dict[int, httpx.Response] = {}
 
     def build(i: int) -> None:
-        source = f"def process(value, params, meta):\n    return {{'flood': {i}}}\n"
-        response = httpx.put(f"{server.url}/_udf/flood/1.0.{i}", content=source,
-                             headers={"content-type": "text/x-python"}, timeout=500)  # fmt: skip
-        answers.append(response.status_code)
+        answers[i] = httpx.put(f"{server.url}/_udf/flood/1.0.{i}", content=flood_source(i),
+                               headers={"content-type": "text/x-python"}, timeout=500)  # fmt: skip
 
     with attack(server, "udf build flood"):
         threads = [threading.Thread(target=build, args=(i,)) for i in range(3)]
@@ -141,8 +145,21 @@ def test_a_flood_of_udf_builds_leaves_the_server_responsive(server: ServerProces
             thread.start()
         for thread in threads:
             thread.join(timeout=520)
-    # Built, or refused as too many at once: never a 5xx.
-    assert len(answers) == 3 and all(status in {200, 201, 429} for status in answers), answers
+    # Built, or refused as too many at once (one slot, a 2 s wait for it; a build takes seconds): never a 5xx.
+    statuses = sorted(response.status_code for response in answers.values())
+    assert len(statuses) == 3 and set(statuses) <= {201, 429} and statuses[0] == 201, statuses
+    for response in answers.values():
+        if response.status_code == 429:
+            assert response.json()["error"]["type"] == "es_rejected_execution_exception", response.text
+    # What was built runs, and the same source again is acknowledged without another build.
+    built = next(i for i, response in answers.items() if response.status_code == 201)
+    run = httpx.post(f"{server.url}/_udf/flood/_execute", json={"version": f"1.0.{built}", "input": {}}, timeout=60)
+    assert run.status_code == 200 and run.json()["raw"] == {"flood": built}, run.text
+    started = time.monotonic()
+    again = httpx.put(f"{server.url}/_udf/flood/1.0.{built}", content=flood_source(built),
+                      headers={"content-type": "text/x-python"}, timeout=60)  # fmt: skip
+    assert again.status_code == 200, again.text
+    assert time.monotonic() - started < 2, "the same source again must not be built again"
 
 
 def test_bodies_in_flight_past_the_breaker_are_429_and_released(server: ServerProcess) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import itertools
 import shutil
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -346,34 +344,6 @@ def test_udf_upload_list_versions_delete(
     error(client.delete("/_udf/copy/1.0.0"), 404, "resource_not_found_exception")
     error(client.put("/_udf/Bad_Name/1.0.0", content=wasm, headers=WASM), 400, "parse_exception")
     error(client.put("/_udf/copy/not-semver", content=wasm, headers=WASM), 400, "parse_exception")
-
-
-def test_udf_source_is_built_without_blocking_other_requests(client: httpx.Client) -> None:
-    outcome: dict[str, httpx.Response] = {}
-
-    def upload() -> None:
-        source = TEST_UDF_SOURCE + "\n# built over HTTP\n"
-        outcome["put"] = client.put("/_udf/built/1.0.0", content=source, headers={"content-type": "text/x-python"})
-
-    thread = threading.Thread(target=upload)
-    started = time.monotonic()
-    thread.start()
-    latencies = []
-    while thread.is_alive() and time.monotonic() - started < 300:
-        before = time.monotonic()
-        assert client.get("/").status_code == 200
-        latencies.append(time.monotonic() - before)
-        time.sleep(0.2)
-    thread.join(timeout=300)
-    assert outcome["put"].status_code == 201, outcome["put"].text
-    assert time.monotonic() - started > 1, "the build was expected to take seconds"
-    assert len(latencies) >= 3 and max(latencies) < 1.0
-    again = client.put(
-        "/_udf/built/1.0.0",
-        content=TEST_UDF_SOURCE + "\n# built over HTTP\n",
-        headers={"content-type": "text/x-python"},
-    )
-    assert again.status_code == 200
 
 
 def test_udf_build_errors_are_400_with_the_line(client: httpx.Client) -> None:

@@ -16,6 +16,8 @@ import httpx
 import pytest
 from opensearchpy import NotFoundError, OpenSearch, RequestError, helpers
 
+from quidditch_pipeline.cli import main
+
 from .server_harness import ServerProcess, put_probe
 
 TOKEN = "e2e-admin-token"
@@ -243,3 +245,18 @@ def test_serve_demo_sets_everything_up_and_a_restart_skips_it(data_dir: Path) ->
         assert "registered already" in again.output()
         assert httpx.get(f"{again.url}/products/_count").json()["count"] == 16
         again.terminate()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [("--max-concurrent-builds", "0", "must be 1 or more"), ("--build-queue-timeout", "-1", "queue_timeout_s")],
+)
+def test_serve_refuses_build_limits_that_cannot_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str, says: str
+) -> None:
+    try:
+        code = main(["serve", "--data-dir", str(tmp_path / "data"), "--port", "0", option, value])
+    except SystemExit as exc:  # argparse's refusal
+        code = exc.code
+    assert code not in (0, None)
+    assert says in capsys.readouterr().err

@@ -25,6 +25,7 @@ from rich.console import Console
 
 from ..errors import QuidditchError
 from ..service import PipelineService
+from ..udf import BuildLimits
 from ._limits import ServerLimits
 from .app import create_app
 from .demo import find_udf_dir, run_demo
@@ -113,6 +114,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how a UDF uploaded as Python source is stored without ?mode=: built into a component "
         "(production) or kept as source for the shared interpreter (the author's loop) (default: component)",
     )
+    builds = BuildLimits()
+    parser.add_argument(
+        "--max-concurrent-builds",
+        type=_positive_int,
+        default=builds.max_concurrent,
+        help="UDF builds (componentize-py, a core and ~400 MiB each) running at once; more wait "
+        f"--build-queue-timeout for a slot, then get 429 (default: {builds.max_concurrent})",
+    )
+    parser.add_argument(
+        "--build-queue-timeout",
+        type=float,
+        default=builds.queue_timeout_s,
+        help=f"seconds a UDF build waits for a free slot before it is refused (default: {builds.queue_timeout_s:g})",
+    )
     parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="(info)"
     )
@@ -168,6 +183,13 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
+def _positive_int(text: str) -> int:
+    count = int(text)
+    if count < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return count
+
+
 def _worker_count(text: str) -> int:
     count = int(text)
     if count < 0:
@@ -183,7 +205,10 @@ def run(args: argparse.Namespace) -> int:
     registry = args.registry or os.environ.get(REGISTRY_ENV) or None
     workers = usable_cores() if args.workers is None else args.workers
     try:
-        service = PipelineService.open(data_dir, registry=registry, workers=workers, udf_mode=args.udf_mode)
+        builds = BuildLimits(max_concurrent=args.max_concurrent_builds, queue_timeout_s=args.build_queue_timeout)
+        service = PipelineService.open(
+            data_dir, registry=registry, workers=workers, udf_mode=args.udf_mode, udf_build_limits=builds
+        )
     except (QuidditchError, ValueError) as exc:
         console.print(f"[bold red]error:[/] {getattr(exc, 'message', exc)}", highlight=False)
         return 1

@@ -76,25 +76,32 @@ def test_concurrent_loads_load_once(seeded_cache: Path, hostile_udf: BuiltUdf) -
     assert (stats.compiles, stats.cache_loads, stats.loaded) == (0, 1, 1)
 
 
-def test_a_corrupt_cache_file_is_compiled_again_once_for_concurrent_calls(
+def test_a_corrupt_cache_file_is_compiled_again_once_for_concurrent_calls_in_two_runtimes(
     seeded_component_cache: Path, hostile_component_udf: BuiltUdf
 ) -> None:
+    """Two runtimes on one cache folder (as two worker processes share one), two threads each making the first
+    call at once, find the compiled file truncated: one compile in all, which every other caller maps back."""
     [compiled] = seeded_component_cache.iterdir()
     compiled.write_bytes(compiled.read_bytes()[: 1 << 20])  # truncated, as by a crash mid-write
-    with UdfRuntime(seeded_component_cache, interpreter_dir=interpreter_dir()) as runtime:
+    runtimes = [UdfRuntime(seeded_component_cache, interpreter_dir=interpreter_dir()) for _ in range(2)]
+    try:
         results: list[Any] = []
 
-        def first_call() -> None:
+        def first_call(runtime: UdfRuntime) -> None:
             # Compiling takes seconds; the call's 1 s limit starts once the UDF is loaded.
             results.append(call(runtime, hostile_component_udf, ["ok"], timeout_s=1.0, do="echo")[0].value)
 
-        threads = [threading.Thread(target=first_call) for _ in range(4)]
+        threads = [threading.Thread(target=first_call, args=(runtime,)) for runtime in runtimes for _ in range(2)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
         assert results == ["ok"] * 4
-        assert runtime.stats().compiles == 1
+        stats = [runtime.stats() for runtime in runtimes]
+        assert sorted((s.compiles, s.cache_loads) for s in stats) == [(0, 1), (1, 0)]
+    finally:
+        for runtime in runtimes:
+            runtime.close()
     with UdfRuntime(seeded_component_cache, interpreter_dir=interpreter_dir()) as again:
         again.load(hostile_component_udf.sha256, hostile_component_udf.path)
         assert (again.stats().compiles, again.stats().cache_loads) == (0, 1)

@@ -33,7 +33,7 @@ from quidditch_pipeline.udf import UdfRuntime
 from quidditch_pipeline.workers import _wire
 from quidditch_pipeline.workers.worker import _Worker
 from tests.server_harness import ServerProcess
-from tests.udf_fixtures import BuiltUdf, UdfBuilds, UdfSources
+from tests.udf_fixtures import UdfBuilds, UdfSources
 
 
 def pipeline(name: str, *stages: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -327,22 +327,6 @@ def test_workers_need_a_registry_on_disk(tmp_path: Path) -> None:
     with PipelineService.in_memory(workers=1) as svc:  # in_memory keeps its registry in a temporary folder
         svc.put_pipeline(pipeline("m", native("v", "set", field="v", value=1)))
         assert svc.process_document("i", "1", {}, pipeline="m") == {"v": 1}
-
-
-def test_processes_sharing_a_compiled_cache_compile_a_component_once(tmp_path: Path, hostile_udf: BuiltUdf) -> None:
-    """Two runtimes (as two workers would) load one component at once from an empty cache: one compiles."""
-    runtimes = [UdfRuntime(tmp_path / "compiled") for _ in range(2)]
-    try:
-        threads = [threading.Thread(target=r.load, args=(hostile_udf.sha256, hostile_udf.path)) for r in runtimes]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        stats = [r.stats() for r in runtimes]
-        assert sorted((s.compiles, s.cache_loads) for s in stats) == [(0, 1), (1, 0)]
-    finally:
-        for runtime in runtimes:
-            runtime.close()
 
 
 def test_serve_runs_one_worker_per_usable_core_by_default_and_workers_n_when_asked(tmp_path: Path) -> None:

@@ -5,13 +5,16 @@ put in source mode: its artifact (the source) travels and is fetched the way a c
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from quidditch_pipeline import PipelineService
 from quidditch_pipeline.registry import Registry
 from quidditch_pipeline.storage import PostgresStorage
+from quidditch_pipeline.storage import postgres as postgres_storage
 from quidditch_pipeline.udf.runtime import UdfRuntime
 from tests.test_nodes import definition
 from tests.udf_fixtures import UdfSources
@@ -47,7 +50,7 @@ def test_a_listener_that_lost_its_connection_catches_up_on_what_it_missed(postgr
         with psycopg.connect(postgres_dsn, autocommit=True) as admin:
             # Cut node b's listener, then change the registry while it reconnects: the NOTIFY is lost to it.
             admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = 'LISTEN quidditch_registry' "
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN quidditch_registry%' "
                 "AND datname = current_database() AND pid <> pg_backend_pid()"
             )
         missed = a.put(definition("meanwhile"))
@@ -80,3 +83,24 @@ def test_worker_processes_read_the_shared_registry_and_fetch_the_components(
             ]
             assert b.workers()[0]["batches"] >= 1
             assert (tmp_path / "b" / "udfs" / f"{component.sha256}.wasm").read_bytes() == component.wasm
+
+
+def test_closing_a_watched_storage_wakes_its_listener_instead_of_waiting_out_its_poll(
+    postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A listener that only looked at the closing flag between waits would hold close() for this minute.
+    monkeypatch.setattr(postgres_storage, "_LISTEN_WAIT_S", 60.0)
+    storage = PostgresStorage(postgres_dsn)
+    changes: list[int | None] = []
+    storage.watch(changes.append)
+    deadline = time.monotonic() + 10
+    while not storage.connected:
+        assert time.monotonic() < deadline, storage.status()
+        time.sleep(0.01)
+    listener = storage._listener
+    assert listener is not None
+    started = time.monotonic()
+    storage.close()
+    assert not listener.is_alive()
+    assert time.monotonic() - started < 5  # the join's own bound; without the wake-up it would time out
+    assert changes == [None]  # woken, not told of a change

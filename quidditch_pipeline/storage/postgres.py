@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -45,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 #: The NOTIFY channel; its payload is the committed change id.
 CHANNEL = "quidditch_registry"
+# How long the listener waits for a notification before it looks at the closing flag again.
+_LISTEN_WAIT_S = 0.5
 #: The advisory lock key every change takes (an arbitrary constant: "quidditch" in hex, shortened).
 _LOCK_KEY = 0x71756964
 #: Seconds a change waits for a pooled connection before it is refused as unavailable (503).
@@ -111,6 +114,9 @@ class PostgresStorage:
         self.where = describe(dsn)
         self._local = threading.local()
         self._closing = threading.Event()
+        # This storage's own channel: close() notifies it so that the listener stops at once, not at the end
+        # of its current wait.
+        self._wake = f"{CHANNEL}_wake_{uuid.uuid4().hex[:16]}"
         self._listener: threading.Thread | None = None
         self._connected = False
         self._last_notified: int | None = None
@@ -296,6 +302,7 @@ class PostgresStorage:
             try:
                 with psycopg.connect(self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    conn.execute(f"LISTEN {self._wake}")
                     self._connected = True
                     backoff = 0.05
                     if not first:
@@ -305,7 +312,9 @@ class PostgresStorage:
                     # while this node was cut off): the registry re-reads when it is behind.
                     on_change(None)
                     while not self._closing.is_set():
-                        for notify in conn.notifies(timeout=0.5):
+                        for notify in conn.notifies(timeout=_LISTEN_WAIT_S):
+                            if notify.channel != CHANNEL:
+                                break  # close() woke this listener
                             self._last_notified = int(notify.payload)
                             on_change(self._last_notified)
             except Exception as exc:  # whatever failed (the connection, a re-read), listening must go on
@@ -336,6 +345,10 @@ class PostgresStorage:
     def close(self) -> None:
         self._closing.set()
         if self._listener is not None:
+            # Wake the listener out of its wait; when the database cannot be reached, it sees the flag within
+            # half a second anyway.
+            with contextlib.suppress(Exception), self._pool.connection(timeout=1) as conn:
+                conn.execute("SELECT pg_notify(%s, '')", (self._wake,))
             self._listener.join(timeout=5)
         self._pool.close()
 

@@ -182,7 +182,9 @@ def loopback_http(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     """A threaded HTTP server on a free loopback port answering with ``handler``; yields its URL."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # serve_forever looks for shutdown() between polls: a short poll makes every stub's teardown that much
+    # shorter (the default half second was most of what the upstream tests' teardowns took).
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"

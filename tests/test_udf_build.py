@@ -18,6 +18,7 @@ import pytest
 from quidditch_pipeline.cli import main as cli_main
 from quidditch_pipeline.errors import UdfBuildError
 from quidditch_pipeline.udf import BuildLimits, UdfRuntime, build_component, check_source, is_wasm
+from quidditch_pipeline.udf.guest_stdlib import GUEST_PYTHON, GUEST_STDLIB
 
 from .udf_fixtures import HOSTILE_SOURCE
 
@@ -182,21 +183,45 @@ def test_is_wasm() -> None:
 # -- real builds ------------------------------------------------------------------------------------
 
 
-def test_concurrent_builds_are_isolated_the_cli_writes_a_component_and_size_fails_alone(
+# Imports every module of the guest's ``sys.stdlib_module_names`` at build time and reports which imported.
+STDLIB_PROBE = '''\
+import sys
+
+_SKIP = {"antigravity", "this", "idlelib", "turtledemo", "turtle", "tkinter", "__hello__", "__phello__", "__main__"}
+_OK = []
+_BAD = {}
+for _name in sorted(sys.stdlib_module_names):
+    if _name in _SKIP:
+        continue
+    try:
+        __import__(_name)
+        _OK.append(_name)
+    except BaseException as exc:  # noqa
+        _BAD[_name] = f"{type(exc).__name__}: {exc}"
+
+
+def process(value, params, meta):
+    return {"ok": _OK, "bad": _BAD, "version": list(sys.version_info[:3]), "id": meta["id"]}
+'''
+
+
+def test_concurrent_builds_the_cli_builds_the_stdlib_probe_and_one_over_the_size_limit_fails_alone(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Two real builds at once (each costs seconds of componentize-py, the suite's slowest part, so one pair
-    # holds three facts): `udf build` writes a component that runs, and the other build, held to 8 MiB,
-    # fails alone on its size, with neither seeing the other's files.
-    src = tmp_path / "greet.py"
-    src.write_text("GREETING = 'hello'\n\ndef process(value, params, meta):\n    return f\"{GREETING} {meta['id']}\"\n")
-    out = tmp_path / "out" / "greet.wasm"
+    # holds four facts): `udf build` writes a component that runs; what it can import is exactly the build's
+    # allowlist (guest_stdlib.py); the other build, held to 8 MiB, fails alone on its size; neither saw the
+    # other's files.
+    src = tmp_path / "stdlib_probe.py"
+    src.write_text(STDLIB_PROBE)
+    out = tmp_path / "out" / "stdlib_probe.wasm"
     out.parent.mkdir()
     outcomes: dict[str, object] = {}
     phases: list[str] = []
 
     def cli_build() -> None:
-        outcomes["cli"] = cli_main(["udf", "build", str(src), "--name", "greet", "--version", "1.0.0", "-o", str(out)])
+        command = ["udf", "build", str(src), "--name", "stdlib_probe", "--version", "1.0.0", "-o", str(out)]
+        outcomes["cli"] = cli_main(command)
 
     def small_build() -> None:
         try:
@@ -211,7 +236,7 @@ def test_concurrent_builds_are_isolated_the_cli_writes_a_component_and_size_fail
     for thread in threads:
         thread.join()
     assert outcomes["cli"] == 0
-    assert "built greet 1.0.0" in capsys.readouterr().out
+    assert "built stdlib_probe 1.0.0" in capsys.readouterr().out
     small = outcomes["small"]
     assert isinstance(small, UdfBuildError) and small.file == "small.py"
     assert re.search(r"the component is 1\d\.\d MiB, over the limit of 8 MiB", small.message), small.message
@@ -219,8 +244,16 @@ def test_concurrent_builds_are_isolated_the_cli_writes_a_component_and_size_fail
     wasm = out.read_bytes()
     assert is_wasm(wasm)
     with UdfRuntime(tmp_path / "cache") as runtime:
-        [result] = runtime.call_batch(hashlib.sha256(wasm).hexdigest(), out, [21], {}, [{"id": "doc-1"}], timeout_s=5)
-    assert result.value == "hello doc-1"
+        sha256 = hashlib.sha256(wasm).hexdigest()
+        [result] = runtime.call_batch(sha256, out, [0], {}, [{"id": "doc-1"}], timeout_s=30)
+    assert result.ok, result.error
+    report = result.value
+    assert report["id"] == "doc-1"
+    assert ".".join(map(str, report["version"])) == GUEST_PYTHON
+    assert set(report["ok"]) == GUEST_STDLIB
+    # What the guest lacks is refused by the check too: native-library modules, and the network ones.
+    assert {"ssl", "ctypes", "lzma", "bz2", "mmap", "resource"} <= set(report["bad"])
+    assert not {"ssl", "ctypes", "lzma", "bz2", "mmap", "resource"} & GUEST_STDLIB
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ The guest is CPython 3.14.0 compiled to WebAssembly (componentize-py 0.25.1), no
 Python, and it lacks what needs native libraries or an operating system it does not have (``ssl``,
 ``ctypes``, ``bz2``, ``lzma``, ``mmap``, ``resource``, ``termios``, ``readline``, ``curses``, ``pwd``, …).
 This list is every top-level name of the guest's ``sys.stdlib_module_names`` that imported in the guest at
-build time (the probe in ``tests/test_udf_guest_stdlib.py`` rebuilds it and checks the two agree), less the
+build time (``STDLIB_PROBE`` in ``tests/test_udf_build.py`` rebuilds it and checks the two agree), less the
 few that only make sense interactively (``antigravity``, ``this``, ``idlelib``, ``turtle``, ``tkinter``, …).
 The build's check refuses any other module before spending a build, naming it and its line.
 """

@@ -66,6 +66,7 @@ def live_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 DEFINITION_BODIES = {"PUT /_pipeline/{name}", "POST /_pipeline/{name}", "POST /_pipeline/_execute"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=lambda m: m.value)
 def test_generated_requests(live_url: str, mode: GenerationMode) -> None:
     # Each operation runs as its own Hypothesis test here (schemathesis's pytest plugin does not run under
@@ -80,7 +81,7 @@ def test_generated_requests(live_url: str, mode: GenerationMode) -> None:
     for result in schema.get_all_operations():
         operation = result.ok()
         labels.add(operation.label)
-        slow = mode is GenerationMode.NEGATIVE and operation.label in DEFINITION_BODIES
+        slow = operation.label in DEFINITION_BODIES
 
         @given(case=operation.as_strategy(generation_mode=mode))
         @settings(

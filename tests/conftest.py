@@ -19,13 +19,6 @@ from quidditch_pipeline import PipelineService
 pytest_plugins = ["tests.udf_fixtures", "tests.postgres_fixtures"]
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked ``slow`` first (in their collected order), then the rest: pytest-xdist's ``load`` mode
-    hands tests out in this order, so the seconds-long ones start early and the short ones balance the
-    workers at the end, instead of one worker finishing a build alone while the other idles."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 #: Parametrize a test's ``service`` (or ``svc``) fixture with this to run it in-process and through worker
 #: processes (DESIGN §10: the semantics of §4 hold either way); query and result pipelines go to workers too.
 IN_PROCESS_AND_WORKERS = pytest.mark.parametrize(

@@ -23,7 +23,6 @@ CONTENDERS = ("a", "b", "c", "d", "e", "d0", "w", "w2")
 BATCH_SIZES = ("1", "100", "1000")
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_compare_quick_json_reports_every_contender_and_figure() -> None:
     done = subprocess.run(

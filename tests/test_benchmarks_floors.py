@@ -23,7 +23,6 @@ from tests.udf_fixtures import _cache_root
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_floors_quick_json_reports_every_figure_and_the_probes_without_epochs() -> None:
     done = subprocess.run(

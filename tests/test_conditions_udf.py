@@ -27,7 +27,6 @@ def hostile(name: str, do: str, **stage: Any) -> dict[str, Any]:
     return {"name": name, "type": "python", **stage, "config": {"udf_name": "hostile", "parameters": {"do": do}}}
 
 
-@pytest.mark.slow
 def test_only_inputs_whose_condition_holds_enter_the_udf(svc: PipelineService) -> None:
     svc.put_pipeline(
         {

@@ -913,7 +913,6 @@ definitions = merged(
 )
 
 
-@pytest.mark.slow
 @settings(PROPERTY_SETTINGS, max_examples=50)  # each example dumps and parses YAML twice: ~50 ms
 @given(definitions)
 def test_property_valid_definitions_round_trip(data: dict[str, Any]) -> None:

@@ -507,7 +507,6 @@ def _mixed_source(i: int) -> dict[str, Any]:
     return source
 
 
-@pytest.mark.slow
 def test_sigkill_loses_no_failure_of_an_acknowledged_bulk(tmp_path: Path) -> None:
     """Elasticsearch's disruption-test way: kill -9 ``serve`` in the middle of real ``_bulk`` traffic, restart,
     and check that every item an acknowledged ``_bulk`` answered ``failure_store: used`` is in the store, as it

@@ -300,7 +300,6 @@ def test_pipeline_settings_survive_a_gateway_restart(deployment: Deployment, tmp
         assert upstream_get(deployment, "/restarts/_doc/1").json()["_source"] == {"a": 1, "by": "gateway"}
 
 
-@pytest.mark.slow
 def test_gateway_nodes_on_one_postgresql_registry_form_one_pipeline_tier(
     deployment: Deployment, tmp_path: Path, postgres_dsn: str
 ) -> None:
@@ -471,7 +470,6 @@ def test_gateway_nodes_on_one_postgresql_registry_share_the_failure_store_settin
     assert own_settings_upstream(deployment.upstream.url, "tiered") == []
 
 
-@pytest.mark.slow
 def test_the_upstream_killed_in_the_middle_of_bulk_work_loses_nothing_acknowledged(tmp_path: Path) -> None:
     """Disruption: bulks flow through the gateway while the upstream is killed (SIGKILL) and started again on
     its data; every document the gateway acknowledged is stored upstream, each once, and while the upstream is

@@ -132,7 +132,6 @@ def flood_source(i: int) -> str:
     return f"def process(value, params, meta):\n    return {{'flood': {i}}}\n"
 
 
-@pytest.mark.slow
 def test_a_flood_of_udf_builds_leaves_the_server_responsive(server: ServerProcess) -> None:
     answers: dict[int, httpx.Response] = {}
 

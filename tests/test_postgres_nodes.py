@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests import postgres_fixtures
 from tests.server_harness import ServerProcess
@@ -48,7 +47,6 @@ def registry_status(url: str) -> dict[str, Any]:
     return status
 
 
-@pytest.mark.slow
 def test_nodes_share_pipelines_and_survive_a_database_restart(
     tmp_path: Path, private_postgres: postgres_fixtures.PrivateCluster
 ) -> None:

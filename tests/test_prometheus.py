@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -156,7 +155,6 @@ def test_the_udf_pools_and_load_times_of_worker_processes_are_exported_too(
         assert value(found, "quidditch_udf_instantiate_seconds_count") == own + instantiated >= 2
 
 
-@pytest.mark.slow
 def test_scraped_under_bulk_load_on_a_real_server_with_workers(tmp_path: Path) -> None:
     with (
         ServerProcess(tmp_path / "data", extra=("--workers", "2")) as server,

@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import orjson
-import pytest
 
 from .server_harness import ServerProcess, put_probe
 
@@ -97,7 +96,6 @@ def re_putter(client: httpx.Client, load: Load, worker: int) -> None:
     time.sleep(0.2)
 
 
-@pytest.mark.slow
 def test_sixteen_clients_for_five_seconds(tmp_path: Path) -> None:
     with ServerProcess(tmp_path / "data") as server, httpx.Client(base_url=server.url, timeout=120) as setup:
         assert put_probe(setup).status_code == 201

@@ -195,7 +195,6 @@ def test_restart_after_sigkill_keeps_acknowledged_writes(data_dir: Path) -> None
         again.terminate()
 
 
-@pytest.mark.slow
 def test_serve_demo_sets_everything_up_and_a_restart_skips_it(data_dir: Path) -> None:
     # The README's main command, through the CLI entry point.
     entry = ("quidditch_pipeline.cli", "serve")

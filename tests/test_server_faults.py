@@ -188,7 +188,6 @@ def _source(i: int) -> dict[str, Any]:
     return {"n": i, "text": f"document {i} " + "x" * (i % 97), "tags": [i % 3, i % 5]}
 
 
-@pytest.mark.slow
 def test_sigkill_during_bulk_keeps_every_acknowledged_item_and_tears_none(tmp_path: Path) -> None:
     # No pipeline runs on these writes, so the server runs without worker processes: what is tested is the
     # translog's durability in the server process.

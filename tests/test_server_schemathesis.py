@@ -66,7 +66,6 @@ def live_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 DEFINITION_BODIES = {"PUT /_pipeline/{name}", "POST /_pipeline/{name}", "POST /_pipeline/_execute"}
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=lambda m: m.value)
 def test_generated_requests(live_url: str, mode: GenerationMode) -> None:
     # Each operation runs as its own Hypothesis test here (schemathesis's pytest plugin does not run under

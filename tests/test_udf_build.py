@@ -205,7 +205,6 @@ def process(value, params, meta):
 '''
 
 
-@pytest.mark.slow
 def test_concurrent_builds_the_cli_builds_the_stdlib_probe_and_one_over_the_size_limit_fails_alone(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -291,7 +290,6 @@ def test_pathological_nesting_is_a_build_error_naming_the_problem(expression: st
     assert info.value.file == "deep.py" and info.value.status == 400
 
 
-@pytest.mark.slow
 def test_an_error_at_import_time_fails_the_build_at_its_line() -> None:
     source = "import json\n\nTABLE = json.loads('{broken')\n\ndef process(value, params):\n    return value\n"
     with pytest.raises(UdfBuildError) as info:
@@ -306,7 +304,6 @@ def test_a_module_that_never_finishes_importing_times_the_build_out() -> None:
         build_component(source, filename="forever.py", limits=BuildLimits(timeout_s=2))
 
 
-@pytest.mark.slow
 def test_a_module_that_allocates_too_much_at_import_time_fails_the_build_with_a_memory_error() -> None:
     # The module-level code runs in the build process, inside componentize-py's wasmtime: 1.5 GiB in 64 MiB
     # pieces (one object of a wasm32 guest cannot be 2 GiB) against a 1 GiB build memory limit.

@@ -76,7 +76,6 @@ def test_concurrent_loads_load_once(seeded_cache: Path, hostile_udf: BuiltUdf) -
     assert (stats.compiles, stats.cache_loads, stats.loaded) == (0, 1, 1)
 
 
-@pytest.mark.slow
 def test_a_corrupt_cache_file_is_compiled_again_once_for_concurrent_calls_in_two_runtimes(
     seeded_component_cache: Path, hostile_component_udf: BuiltUdf
 ) -> None:

@@ -303,7 +303,6 @@ VERSIONS, WARM_AFTER = 70, 10
 GROWTH_PER_VERSION = (200 << 20) // 180
 
 
-@pytest.mark.slow
 def test_putting_and_deleting_versions_keeps_resident_memory_bounded(
     tmp_path: Path, seeded_cache: Path, hostile_udf: BuiltUdf, record_property: Any
 ) -> None:

@@ -329,7 +329,6 @@ def test_workers_need_a_registry_on_disk(tmp_path: Path) -> None:
         assert svc.process_document("i", "1", {}, pipeline="m") == {"v": 1}
 
 
-@pytest.mark.slow
 def test_serve_runs_one_worker_per_usable_core_by_default_and_workers_n_when_asked(tmp_path: Path) -> None:
     cores = len(os.sched_getaffinity(0))
     with ServerProcess(tmp_path / "default") as server:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,19 @@ def test_watch_runs_again_on_every_save_printing_only_what_changed(tmp_path: Pat
                 process.kill()
                 raise
     assert process.returncode == 1  # the last run failed
+
+
+def test_watch_waits_out_a_save_caught_between_truncating_and_writing(tmp_path: Path) -> None:
+    # An editor (or a loaded machine) that truncates the file, then writes it a while later: the watcher
+    # must not run the empty file in between, however long the gap.
+    from quidditch_pipeline.udf.tester import _settled
+
+    src = tmp_path / "double.py"
+    src.write_text("", encoding="utf-8")
+
+    def changes() -> Iterator[object]:
+        time.sleep(0.3)  # far past the settling delay
+        src.write_text(GOOD, encoding="utf-8")
+        yield {("modified", str(src))}
+
+    assert _settled([src], changes()) == [GOOD.encode()]

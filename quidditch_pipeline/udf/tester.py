@@ -15,7 +15,7 @@ import importlib.util
 import itertools
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -223,7 +223,7 @@ def watch_runs(path: Path, extra: Sequence[Path], run: Callable[[], TestReport],
     for number in itertools.count(1):
         while ran is not None and _contents(targets) == ran:  # wait for a save that changed something
             next(changes)
-        ran = _settled(targets)
+        ran = _settled(targets, None if number == 1 else changes)
         started = time.monotonic()
         report = run()
         lines = {o.index: o.line() for o in report.outcomes}
@@ -238,11 +238,18 @@ def watch_runs(path: Path, extra: Sequence[Path], run: Callable[[], TestReport],
         previous, previous_error = lines, report.load_error
 
 
-def _settled(paths: Sequence[Path]) -> list[bytes | None]:
+def _settled(paths: Sequence[Path], changes: Iterator[object] | None) -> list[bytes | None]:
     """The files' contents once a save is over: the same on two reads ``_SETTLE_S`` apart (an editor that
-    truncates, then writes, is otherwise caught with an empty file)."""
+    truncates, then writes, is otherwise caught with an empty file). With ``changes`` (every run after the
+    first), an empty or unreadable file is a save still under way, however long the editor takes between
+    truncating and writing (a loaded machine can deschedule it for longer than any settling delay): it
+    waits for the next change instead of running what no UDF or inputs file can be."""
     before = _contents(paths)
     while True:
+        if changes is not None and not all(before):
+            next(changes)
+            before = _contents(paths)
+            continue
         time.sleep(_SETTLE_S)
         now = _contents(paths)
         if now == before:

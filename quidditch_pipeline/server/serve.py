@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -96,7 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--workers",
-        type=_worker_count,
+        type=_at_least(0),
         default=None,
         help="pipeline worker processes for document batches; 0 runs pipelines in the server process "
         "(default: the number of usable cores)",
@@ -117,7 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     builds = BuildLimits()
     parser.add_argument(
         "--max-concurrent-builds",
-        type=_positive_int,
+        type=_at_least(1),
         default=builds.max_concurrent,
         help="UDF builds (componentize-py, a core and ~400 MiB each) running at once; more wait "
         f"--build-queue-timeout for a slot, then get 429 (default: {builds.max_concurrent})",
@@ -183,17 +183,15 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def _positive_int(text: str) -> int:
-    count = int(text)
-    if count < 1:
-        raise argparse.ArgumentTypeError("must be 1 or more")
-    return count
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer of ``minimum`` or more (argparse names the option in its refusal)."""
 
+    def count(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more")
+        return value
 
-def _worker_count(text: str) -> int:
-    count = int(text)
-    if count < 0:
-        raise argparse.ArgumentTypeError("--workers must be 0 or more")
     return count
 
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from .hostile_inputs import BILLION_LAUGHS
-from .server_harness import ServerProcess
+from .server_harness import PYTHON, ServerProcess
 
 #: Small on purpose, so a few sockets reach them.
 IN_FLIGHT_LIMIT = 2_000_000
@@ -128,16 +128,17 @@ def node_stats(server: ServerProcess) -> dict[str, object]:
 # --------------------------------------------------------------------------------------------- attacks
 
 
-def flood_source(i: int) -> str:
-    return f"def process(value, params, meta):\n    return {{'flood': {i}}}\n"
+def put_flood(server: ServerProcess, i: int, timeout: float) -> httpx.Response:
+    """PUT version ``1.0.i`` of the flood UDF, whose source is its own for each ``i`` (a build of its own)."""
+    source = f"def process(value, params, meta):\n    return {{'flood': {i}}}\n"
+    return httpx.put(f"{server.url}/_udf/flood/1.0.{i}", content=source, headers=PYTHON, timeout=timeout)
 
 
 def test_a_flood_of_udf_builds_leaves_the_server_responsive(server: ServerProcess) -> None:
     answers: dict[int, httpx.Response] = {}
 
     def build(i: int) -> None:
-        answers[i] = httpx.put(f"{server.url}/_udf/flood/1.0.{i}", content=flood_source(i),
-                               headers={"content-type": "text/x-python"}, timeout=500)  # fmt: skip
+        answers[i] = put_flood(server, i, timeout=500)
 
     with attack(server, "udf build flood"):
         threads = [threading.Thread(target=build, args=(i,)) for i in range(3)]
@@ -156,8 +157,7 @@ def test_a_flood_of_udf_builds_leaves_the_server_responsive(server: ServerProces
     run = httpx.post(f"{server.url}/_udf/flood/_execute", json={"version": f"1.0.{built}", "input": {}}, timeout=60)
     assert run.status_code == 200 and run.json()["raw"] == {"flood": built}, run.text
     started = time.monotonic()
-    again = httpx.put(f"{server.url}/_udf/flood/1.0.{built}", content=flood_source(built),
-                      headers={"content-type": "text/x-python"}, timeout=60)  # fmt: skip
+    again = put_flood(server, built, timeout=60)
     assert again.status_code == 200, again.text
     assert time.monotonic() - started < 2, "the same source again must not be built again"
 
